@@ -1,0 +1,31 @@
+//! Compiles the small C++ shim that reads TorchScript archives (parameters and buffers), against
+//! the same libtorch that `torch-sys` links, and embeds an rpath to libtorch's real location so the
+//! binaries, tests and benches run in a new shell without `LD_LIBRARY_PATH`.
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-changed=csrc/jit_shim.cpp");
+    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    let lib_dir = std::env::var("DEP_TCH_LIBTORCH_LIB")
+        .expect("torch-sys did not export its libtorch lib dir (DEP_TCH_LIBTORCH_LIB)");
+    // Resolve symlinks (the `.libtorch` link made by scripts/setup.sh): libtorch's own RPATH
+    // ($ORIGIN/../../nvidia/...) must be resolved from the real site-packages location.
+    let lib_dir = std::fs::canonicalize(&lib_dir).unwrap_or_else(|_| PathBuf::from(&lib_dir));
+    let root = lib_dir.parent().expect("libtorch lib dir has a parent");
+    let include = root.join("include");
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .file("csrc/jit_shim.cpp")
+        .compile("typoclip_jit_shim");
+    println!("cargo:rustc-link-search=native={}", lib_dir.display());
+    println!("cargo:rustc-link-lib=dylib=torch_cpu");
+    println!("cargo:rustc-link-lib=dylib=c10");
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
+}

@@ -1,0 +1,260 @@
+#!/usr/bin/env python3
+"""Reference fixtures for typoclip's parity tests, made with open_clip (the Python reference).
+
+Builds CLIP models with open_clip at fixed seeds (random init, then every parameter and
+BatchNorm statistic perturbed so that loading mistakes cannot hide behind zeros and ones),
+rounds the weights that OpenAI stores in fp16 through fp16, and writes for each config:
+
+  <name>.ts.pt              TorchScript archive, OpenAI-style fp16 weights (torch.jit.trace)
+  <name>.state_dict.pt      torch.save(OrderedDict state_dict), OpenAI/open_clip naming, fp32
+  <name>.wrapped.pt         torch.save({"state_dict": {"module." + k: v}, "epoch": 1})
+  <name>.open_clip.safetensors   safetensors, open_clip naming
+  <name>.hf.safetensors     safetensors, Hugging Face CLIPModel naming (ViT only)
+  <name>.io.safetensors     inputs and reference outputs: images, tokens, image_features,
+                            text_features, logits (fp32, computed by open_clip)
+
+plus tokenizer.json (a fuzzed corpus and open_clip's token ids) and, when the shared photos are
+present, preprocess.safetensors (CLIP's PIL + torchvision transform of real photos).
+
+Used only by tests and benchmarks; never on the product's path. Never downloads weights.
+"""
+import argparse
+import json
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+import open_clip
+from open_clip.model import CLIP, convert_weights_to_lp
+from safetensors.torch import save_file
+
+TINY = {
+    "tiny-vit": dict(
+        embed_dim=64,
+        vision_cfg=dict(image_size=64, layers=2, width=128, patch_size=16),
+        text_cfg=dict(context_length=77, vocab_size=49408, width=128, heads=2, layers=2),
+    ),
+    "tiny-rn": dict(
+        embed_dim=64,
+        vision_cfg=dict(image_size=64, layers=[1, 2, 1, 1], width=32),
+        text_cfg=dict(context_length=77, vocab_size=49408, width=128, heads=2, layers=2),
+    ),
+}
+REAL_CI = ["ViT-B-32", "RN50"]
+REAL_ALL = ["ViT-B-16", "ViT-L-14", "ViT-L-14-336", "RN101", "RN50x4", "RN50x16", "RN50x64"]
+
+PROMPTS = [
+    "a photo of a cat.",
+    "iPod",
+    "a piggy bank covered in $$$",
+    "",
+    "The word RED, written in blue ink!",
+    "Ünïcödé café — naïve façade 😀 🍎 東京",
+    " ".join(["a very long prompt that will be truncated"] * 20),
+]
+
+
+def make_model(name, seed):
+    torch.manual_seed(seed)
+    if name in TINY:
+        model = CLIP(**TINY[name], quick_gelu=True)
+    else:
+        model = open_clip.create_model(name, pretrained=None, force_quick_gelu=True)
+    model.eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if p.ndim <= 1:
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.add_(0.01 * torch.randn(p.shape, generator=g))
+        for bname, b in model.named_buffers():
+            if bname.endswith("running_mean"):
+                b.copy_(0.1 * torch.randn(b.shape, generator=g))
+            elif bname.endswith("running_var"):
+                b.copy_(0.5 + torch.rand(b.shape, generator=g))
+        model.logit_scale.fill_(float(np.log(1 / 0.07)) + 0.1)
+    # Round what OpenAI stores in fp16 through fp16, so every export holds identical values.
+    lp = CLIP(**TINY[name], quick_gelu=True) if name in TINY else open_clip.create_model(name, pretrained=None, force_quick_gelu=True)
+    lp.load_state_dict(model.state_dict())
+    convert_weights_to_lp(lp, dtype=torch.float16)
+    half_keys = {k for k, v in lp.state_dict().items() if v.dtype == torch.float16}
+    with torch.no_grad():
+        sd = model.state_dict()
+        for k in half_keys:
+            sd[k].copy_(sd[k].half().float())
+    return model, half_keys
+
+
+def hf_state_dict(sd):
+    """open_clip (OpenAI) naming -> Hugging Face CLIPModel naming, as transformers'
+    convert_clip_original_pytorch_to_hf.py lays it out."""
+    out = {}
+    for k, v in sd.items():
+        if k == "attn_mask" or k.endswith("num_batches_tracked"):
+            continue
+        if k.startswith("visual."):
+            tower, rest = "vision_model.", k[len("visual."):]
+        else:
+            tower, rest = "text_model.", k
+        if k == "visual.proj":
+            out["visual_projection.weight"] = v.t().contiguous()
+            continue
+        if k == "text_projection":
+            out["text_projection.weight"] = v.t().contiguous()
+            continue
+        if k == "logit_scale":
+            out["logit_scale"] = v
+            continue
+        if ".resblocks." in rest:
+            pre, post = rest.split(".resblocks.")
+            idx, sub = post.split(".", 1)
+            base = f"{tower}encoder.layers.{idx}."
+            if sub.startswith("attn.in_proj_"):
+                kind = "weight" if sub.endswith("weight") else "bias"
+                q, kk, vv = v.chunk(3, dim=0)
+                out[base + f"self_attn.q_proj.{kind}"] = q.contiguous()
+                out[base + f"self_attn.k_proj.{kind}"] = kk.contiguous()
+                out[base + f"self_attn.v_proj.{kind}"] = vv.contiguous()
+                continue
+            sub = (sub.replace("attn.out_proj.", "self_attn.out_proj.")
+                   .replace("ln_1.", "layer_norm1.").replace("ln_2.", "layer_norm2.")
+                   .replace("mlp.c_fc.", "mlp.fc1.").replace("mlp.c_proj.", "mlp.fc2."))
+            out[base + sub] = v
+            continue
+        rename = {
+            "class_embedding": "embeddings.class_embedding",
+            "conv1.weight": "embeddings.patch_embedding.weight",
+            "positional_embedding": "embeddings.position_embedding.weight",
+            "token_embedding.weight": "embeddings.token_embedding.weight",
+            "ln_pre.weight": "pre_layrnorm.weight", "ln_pre.bias": "pre_layrnorm.bias",
+            "ln_post.weight": "post_layernorm.weight", "ln_post.bias": "post_layernorm.bias",
+            "ln_final.weight": "final_layer_norm.weight", "ln_final.bias": "final_layer_norm.bias",
+        }
+        out[tower + rename[rest]] = v
+    n_pos = out["vision_model.embeddings.position_embedding.weight"].shape[0]
+    out["vision_model.embeddings.position_ids"] = torch.arange(n_pos).unsqueeze(0)
+    out["text_model.embeddings.position_ids"] = torch.arange(77).unsqueeze(0)
+    return out
+
+
+def export(name, out_dir, seed):
+    model, half_keys = make_model(name, seed)
+    res = model.visual.image_size
+    res = res[0] if isinstance(res, (tuple, list)) else res
+    g = torch.Generator().manual_seed(seed + 2)
+    images = torch.randn(3, 3, res, res, generator=g)
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    tokens = tokenizer(PROMPTS)
+    with torch.no_grad():
+        img_f = model.encode_image(images)
+        txt_f = model.encode_text(tokens)
+        logits = model.logit_scale.exp() * torch.nn.functional.normalize(img_f, dim=-1) @ torch.nn.functional.normalize(txt_f, dim=-1).t()
+    save_file({"images": images, "tokens": tokens.long(), "image_features": img_f.contiguous(),
+               "text_features": txt_f.contiguous(), "logits": logits.contiguous()},
+              os.path.join(out_dir, f"{name}.io.safetensors"))
+
+    sd = model.state_dict()
+    torch.save(sd, os.path.join(out_dir, f"{name}.state_dict.pt"))
+    torch.save({"state_dict": {"module." + k: v for k, v in sd.items()}, "epoch": 1, "name": name},
+               os.path.join(out_dir, f"{name}.wrapped.pt"))
+    save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(out_dir, f"{name}.open_clip.safetensors"))
+    if "visual.proj" in sd:
+        save_file(hf_state_dict(sd), os.path.join(out_dir, f"{name}.hf.safetensors"))
+
+    with torch.no_grad():
+        traced = torch.jit.trace(model, (images[:1], tokens[:1]), check_trace=False)
+        for pname, p in traced.named_parameters():
+            if pname in half_keys:
+                p.data = p.data.half()
+    traced.save(os.path.join(out_dir, f"{name}.ts.pt"))
+    print(f"reference: {name} ({res}px) written", file=sys.stderr)
+
+
+def tokenizer_corpus(out_dir, seed):
+    rng = random.Random(seed)
+    pools = [
+        "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ",
+        "0123456789",
+        "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~",
+        "éèêëàâäôöûüçñßøåæœÉÀÖÜÇÑ",
+        "😀🍎🐶🚀❤️👍🏽🇫🇷",
+        "東京大阪こんにちはカタカナ한국어中文",
+        "αβγδεζηθΣσςπΩ",
+        "абвгдеёжзийКЛМН",
+        "   \t\n",
+        "’‘“”",
+    ]
+    words = ["iPod", "piggy bank", "a photo of a", "$$$", "don't", "it's", "we'll", "RED", "&amp;", "&lt;3",
+             "granny smith", "<start_of_text>", "3.14159", "1,000,000"]
+    texts = ["", " ", "a", "A photo of a cat.", "hello   world", "x" * 300, "word " * 100, "😀" * 50]
+    for _ in range(400):
+        n = rng.randint(1, 60)
+        parts = []
+        for _ in range(n):
+            if rng.random() < 0.25:
+                parts.append(rng.choice(words))
+            else:
+                pool = rng.choice(pools)
+                parts.append("".join(rng.choice(pool) for _ in range(rng.randint(1, 8))))
+            parts.append(rng.choice([" ", " ", "", "  ", "\t"]))
+        texts.append("".join(parts))
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    ids = tokenizer(texts)
+    with open(os.path.join(out_dir, "tokenizer.json"), "w") as f:
+        json.dump([{"text": t, "tokens": [int(x) for x in row]} for t, row in zip(texts, ids)], f, ensure_ascii=False)
+
+
+def preprocess_fixture(out_dir, data_dir):
+    from PIL import Image
+    photos = []
+    for sub, step in [("distill-in-the-wild/in-the-wild-2", 17), ("imagenet-sample", 97), ("scam-preview/SCAM", 233)]:
+        d = os.path.join(data_dir, sub)
+        if not os.path.isdir(d):
+            continue
+        names = sorted(n for n in os.listdir(d) if n.lower().endswith((".jpg", ".jpeg", ".png", ".webp")))
+        photos += [os.path.join(d, n) for n in names[::step]]
+    if not photos:
+        print("reference: no shared photos found; skipping preprocess fixture", file=sys.stderr)
+        return
+    tensors = {}
+    meta = []
+    for n_px in (224, 288, 336):
+        _, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None, force_image_size=n_px)
+        for i, p in enumerate(photos):
+            if n_px != 224 and i % 4:
+                continue
+            key = f"{n_px}/{i}"
+            tensors[key] = preprocess(Image.open(p)).contiguous()
+            meta.append({"key": key, "path": os.path.abspath(p), "n_px": n_px})
+    save_file(tensors, os.path.join(out_dir, "preprocess.safetensors"))
+    with open(os.path.join(out_dir, "preprocess.json"), "w") as f:
+        json.dump(meta, f)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--configs", default="tiny-vit,tiny-rn," + ",".join(REAL_CI),
+                    help="comma-separated; 'all' adds every OpenAI size")
+    ap.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+    ap.add_argument("--seed", type=int, default=1234)
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    os.makedirs(args.out, exist_ok=True)
+    configs = args.configs.split(",")
+    if configs == ["all"]:
+        configs = list(TINY) + REAL_CI + REAL_ALL
+    for name in configs:
+        if name == "tokenizer":
+            tokenizer_corpus(args.out, args.seed)
+        elif name == "preprocess":
+            preprocess_fixture(args.out, args.data)
+        else:
+            export(name, args.out, args.seed)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# typoclip set-up (idempotent; safe to re-run; prints what it does).
+#  1. a project-local .venv with the lean libtorch runtime from PyPI's torch wheel (no Python
+#     torch import needed: only the shared libraries), linked as .libtorch for tch;
+#  2. the built-in default images, extracted from the scikit-image wheel (public domain / CC0);
+#  3. cargo build --release.
+# Environment: TYPOCLIP_SKIP_BUILD=1 skips step 3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+TORCH_VERSION=2.13.0   # what tch 0.26.0 expects
+SKIMAGE_VERSION=0.26.0
+say() { echo "[setup] $*"; }
+
+need_apt=()
+command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
+command -v c++ >/dev/null || need_apt+=(g++)
+command -v unzip >/dev/null || need_apt+=(unzip)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  say "installing Debian packages: ${need_apt[*]}"
+  apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
+fi
+if ! command -v cargo >/dev/null; then
+  echo "[setup] cargo not found: install the Rust toolchain (https://rustup.rs) and re-run" >&2
+  exit 1
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
+  python3 -m venv .venv
+fi
+SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+if [ ! -f "$SITE/torch/lib/libtorch_cpu.so" ] || ! grep -q "^Version: $TORCH_VERSION" "$SITE"/torch-*.dist-info/METADATA 2>/dev/null; then
+  say "installing the libtorch runtime (torch==$TORCH_VERSION wheel, lean: ~1.2 GB)"
+  .venv/bin/pip install -q --no-deps "torch==$TORCH_VERSION" nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85
+else
+  say "libtorch runtime present (torch $TORCH_VERSION)"
+fi
+ln -sfn "$SITE/torch" .libtorch
+say ".libtorch -> $SITE/torch"
+
+BUILTIN=.cache/builtin
+if [ ! -f "$BUILTIN/.done" ]; then
+  say "extracting built-in images from scikit-image $SKIMAGE_VERSION (public domain / CC0, see datasets/builtin.toml)"
+  tmp=$(mktemp -d)
+  .venv/bin/pip download -q --no-deps --only-binary=:all: -d "$tmp" "scikit-image==$SKIMAGE_VERSION"
+  mkdir -p "$BUILTIN"
+  unzip -q -o -j "$tmp"/scikit_image-*.whl 'skimage/data/chelsea.png' 'skimage/data/coffee.png' \
+    'skimage/data/rocket.jpg' 'skimage/data/astronaut.png' -d "$BUILTIN"
+  rm -rf "$tmp"
+  touch "$BUILTIN/.done"
+else
+  say "built-in images present in $BUILTIN"
+fi
+
+if [ "${TYPOCLIP_SKIP_BUILD:-0}" != 1 ]; then
+  say "cargo build --release"
+  cargo build --release
+fi
+say "done"

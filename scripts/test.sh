@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# typoclip's test command: set-up, the Python reference (torch + open_clip, used only to make
+# parity fixtures), formatting, lints, then every test in release mode.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+echo "[test] installing the Python reference into .venv (torch, open-clip-torch, safetensors, pillow, numpy)"
+.venv/bin/pip install -q "torch==2.13.0" "open-clip-torch==3.3.0" "safetensors>=0.4" "pillow>=10" "numpy>=1.26"
+echo "[test] cargo fmt --check"
+cargo fmt --all -- --check
+echo "[test] cargo clippy"
+cargo clippy --release --all-targets -- -D warnings
+echo "[test] cargo test --release"
+cargo test --release

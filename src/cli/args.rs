@@ -1,0 +1,81 @@
+//! Raw command-line arguments (clap derive). Nothing here is used past `cli::run`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// typoclip: a testbed for typographic attacks on CLIP.
+#[derive(Debug, Parser)]
+#[command(name = "typoclip", version, about)]
+pub struct Cli {
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Model selection shared by the commands.
+#[derive(Debug, clap::Args)]
+pub struct ModelArgs {
+    /// A checkpoint path (format detected from content), a known name resolved in the cache
+    /// (`ViT-B-32`, `RN50`, …), or `random:<arch>[:seed]` (seeded random weights, plumbing only).
+    #[arg(long, short = 'm')]
+    pub model: String,
+    /// `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when libtorch has it).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Where downloaded checkpoints live (default `$XDG_CACHE_HOME/typoclip`).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Image or text embeddings to a float32 `.npy` of shape [N, D].
+    Embed {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Text to embed (repeatable); when given, images are not accepted.
+        #[arg(long)]
+        text: Vec<String>,
+        /// L2-normalise each embedding.
+        #[arg(long)]
+        normalize: bool,
+        /// Output `.npy` file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Batch size for images.
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// Images to embed.
+        images: Vec<PathBuf>,
+    },
+    /// Zero-shot classification of images among the given labels.
+    Classify {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Comma-separated class names.
+        #[arg(long)]
+        labels: String,
+        /// Prompt template; `{}` is replaced by the class name.
+        #[arg(long, default_value = "a photo of a {}.")]
+        template: String,
+        /// How many labels to show per image.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Images to classify.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
+    /// Architecture, input size, embedding size, parameter count and sha256 of a model.
+    Info {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}

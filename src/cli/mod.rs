@@ -1,0 +1,227 @@
+//! The command-line stage: parses arguments, resolves them into typed settings (model spec,
+//! device), runs the command and maps errors to one line and an exit code.
+
+pub mod args;
+pub mod resolve;
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use serde::Serialize;
+use tch::{Kind, Tensor};
+
+use crate::model::l2_normalize;
+use crate::tokenizer::ClipTokenizer;
+use args::{Cli, Command};
+use resolve::{open_model, OpenedModel};
+
+/// Exit code for bad input or configuration.
+pub const EXIT_USAGE: u8 = 2;
+
+/// Parses `std::env::args`, runs, and returns the process exit code.
+pub fn main_exit_code() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {msg}");
+            std::process::ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+/// Runs one parsed command.
+pub fn run(cli: Cli) -> Result<()> {
+    let _guard = tch::no_grad_guard();
+    match cli.command {
+        Command::Embed {
+            model,
+            text,
+            normalize,
+            out,
+            batch_size,
+            images,
+        } => {
+            let m = open_model(&model)?;
+            if !text.is_empty() && !images.is_empty() {
+                bail!("give either --text or images, not both");
+            }
+            if text.is_empty() && images.is_empty() {
+                bail!("nothing to embed: give images or --text");
+            }
+            let features = if text.is_empty() {
+                encode_image_files(&m, &images, batch_size.max(1))?
+            } else {
+                let tok = ClipTokenizer::new();
+                let ids = tok.tokenize(&text, m.model.config().text.context_length as usize);
+                m.model.encode_text(&ids)
+            };
+            let features = if normalize {
+                l2_normalize(&features)
+            } else {
+                features
+            };
+            write_npy(&out, &features)?;
+            eprintln!("{}", m.banner_line());
+            eprintln!(
+                "wrote {} embeddings of dimension {} to {}",
+                features.size()[0],
+                features.size()[1],
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Classify {
+            model,
+            labels,
+            template,
+            top,
+            json,
+            images,
+        } => {
+            let labels: Vec<String> = labels
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            if labels.is_empty() {
+                bail!("--labels: no class names given");
+            }
+            if !template.contains("{}") {
+                bail!("--template: must contain the placeholder {{}}");
+            }
+            let m = open_model(&model)?;
+            let tok = ClipTokenizer::new();
+            let prompts: Vec<String> = labels.iter().map(|l| template.replace("{}", l)).collect();
+            let text = m.model.encode_text(
+                &tok.tokenize(&prompts, m.model.config().text.context_length as usize),
+            );
+            let image = encode_image_files(&m, &images, 32)?;
+            let probs = m.model.logits(&image, &text).softmax(-1, Kind::Float);
+            let k = top.clamp(1, labels.len());
+            let results: Vec<ClassifyResult> = images
+                .iter()
+                .enumerate()
+                .map(|(i, path)| {
+                    let row = probs.get(i as i64);
+                    let (vals, idx) = row.topk(k as i64, -1, true, true);
+                    let vals = Vec::<f32>::try_from(vals).expect("f32 probabilities");
+                    let idx = Vec::<i64>::try_from(idx).expect("i64 indices");
+                    ClassifyResult {
+                        image: path.display().to_string(),
+                        top: idx
+                            .iter()
+                            .zip(vals)
+                            .map(|(&j, p)| LabelProb {
+                                label: labels[j as usize].clone(),
+                                prob: p,
+                            })
+                            .collect(),
+                    }
+                })
+                .collect();
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            if json {
+                let doc = ClassifyReport {
+                    warning: m.random_warning(),
+                    model: m.spec.clone(),
+                    random_weights: m.random,
+                    template,
+                    results,
+                };
+                writeln!(out, "{}", serde_json::to_string(&doc)?)?;
+            } else {
+                writeln!(out, "{}", m.banner_line())?;
+                for r in results {
+                    writeln!(out, "{}", r.image)?;
+                    for lp in r.top {
+                        writeln!(out, "  {:>7.2}%  {}", lp.prob * 100.0, lp.label)?;
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Info { model, json } => {
+            let m = open_model(&model)?;
+            let info = m.info();
+            if json {
+                println!("{}", serde_json::to_string(&info)?);
+            } else {
+                println!("{}", m.banner_line());
+                println!("architecture:  {}", info.architecture);
+                println!("input size:    {} px", info.image_resolution);
+                println!("embed dim:     {}", info.embed_dim);
+                println!(
+                    "text:          width {}, {} layers, context {}",
+                    info.text_width, info.text_layers, info.context_length
+                );
+                println!("parameters:    {}", info.parameters);
+                println!("format:        {}", info.format);
+                println!(
+                    "sha256:        {}",
+                    info.sha256
+                        .as_deref()
+                        .unwrap_or("- (random weights, no file)")
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct LabelProb {
+    label: String,
+    prob: f32,
+}
+
+#[derive(Serialize)]
+struct ClassifyResult {
+    image: String,
+    top: Vec<LabelProb>,
+}
+
+#[derive(Serialize)]
+struct ClassifyReport {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warning: Option<String>,
+    model: String,
+    random_weights: bool,
+    template: String,
+    results: Vec<ClassifyResult>,
+}
+
+/// Loads, preprocesses and encodes image files in batches. Any unreadable file is an error
+/// naming it (these commands work on a handful of explicit files).
+fn encode_image_files(
+    m: &OpenedModel,
+    paths: &[impl AsRef<Path>],
+    batch_size: usize,
+) -> Result<Tensor> {
+    let n_px = m.model.image_resolution() as u32;
+    let mut feats = Vec::new();
+    for chunk in paths.chunks(batch_size) {
+        let mut batch = Vec::with_capacity(chunk.len());
+        for p in chunk {
+            let img = crate::dataset::load_rgb(p.as_ref())?;
+            batch.push(crate::preprocess::preprocess(&img, n_px));
+        }
+        feats.push(m.model.encode_image(&crate::preprocess::batch(&batch)));
+    }
+    Ok(Tensor::cat(&feats, 0).to_device(tch::Device::Cpu))
+}
+
+fn write_npy(path: &Path, t: &Tensor) -> Result<()> {
+    let t = t
+        .to_kind(Kind::Float)
+        .to_device(tch::Device::Cpu)
+        .contiguous();
+    let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+    let data = Vec::<f32>::try_from(t.flatten(0, -1))?;
+    std::fs::write(path, crate::npy::npy_bytes(&data, &shape))
+        .with_context(|| format!("{}: cannot write", path.display()))
+}

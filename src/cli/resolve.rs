@@ -1,0 +1,281 @@
+//! Turns raw arguments into typed settings: the model spec (path, cached name, or
+//! `random:<arch>[:seed]`), the device, the cache directory; opens the model.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Result};
+use serde::Serialize;
+use tch::Device;
+
+use super::args::ModelArgs;
+use crate::model::config::{canonical_arch_name, KNOWN_ARCHITECTURES};
+use crate::model::load::{load_checkpoint, sha256_file};
+use crate::model::{ClipConfig, ClipModel};
+
+/// The line every output made with random weights starts with.
+pub const RANDOM_WEIGHTS_BANNER: &str = "random weights — output is not a property of CLIP";
+
+/// Where a model comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSpec {
+    /// A checkpoint file.
+    Path(PathBuf),
+    /// A known OpenAI checkpoint, looked up in the cache.
+    Known(&'static str),
+    /// Seeded random weights at the shapes of a known architecture.
+    Random {
+        /// open_clip architecture name.
+        arch: &'static str,
+        /// libtorch seed.
+        seed: i64,
+    },
+}
+
+impl ModelSpec {
+    /// Parses `random:<arch>[:seed]`, a known name, or a path (anything else).
+    pub fn parse(s: &str) -> Result<ModelSpec> {
+        if let Some(rest) = s.strip_prefix("random:") {
+            let (arch, seed) = match rest.rsplit_once(':') {
+                Some((a, seed)) if seed.parse::<i64>().is_ok() => (a, seed.parse::<i64>()?),
+                _ => (rest, 0),
+            };
+            let arch = canonical_arch_name(arch).ok_or_else(|| {
+                anyhow!(
+                    "--model: unknown architecture `{arch}` in `{s}` (known: {})",
+                    KNOWN_ARCHITECTURES.join(", ")
+                )
+            })?;
+            return Ok(ModelSpec::Random { arch, seed });
+        }
+        let path = PathBuf::from(s);
+        if path.exists() {
+            return Ok(ModelSpec::Path(path));
+        }
+        if let Some(name) = canonical_arch_name(s) {
+            return Ok(ModelSpec::Known(name));
+        }
+        bail!(
+            "--model: {s}: no such file, and not a known model name ({}) nor random:<arch>[:seed]",
+            KNOWN_ARCHITECTURES.join(", ")
+        )
+    }
+}
+
+/// The cache folder: `--cache-dir`, else `$XDG_CACHE_HOME/typoclip`, else `~/.cache/typoclip`.
+pub fn cache_dir(arg: Option<&Path>) -> PathBuf {
+    if let Some(p) = arg {
+        return p.to_path_buf();
+    }
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("typoclip");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache").join("typoclip")
+}
+
+/// The file name a known checkpoint has in the cache (OpenAI's own file names).
+pub fn cached_file_name(arch: &str) -> String {
+    match arch {
+        "ViT-B-32" => "ViT-B-32.pt".into(),
+        "ViT-B-16" => "ViT-B-16.pt".into(),
+        "ViT-L-14" => "ViT-L-14.pt".into(),
+        "ViT-L-14-336" => "ViT-L-14-336px.pt".into(),
+        other => format!("{other}.pt"),
+    }
+}
+
+/// Parses `--device`.
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(Device::cuda_if_available()),
+        "cuda" => {
+            if !tch::Cuda::is_available() {
+                bail!("--device cuda: this libtorch has no usable CUDA device");
+            }
+            Ok(Device::Cuda(0))
+        }
+        other => match other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            Some(n) if tch::Cuda::is_available() && (n as i64) < tch::Cuda::device_count() => {
+                Ok(Device::Cuda(n))
+            }
+            Some(n) => bail!("--device cuda:{n}: no such CUDA device"),
+            None => bail!("--device: `{other}` is not one of cpu, cuda, cuda:N, auto"),
+        },
+    }
+}
+
+/// A model ready to use, with where it came from.
+#[derive(Debug)]
+pub struct OpenedModel {
+    /// The model.
+    pub model: ClipModel,
+    /// The spec as given on the command line.
+    pub spec: String,
+    /// True for `random:` weights.
+    pub random: bool,
+    /// sha256 of the checkpoint file (none for random weights).
+    pub sha256: Option<String>,
+    /// Checkpoint format, or `random`.
+    pub format: String,
+    /// The file the weights came from.
+    pub path: Option<PathBuf>,
+}
+
+/// What `typoclip info` prints.
+#[derive(Debug, Serialize)]
+pub struct ModelInfo {
+    /// Present (and first) when the weights are random.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+    /// The model spec.
+    pub model: String,
+    /// Architecture description.
+    pub architecture: String,
+    /// `ViT` or `ModifiedResNet`.
+    pub family: String,
+    /// Input side in pixels.
+    pub image_resolution: i64,
+    /// Joint embedding size.
+    pub embed_dim: i64,
+    /// Text transformer width.
+    pub text_width: i64,
+    /// Text transformer layers.
+    pub text_layers: i64,
+    /// Context length.
+    pub context_length: i64,
+    /// Scalar parameter count.
+    pub parameters: i64,
+    /// Checkpoint format.
+    pub format: String,
+    /// sha256 of the file.
+    pub sha256: Option<String>,
+    /// True for random weights.
+    pub random_weights: bool,
+    /// The full config.
+    pub config: ClipConfig,
+}
+
+impl OpenedModel {
+    /// `Some(banner)` for random weights.
+    pub fn random_warning(&self) -> Option<String> {
+        self.random
+            .then(|| format!("{RANDOM_WEIGHTS_BANNER} (model {})", self.spec))
+    }
+
+    /// The first line of any output: the random-weights banner, or the model and its hash.
+    pub fn banner_line(&self) -> String {
+        match self.random_warning() {
+            Some(w) => format!("# {w}"),
+            None => format!(
+                "# model {} ({}, sha256 {})",
+                self.spec,
+                self.format,
+                self.sha256
+                    .as_deref()
+                    .map(|s| &s[..12.min(s.len())])
+                    .unwrap_or("-")
+            ),
+        }
+    }
+
+    /// Facts about the model.
+    pub fn info(&self) -> ModelInfo {
+        let c = self.model.config();
+        ModelInfo {
+            warning: self.random_warning(),
+            model: self.spec.clone(),
+            architecture: c.describe(),
+            family: c.vision.family().into(),
+            image_resolution: c.vision.image_resolution(),
+            embed_dim: c.embed_dim,
+            text_width: c.text.width,
+            text_layers: c.text.layers,
+            context_length: c.text.context_length,
+            parameters: self.model.parameter_count(),
+            format: self.format.clone(),
+            sha256: self.sha256.clone(),
+            random_weights: self.random,
+            config: c.clone(),
+        }
+    }
+}
+
+/// Resolves `--model` and loads it on `--device`.
+pub fn open_model(args: &ModelArgs) -> Result<OpenedModel> {
+    let device = parse_device(&args.device)?;
+    let spec = ModelSpec::parse(&args.model)?;
+    let path = match spec {
+        ModelSpec::Random { arch, seed } => {
+            let config = ClipConfig::preset(arch).expect("known architecture");
+            let model = ClipModel::random(&config, seed, device)?;
+            return Ok(OpenedModel {
+                model,
+                spec: format!("random:{arch}:{seed}"),
+                random: true,
+                sha256: None,
+                format: "random".into(),
+                path: None,
+            });
+        }
+        ModelSpec::Path(p) => p,
+        ModelSpec::Known(name) => {
+            let p = cache_dir(args.cache_dir.as_deref()).join(cached_file_name(name));
+            if !p.exists() {
+                bail!(
+                    "--model {name}: not in the cache ({}); run `typoclip fetch {name}` (needs internet), \
+                     place the file there by hand, or use `random:{name}` for plumbing with random weights",
+                    p.display()
+                );
+            }
+            p
+        }
+    };
+    let loaded = load_checkpoint(&path, device)?;
+    let sha256 = sha256_file(&path).map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?;
+    Ok(OpenedModel {
+        model: loaded.model,
+        spec: args.model.clone(),
+        random: false,
+        sha256: Some(sha256),
+        format: format!("{:?}/{:?}", loaded.format, loaded.naming),
+        path: Some(path),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_model_specs() {
+        assert_eq!(
+            ModelSpec::parse("random:ViT-B/32:7").unwrap(),
+            ModelSpec::Random {
+                arch: "ViT-B-32",
+                seed: 7
+            }
+        );
+        assert_eq!(
+            ModelSpec::parse("random:RN50").unwrap(),
+            ModelSpec::Random {
+                arch: "RN50",
+                seed: 0
+            }
+        );
+        assert!(ModelSpec::parse("random:ViT-Z").is_err());
+        assert!(matches!(
+            ModelSpec::parse("ViT-L-14"),
+            Ok(ModelSpec::Known("ViT-L-14"))
+        ));
+        let e = ModelSpec::parse("/nonexistent/model.pt")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/model.pt"), "{e}");
+    }
+}

@@ -1,0 +1,13 @@
+//! typoclip: a testbed for typographic attacks on CLIP.
+//!
+//! CLIP runs natively on libtorch through `tch`, loaded from the real checkpoint formats. The
+//! pipeline stages are separate modules, each testable alone:
+//! [`model`] (CLIP towers, checkpoint loading, taps), [`tokenizer`] (CLIP BPE),
+//! [`preprocess`] (CLIP's resize/crop/normalise), [`dataset`] (reading images), [`cli`].
+
+pub mod cli;
+pub mod dataset;
+pub mod model;
+pub mod npy;
+pub mod preprocess;
+pub mod tokenizer;

@@ -1,0 +1,4 @@
+//! The `typoclip` binary: everything lives in the library.
+fn main() -> std::process::ExitCode {
+    typoclip::cli::main_exit_code()
+}

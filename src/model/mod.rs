@@ -1,0 +1,339 @@
+//! The model stage: OpenAI CLIP (ViT and ModifiedResNet image towers, causal text tower)
+//! implemented natively on libtorch through `tch`.
+//!
+//! Inputs: preprocessed images `[B, 3, R, R] f32` and token ids `[B, L] i64`. Outputs:
+//! projected embeddings `[B, embed_dim] f32` (not normalised) and, through a [`Probe`], chosen
+//! intermediate activations, with optional interventions on heads / channels / neurons.
+//!
+//! Every parameter lives in one [`tch::nn::VarStore`] at the path of its checkpoint key
+//! (`visual.transformer.resblocks.3.attn.in_proj_weight`, …), so loading is a 1:1 copy audited in
+//! [`load`]. Reference: openai/CLIP `clip/model.py` at a1d0717; open_clip `model.py`.
+
+pub mod config;
+pub mod jit;
+pub mod load;
+pub mod pickle;
+pub mod probe;
+mod resnet;
+mod text;
+mod transformer;
+mod vision;
+
+use std::path::PathBuf;
+
+use tch::{nn, Device, Kind, Tensor};
+
+pub use config::{ClipConfig, TextConfig, VisionConfig};
+pub use probe::{Intervention, InterventionAction, Probe};
+
+/// Errors of the model stage. Each names the file it concerns where there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A problem with a checkpoint file: unreadable, truncated, unknown format, bad keys.
+    #[error("{}: {message}", path.display())]
+    Checkpoint {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The state dict does not describe a buildable CLIP model.
+    #[error("{0}")]
+    Config(String),
+    /// An error raised by libtorch.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+impl ModelError {
+    /// Attaches a file to a path-less error.
+    pub fn with_path(self, path: &std::path::Path) -> ModelError {
+        match self {
+            ModelError::Checkpoint { .. } => self,
+            other => ModelError::Checkpoint {
+                path: path.to_path_buf(),
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Visual {
+    Vit(vision::VisionTransformer),
+    ResNet(resnet::ModifiedResNet),
+}
+
+/// A CLIP model: both towers and `logit_scale`, parameters in one `VarStore`.
+#[derive(Debug)]
+pub struct ClipModel {
+    vs: nn::VarStore,
+    config: ClipConfig,
+    visual: Visual,
+    text: text::TextTransformer,
+    logit_scale: Tensor,
+}
+
+impl ClipModel {
+    /// Builds a model with randomly initialised weights at the shapes of `config`, on `device`.
+    /// Random draws come from libtorch's global generator: call `tch::manual_seed` first for
+    /// reproducible weights (see [`ClipModel::random`]).
+    pub fn new(config: &ClipConfig, device: Device) -> Result<ClipModel, ModelError> {
+        config.validate()?;
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let vp = &root / "visual";
+        let visual = match config.vision.clone() {
+            VisionConfig::VisionTransformer {
+                image_resolution,
+                patch_size,
+                width,
+                layers,
+                heads,
+            } => Visual::Vit(vision::VisionTransformer::new(
+                vp,
+                image_resolution,
+                patch_size,
+                width,
+                layers,
+                heads,
+                config.embed_dim,
+            )),
+            VisionConfig::ModifiedResNet {
+                image_resolution,
+                layers,
+                width,
+                heads,
+            } => Visual::ResNet(resnet::ModifiedResNet::new(
+                vp,
+                layers,
+                config.embed_dim,
+                heads,
+                image_resolution,
+                width,
+            )),
+        };
+        let t = &config.text;
+        let text = text::TextTransformer::new(
+            &root,
+            t.context_length,
+            t.vocab_size,
+            t.width,
+            t.layers,
+            t.heads,
+            config.embed_dim,
+        );
+        let logit_scale = root.var("logit_scale", &[], nn::Init::Const((1.0f64 / 0.07).ln()));
+        Ok(ClipModel {
+            vs,
+            config: config.clone(),
+            visual,
+            text,
+            logit_scale,
+        })
+    }
+
+    /// Seeded random weights at the real shapes — for plumbing only: nothing computed with
+    /// them is a property of CLIP.
+    pub fn random(config: &ClipConfig, seed: i64, device: Device) -> Result<ClipModel, ModelError> {
+        tch::manual_seed(seed);
+        ClipModel::new(config, device)
+    }
+
+    /// The architecture.
+    pub fn config(&self) -> &ClipConfig {
+        &self.config
+    }
+
+    /// The variable store holding every parameter under its checkpoint key.
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    /// Mutable access to the variable store (loading, freezing, device moves).
+    pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
+        &mut self.vs
+    }
+
+    /// The device the parameters live on.
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// Input side in pixels.
+    pub fn image_resolution(&self) -> i64 {
+        self.config.vision.image_resolution()
+    }
+
+    /// Number of scalar parameters (buffers included).
+    pub fn parameter_count(&self) -> i64 {
+        self.vs.variables().values().map(|t| t.numel() as i64).sum()
+    }
+
+    /// `exp(logit_scale)`, the temperature applied to cosine similarities.
+    pub fn logit_scale_exp(&self) -> f64 {
+        self.logit_scale.exp().double_value(&[])
+    }
+
+    /// Image embeddings: `[B, 3, R, R] f32 → [B, embed_dim] f32` (not normalised).
+    pub fn encode_image(&self, images: &Tensor) -> Tensor {
+        self.encode_image_probed(images, &mut Probe::none())
+    }
+
+    /// Image embeddings with taps and interventions (see [`probe`]).
+    pub fn encode_image_probed(&self, images: &Tensor, probe: &mut Probe) -> Tensor {
+        let images = images.to_device(self.device()).to_kind(Kind::Float);
+        match &self.visual {
+            Visual::Vit(v) => v.forward(&images, probe),
+            Visual::ResNet(r) => r.forward(&images, probe),
+        }
+    }
+
+    /// Text embeddings: token ids `[B, L] i64 → [B, embed_dim] f32` (not normalised). `L` may be
+    /// anything up to the context length as long as each row keeps its end-of-text token.
+    pub fn encode_text(&self, tokens: &Tensor) -> Tensor {
+        self.encode_text_probed(tokens, &mut Probe::none())
+    }
+
+    /// Text embeddings with taps and interventions.
+    pub fn encode_text_probed(&self, tokens: &Tensor, probe: &mut Probe) -> Tensor {
+        self.text.forward(&tokens.to_device(self.device()), probe)
+    }
+
+    /// Token embeddings `[B, L, W]` for ids `[B, L]` (the input of [`Self::encode_text_embedded`]).
+    pub fn embed_tokens(&self, tokens: &Tensor) -> Tensor {
+        self.text.embed_tokens(&tokens.to_device(self.device()))
+    }
+
+    /// Text embeddings from token embeddings `[B, L, W]` pooled at positions `eot` `[B]`.
+    pub fn encode_text_embedded(
+        &self,
+        embedded: &Tensor,
+        eot: &Tensor,
+        probe: &mut Probe,
+    ) -> Tensor {
+        self.text
+            .forward_embedded(embedded, &eot.to_device(self.device()), probe)
+    }
+
+    /// CLIP logits `exp(logit_scale) · cos(image, text)`: `[N, D] × [M, D] → [N, M]`.
+    pub fn logits(&self, image_features: &Tensor, text_features: &Tensor) -> Tensor {
+        let i = l2_normalize(image_features);
+        let t = l2_normalize(text_features);
+        i.matmul(&t.transpose(0, 1)) * self.logit_scale_exp()
+    }
+}
+
+/// Divides each row by its L2 norm.
+pub fn l2_normalize(x: &Tensor) -> Tensor {
+    x / x.norm_scalaropt_dim(2.0, [-1], true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny_vit() -> ClipConfig {
+        ClipConfig {
+            embed_dim: 32,
+            vision: VisionConfig::VisionTransformer {
+                image_resolution: 32,
+                patch_size: 8,
+                width: 64,
+                layers: 2,
+                heads: 1,
+            },
+            text: TextConfig {
+                context_length: 77,
+                vocab_size: 49408,
+                width: 64,
+                heads: 1,
+                layers: 2,
+            },
+        }
+    }
+
+    #[test]
+    fn var_store_paths_are_checkpoint_keys() {
+        let m = ClipModel::random(&tiny_vit(), 0, Device::Cpu).unwrap();
+        let vars = m.var_store().variables();
+        for key in [
+            "visual.conv1.weight",
+            "visual.class_embedding",
+            "visual.transformer.resblocks.1.attn.in_proj_weight",
+            "visual.transformer.resblocks.1.mlp.c_proj.bias",
+            "visual.proj",
+            "token_embedding.weight",
+            "transformer.resblocks.0.ln_2.weight",
+            "ln_final.bias",
+            "text_projection",
+            "logit_scale",
+        ] {
+            assert!(vars.contains_key(key), "missing {key}");
+        }
+    }
+
+    #[test]
+    fn shapes_round_trip_through_inference() {
+        for name in ["RN50", "ViT-B-32"] {
+            let cfg = ClipConfig::preset(name).unwrap();
+            let m = ClipModel::random(&cfg, 0, Device::Cpu).unwrap();
+            let shapes = m
+                .var_store()
+                .variables()
+                .into_iter()
+                .map(|(k, v)| (k, v.size()))
+                .collect();
+            assert_eq!(ClipConfig::from_shapes(&shapes).unwrap(), cfg);
+        }
+    }
+
+    #[test]
+    fn forward_shapes_and_causality() {
+        let m = ClipModel::random(&tiny_vit(), 0, Device::Cpu).unwrap();
+        let _g = tch::no_grad_guard();
+        let img = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+        assert_eq!(m.encode_image(&img).size(), vec![2, 32]);
+        // Padding after the end-of-text token does not change the text features.
+        let short = Tensor::from_slice(&[49406i64, 320, 1929, 49407]).view([1, 4]);
+        let long = Tensor::cat(
+            &[
+                short.shallow_clone(),
+                Tensor::zeros([1, 73], (Kind::Int64, Device::Cpu)),
+            ],
+            1,
+        );
+        let a = m.encode_text(&short);
+        let b = m.encode_text(&long);
+        assert!(f64::try_from((a - b).abs().max()).unwrap() < 1e-5);
+    }
+
+    #[test]
+    fn head_ablation_changes_output_and_taps_record() {
+        let cfg = ClipConfig {
+            vision: VisionConfig::VisionTransformer {
+                image_resolution: 32,
+                patch_size: 8,
+                width: 128,
+                layers: 2,
+                heads: 2,
+            },
+            ..tiny_vit()
+        };
+        let m = ClipModel::random(&cfg, 1, Device::Cpu).unwrap();
+        let _g = tch::no_grad_guard();
+        let img = Tensor::randn([1, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let site = "visual.transformer.resblocks.1.attn.heads";
+        let mut probe = Probe::capture([site]);
+        let plain = m.encode_image_probed(&img, &mut probe);
+        assert_eq!(probe.taps()[site].size(), vec![1, 2, 17, 64]);
+        let mut ablate = Probe::none().with_intervention(Intervention {
+            site: site.into(),
+            unit: 0,
+            action: InterventionAction::Zero,
+        });
+        let ablated = m.encode_image_probed(&img, &mut ablate);
+        assert!(f64::try_from((&plain - &ablated).abs().max()).unwrap() > 1e-4);
+        assert!(f64::try_from((plain - m.encode_image(&img)).abs().max()).unwrap() == 0.0);
+    }
+}

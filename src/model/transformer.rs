@@ -1,0 +1,195 @@
+//! The residual attention transformer shared by the ViT image tower and the text tower
+//! (OpenAI `Transformer` / `ResidualAttentionBlock` with fused `in_proj`, QuickGELU MLP), plus
+//! the small parameter helpers used by every tower. Field names spell the checkpoint keys.
+
+use tch::{nn, Tensor};
+
+use super::probe::Probe;
+
+/// Creates a trainable parameter at `p / name`, normal(0, std) initialised.
+pub(crate) fn param(p: &nn::Path, name: &str, shape: &[i64], std: f64) -> Tensor {
+    p.var(
+        name,
+        shape,
+        nn::Init::Randn {
+            mean: 0.0,
+            stdev: std,
+        },
+    )
+}
+
+/// A `LayerNorm` with `weight` and `bias`.
+#[derive(Debug)]
+pub(crate) struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    dim: i64,
+}
+
+impl LayerNorm {
+    pub(crate) fn new(p: nn::Path, dim: i64) -> LayerNorm {
+        LayerNorm {
+            weight: p.var("weight", &[dim], nn::Init::Const(1.0)),
+            bias: p.var("bias", &[dim], nn::Init::Const(0.0)),
+            dim,
+        }
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
+        x.layer_norm([self.dim], Some(&self.weight), Some(&self.bias), 1e-5, true)
+    }
+}
+
+/// A `Linear` with `weight` `[out, in]` and `bias`.
+#[derive(Debug)]
+pub(crate) struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    pub(crate) fn new(p: nn::Path, in_dim: i64, out_dim: i64) -> Linear {
+        Linear {
+            weight: param(&p, "weight", &[out_dim, in_dim], (in_dim as f64).powf(-0.5)),
+            bias: p.var("bias", &[out_dim], nn::Init::Const(0.0)),
+        }
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.weight, Some(&self.bias))
+    }
+}
+
+fn quick_gelu(x: &Tensor) -> Tensor {
+    x * (x * 1.702).sigmoid()
+}
+
+/// Splits `[B, L, H*Dh]` into `[B, H, L, Dh]`.
+pub(crate) fn split_heads(x: &Tensor, heads: i64) -> Tensor {
+    let (b, l, w) = x.size3().expect("[B, L, W]");
+    x.view([b, l, heads, w / heads]).transpose(1, 2)
+}
+
+/// `nn.MultiheadAttention` with a fused `in_proj_weight` `[3W, W]` (OpenAI naming).
+#[derive(Debug)]
+pub(crate) struct MultiheadAttention {
+    in_proj_weight: Tensor,
+    in_proj_bias: Tensor,
+    out_proj: Linear,
+    heads: i64,
+}
+
+impl MultiheadAttention {
+    fn new(p: nn::Path, width: i64, heads: i64) -> MultiheadAttention {
+        MultiheadAttention {
+            in_proj_weight: param(
+                &p,
+                "in_proj_weight",
+                &[3 * width, width],
+                (width as f64).powf(-0.5),
+            ),
+            in_proj_bias: p.var("in_proj_bias", &[3 * width], nn::Init::Const(0.0)),
+            out_proj: Linear::new(&p / "out_proj", width, width),
+            heads,
+        }
+    }
+
+    /// Self-attention over `[B, L, W]`; `causal` masks future tokens (text tower).
+    fn forward(&self, x: &Tensor, causal: bool, site: &str, probe: &mut Probe) -> Tensor {
+        let (b, l, w) = x.size3().expect("[B, L, W]");
+        let qkv = x.linear(&self.in_proj_weight, Some(&self.in_proj_bias));
+        let parts = qkv.chunk(3, -1);
+        let (q, k, v) = (
+            split_heads(&parts[0], self.heads),
+            split_heads(&parts[1], self.heads),
+            split_heads(&parts[2], self.heads),
+        );
+        let heads = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            None::<Tensor>,
+            0.0,
+            causal,
+            None,
+            false,
+        );
+        let heads = probe.site(site, heads, 1);
+        let merged = heads.transpose(1, 2).reshape([b, l, w]);
+        self.out_proj.forward(&merged)
+    }
+}
+
+#[derive(Debug)]
+struct Mlp {
+    c_fc: Linear,
+    c_proj: Linear,
+}
+
+/// `ResidualAttentionBlock`: `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`.
+#[derive(Debug)]
+struct ResidualAttentionBlock {
+    attn: MultiheadAttention,
+    ln_1: LayerNorm,
+    mlp: Mlp,
+    ln_2: LayerNorm,
+}
+
+/// A stack of residual attention blocks (`<prefix>.resblocks.N`).
+#[derive(Debug)]
+pub(crate) struct Transformer {
+    resblocks: Vec<ResidualAttentionBlock>,
+    /// Site names per block: (block, heads, mlp).
+    sites: Vec<[String; 3]>,
+}
+
+impl Transformer {
+    /// Builds `layers` blocks under `p` (whose path is `prefix`, e.g. `visual.transformer`).
+    pub(crate) fn new(
+        p: nn::Path,
+        prefix: &str,
+        width: i64,
+        layers: i64,
+        heads: i64,
+    ) -> Transformer {
+        let rp = &p / "resblocks";
+        let mut resblocks = Vec::new();
+        let mut sites = Vec::new();
+        for i in 0..layers {
+            let bp = &rp / i;
+            let mp = &bp / "mlp";
+            resblocks.push(ResidualAttentionBlock {
+                attn: MultiheadAttention::new(&bp / "attn", width, heads),
+                ln_1: LayerNorm::new(&bp / "ln_1", width),
+                mlp: Mlp {
+                    c_fc: Linear::new(&mp / "c_fc", width, 4 * width),
+                    c_proj: Linear::new(&mp / "c_proj", 4 * width, width),
+                },
+                ln_2: LayerNorm::new(&bp / "ln_2", width),
+            });
+            let name = format!("{prefix}.resblocks.{i}");
+            sites.push([
+                name.clone(),
+                format!("{name}.attn.heads"),
+                format!("{name}.mlp.c_fc"),
+            ]);
+        }
+        Transformer { resblocks, sites }
+    }
+
+    /// `[B, L, W] → [B, L, W]`.
+    pub(crate) fn forward(&self, x: &Tensor, causal: bool, probe: &mut Probe) -> Tensor {
+        let mut x = x.shallow_clone();
+        for (block, [name, heads, mlp]) in self.resblocks.iter().zip(&self.sites) {
+            x = &x
+                + block
+                    .attn
+                    .forward(&block.ln_1.forward(&x), causal, heads, probe);
+            let hidden = quick_gelu(&block.mlp.c_fc.forward(&block.ln_2.forward(&x)));
+            let hidden = probe.site(mlp, hidden, -1);
+            x = &x + block.mlp.c_proj.forward(&hidden);
+            x = probe.site(name, x, -1);
+        }
+        x
+    }
+}

@@ -1,0 +1,90 @@
+//! Shared test helpers: the Python reference fixtures (made once per test binary by
+//! `scripts/reference.py` into the git-ignored `tests/fixtures/generated/`), the shared data
+//! folder, and comparison helpers.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use sha2::{Digest, Sha256};
+use tch::Tensor;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Python interpreter that carries torch + open_clip (`.venv`, made by the test command).
+pub fn python() -> PathBuf {
+    let venv = repo().join(".venv/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
+/// `../shared/data`, when present.
+pub fn shared_data() -> Option<PathBuf> {
+    let p = repo().join("../shared/data");
+    p.is_dir().then_some(p)
+}
+
+/// The configs every test run needs (tiny ones and the real shapes of ViT-B/32 and RN50).
+pub const CI_CONFIGS: &str = "tiny-vit,tiny-rn,ViT-B-32,RN50,tokenizer,preprocess";
+
+/// Runs `scripts/reference.py` for `configs` into `tests/fixtures/generated/<subdir>` unless a
+/// stamp shows the same script already made them. Returns the folder.
+pub fn generate(subdir: &str, configs: &str) -> PathBuf {
+    let out = repo().join("tests/fixtures/generated").join(subdir);
+    let script = repo().join("scripts/reference.py");
+    let mut h = Sha256::new();
+    h.update(std::fs::read(&script).expect("scripts/reference.py"));
+    h.update(configs.as_bytes());
+    let stamp_value = hex::encode(h.finalize());
+    let stamp = out.join(".stamp");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(stamp_value.as_str()) {
+        return out;
+    }
+    std::fs::create_dir_all(&out).unwrap();
+    let status = Command::new(python())
+        .arg(&script)
+        .arg("--out")
+        .arg(&out)
+        .arg("--configs")
+        .arg(configs)
+        .status()
+        .expect("cannot run Python: run the README's test command, which installs the reference into .venv");
+    assert!(
+        status.success(),
+        "scripts/reference.py failed for {configs}"
+    );
+    std::fs::write(&stamp, stamp_value).unwrap();
+    out
+}
+
+/// The CI fixtures, generated once per test binary.
+pub fn fixtures() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| generate("ci", CI_CONFIGS))
+}
+
+/// Reads a safetensors file into a name → tensor map.
+pub fn read_tensors(path: &Path) -> std::collections::BTreeMap<String, Tensor> {
+    Tensor::read_safetensors(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .into_iter()
+        .collect()
+}
+
+/// Largest absolute difference between two tensors.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size(), "shape mismatch");
+    f64::try_from(
+        (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double))
+            .abs()
+            .max(),
+    )
+    .unwrap()
+}
