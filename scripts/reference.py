@@ -201,10 +201,15 @@ def tokenizer_corpus(out_dir, seed):
                 parts.append("".join(rng.choice(pool) for _ in range(rng.randint(1, 8))))
             parts.append(rng.choice([" ", " ", "", "  ", "\t"]))
         texts.append("".join(parts))
+    texts += ["cafÃ©", "Ã¼ber", "donâ€™t"]  # mojibake that ftfy repairs (typoclip does not)
     tokenizer = open_clip.get_tokenizer("ViT-B-32")
     ids = tokenizer(texts)
+    import ftfy
+    # True where ftfy's mojibake repair (fix_encoding) changes the text: outside what typoclip reproduces.
+    mojibake = [ftfy.fix_text(t) != ftfy.fix_text(t, fix_encoding=False) for t in texts]
     with open(os.path.join(out_dir, "tokenizer.json"), "w") as f:
-        json.dump([{"text": t, "tokens": [int(x) for x in row]} for t, row in zip(texts, ids)], f, ensure_ascii=False)
+        json.dump([{"text": t, "tokens": [int(x) for x in row], "mojibake": m}
+                   for t, row, m in zip(texts, ids, mojibake)], f, ensure_ascii=False)
 
 
 def preprocess_fixture(out_dir, data_dir):

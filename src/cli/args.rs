@@ -70,6 +70,15 @@ pub enum Command {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
+    /// CLIP BPE token ids of each text (one JSON array per line), as the text tower sees them.
+    Tokenize {
+        /// Texts to tokenize.
+        #[arg(required = true)]
+        text: Vec<String>,
+        /// Context length (rows are truncated to it, keeping the end-of-text token).
+        #[arg(long, default_value_t = 77)]
+        context_length: usize,
+    },
     /// Architecture, input size, embedding size, parameter count and sha256 of a model.
     Info {
         #[command(flatten)]

@@ -145,6 +145,22 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Tokenize {
+            text,
+            context_length,
+        } => {
+            if context_length < 2 {
+                bail!("--context-length: must be at least 2");
+            }
+            let tok = ClipTokenizer::new();
+            for t in text {
+                println!(
+                    "{}",
+                    serde_json::to_string(&tok.encode_row(&t, context_length))?
+                );
+            }
+            Ok(())
+        }
         Command::Info { model, json } => {
             let m = open_model(&model)?;
             let info = m.info();

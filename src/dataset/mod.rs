@@ -1,5 +1,10 @@
 //! The dataset stage: reading images from disk into 8-bit RGB, with a pixel limit against
 //! decompression bombs. Every error names the file.
+//!
+//! JPEGs are decoded with libjpeg-turbo's algorithms (through the `mozjpeg` crate: accurate
+//! integer IDCT, fancy upsampling), as Pillow does, so that pixels equal the Python reference's;
+//! truncated JPEGs (no end-of-image marker after the last scan) are refused as Pillow refuses
+//! them. Other formats go through the `image` crate.
 
 use std::path::Path;
 
@@ -31,6 +36,7 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageError> {
     if reader.format().is_none() {
         return Err(fail("not a recognised image format".into()));
     }
+    let is_jpeg = reader.format() == Some(image::ImageFormat::Jpeg);
     let (w, h) = reader
         .into_dimensions()
         .map_err(|e| fail(format!("cannot decode image header: {e}")))?;
@@ -41,6 +47,14 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageError> {
         return Err(fail(format!(
             "{w}x{h} exceeds the {MAX_PIXELS}-pixel limit"
         )));
+    }
+    if is_jpeg {
+        let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+        match decode_jpeg(&bytes) {
+            Ok(img) => return Ok(img),
+            Err(JpegOutcome::Invalid(m)) => return Err(fail(m)),
+            Err(JpegOutcome::Unsupported) => {} // e.g. CMYK: the image crate converts it
+        }
     }
     let mut reader = image::ImageReader::open(path)
         .map_err(|e| fail(format!("cannot open: {e}")))?
@@ -54,4 +68,55 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageError> {
         .decode()
         .map_err(|e| fail(format!("cannot decode image: {e}")))?;
     Ok(img.to_rgb8())
+}
+
+enum JpegOutcome {
+    Invalid(String),
+    Unsupported,
+}
+
+/// True when the entropy-coded data of the last scan is followed by an end-of-image marker.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    match last_sos {
+        Some(pos) => bytes[pos..].windows(2).any(|w| w == [0xFF, 0xD9]),
+        None => false,
+    }
+}
+
+fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage, JpegOutcome> {
+    if !jpeg_is_complete(bytes) {
+        return Err(JpegOutcome::Invalid(
+            "truncated JPEG (no end-of-image marker after the last scan)".into(),
+        ));
+    }
+    let result = std::panic::catch_unwind(|| -> std::io::Result<Option<RgbImage>> {
+        let d = mozjpeg::Decompress::new_mem(bytes)?;
+        if !matches!(
+            d.color_space(),
+            mozjpeg::ColorSpace::JCS_YCbCr
+                | mozjpeg::ColorSpace::JCS_GRAYSCALE
+                | mozjpeg::ColorSpace::JCS_RGB
+        ) {
+            return Ok(None);
+        }
+        let mut started = d.rgb()?;
+        let (w, h) = (started.width() as u32, started.height() as u32);
+        let data = started.read_scanlines_flat()?;
+        started.finish()?;
+        Ok(RgbImage::from_raw(w, h, data))
+    });
+    match result {
+        Ok(Ok(Some(img))) => Ok(img),
+        Ok(Ok(None)) => Err(JpegOutcome::Unsupported),
+        Ok(Err(e)) => Err(JpegOutcome::Invalid(format!("cannot decode JPEG: {e}"))),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "libjpeg error".into());
+            Err(JpegOutcome::Invalid(format!("cannot decode JPEG: {msg}")))
+        }
+    }
 }
