@@ -152,9 +152,19 @@ def export(name, out_dir, seed):
         img_f = model.encode_image(images)
         txt_f = model.encode_text(tokens)
         logits = model.logit_scale.exp() * torch.nn.functional.normalize(img_f, dim=-1) @ torch.nn.functional.normalize(txt_f, dim=-1).t()
-    save_file({"images": images, "tokens": tokens.long(), "image_features": img_f.contiguous(),
-               "text_features": txt_f.contiguous(), "logits": logits.contiguous()},
-              os.path.join(out_dir, f"{name}.io.safetensors"))
+    io = {"images": images, "tokens": tokens.long(), "image_features": img_f.contiguous(),
+          "text_features": txt_f.contiguous(), "logits": logits.contiguous()}
+    if name in TINY:
+        # Zero-shot classifier of 10 ImageNet classes (every 100th) with the 80 CLIP templates.
+        from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
+        names = [IMAGENET_CLASSNAMES[i] for i in range(0, 1000, 100)]
+        clf = open_clip.build_zero_shot_classifier(model, tokenizer, names, OPENAI_IMAGENET_TEMPLATES,
+                                                   num_classes_per_batch=10, device="cpu", use_tqdm=False)
+        with torch.no_grad():
+            zs_logits = model.logit_scale.exp() * torch.nn.functional.normalize(img_f, dim=-1) @ clf
+        io["zs_weights"] = clf.t().contiguous()
+        io["zs_logits"] = zs_logits.contiguous()
+    save_file(io, os.path.join(out_dir, f"{name}.io.safetensors"))
 
     sd = model.state_dict()
     torch.save(sd, os.path.join(out_dir, f"{name}.state_dict.pt"))

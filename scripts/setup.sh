@@ -4,7 +4,8 @@
 #     torch import needed: only the shared libraries), linked as .libtorch for tch;
 #  2. the built-in default images, extracted from the scikit-image wheel (public domain / CC0);
 #  3. cargo build --release.
-# Environment: TYPOCLIP_SKIP_BUILD=1 skips step 3.
+#  4. typoclip fetch ViT-B-32 (continues when offline).
+# Environment: TYPOCLIP_SKIP_BUILD=1 skips steps 3-4, TYPOCLIP_SKIP_FETCH=1 skips step 4.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -57,5 +58,10 @@ fi
 if [ "${TYPOCLIP_SKIP_BUILD:-0}" != 1 ]; then
   say "cargo build --release"
   cargo build --release
+  if [ "${TYPOCLIP_SKIP_FETCH:-0}" != 1 ]; then
+    say "trying to fetch the default checkpoint (ViT-B-32) into the cache"
+    ./target/release/typoclip fetch ViT-B-32 --quiet \
+      || say "could not fetch ViT-B-32 (offline?): the default run will use random weights and say so"
+  fi
 fi
 say "done"

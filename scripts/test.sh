@@ -3,7 +3,7 @@
 # parity fixtures), formatting, lints, then every test in release mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+TYPOCLIP_SKIP_FETCH=1 bash scripts/setup.sh
 echo "[test] installing the Python reference into .venv (torch, open-clip-torch, safetensors, pillow, numpy)"
 .venv/bin/pip install -q "torch==2.13.0" "open-clip-torch==3.3.0" "safetensors>=0.4" "pillow>=10" "numpy>=1.26"
 echo "[test] cargo fmt --check"

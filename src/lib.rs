@@ -11,3 +11,4 @@ pub mod model;
 pub mod npy;
 pub mod preprocess;
 pub mod tokenizer;
+pub mod zeroshot;

@@ -18,8 +18,9 @@ pub struct Cli {
 pub struct ModelArgs {
     /// A checkpoint path (format detected from content), a known name resolved in the cache
     /// (`ViT-B-32`, `RN50`, …), or `random:<arch>[:seed]` (seeded random weights, plumbing only).
+    /// Default: the cached `ViT-B-32`.
     #[arg(long, short = 'm')]
-    pub model: String,
+    pub model: Option<String>,
     /// `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when libtorch has it).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -54,12 +55,21 @@ pub enum Command {
     Classify {
         #[command(flatten)]
         model: ModelArgs,
-        /// Comma-separated class names.
-        #[arg(long)]
+        /// Classes: `imagenet` (the 1000 ImageNet classes), a label file (`.tsv`: `wnid<TAB>name`
+        /// or one name per line; `.csv` with a `name` column), or a comma-separated list.
+        #[arg(long, default_value = "imagenet")]
         labels: String,
-        /// Prompt template; `{}` is replaced by the class name.
-        #[arg(long, default_value = "a photo of a {}.")]
-        template: String,
+        /// Prompt templates: `single` ("a photo of a {}."), `openai7`, `imagenet80`, or a file
+        /// with one template per line containing `{}`.
+        #[arg(long, default_value = "single")]
+        templates: String,
+        /// Classify the built-in default images (see datasets/builtin.toml).
+        #[arg(long)]
+        builtin: bool,
+        /// When no --model is given and the default checkpoint is not cached, use
+        /// `random:ViT-B-32` (every output then says it is random).
+        #[arg(long)]
+        fallback_random: bool,
         /// How many labels to show per image.
         #[arg(long, default_value_t = 5)]
         top: usize,
@@ -67,7 +77,6 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         /// Images to classify.
-        #[arg(required = true)]
         images: Vec<PathBuf>,
     },
     /// CLIP BPE token ids of each text (one JSON array per line), as the text tower sees them.

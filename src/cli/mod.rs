@@ -14,8 +14,9 @@ use tch::{Kind, Tensor};
 
 use crate::model::l2_normalize;
 use crate::tokenizer::ClipTokenizer;
+use crate::zeroshot::{LabelSet, TemplateSet, TextCache};
 use args::{Cli, Command};
-use resolve::{open_model, OpenedModel};
+use resolve::{cache_dir, open_model, open_model_or_random, OpenedModel};
 
 /// Exit code for bad input or configuration.
 pub const EXIT_USAGE: u8 = 2;
@@ -77,46 +78,49 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Classify {
             model,
             labels,
-            template,
+            templates,
+            builtin,
+            fallback_random,
             top,
             json,
-            images,
+            mut images,
         } => {
-            let labels: Vec<String> = labels
-                .split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect();
-            if labels.is_empty() {
-                bail!("--labels: no class names given");
+            let labels = LabelSet::resolve(&labels)?;
+            let templates = TemplateSet::resolve(&templates)?;
+            let mut expected: Vec<Option<String>> = vec![None; images.len()];
+            if builtin {
+                for b in crate::dataset::builtin_images()? {
+                    images.push(b.path);
+                    expected.push(Some(b.label));
+                }
             }
-            if !template.contains("{}") {
-                bail!("--template: must contain the placeholder {{}}");
+            if images.is_empty() {
+                bail!("nothing to classify: give image files or --builtin");
             }
-            let m = open_model(&model)?;
+            let m = open_model_or_random(&model, fallback_random)?;
             let tok = ClipTokenizer::new();
-            let prompts: Vec<String> = labels.iter().map(|l| template.replace("{}", l)).collect();
-            let text = m.model.encode_text(
-                &tok.tokenize(&prompts, m.model.config().text.context_length as usize),
-            );
+            let cache =
+                TextCache::new(cache_dir(model.cache_dir.as_deref()).join("text-classifiers"));
+            let (clf, _) = cache.load_or_build(&m.cache_id(), &m.model, &tok, labels, templates)?;
             let image = encode_image_files(&m, &images, 32)?;
-            let probs = m.model.logits(&image, &text).softmax(-1, Kind::Float);
-            let k = top.clamp(1, labels.len());
+            let probs = clf.probs(&image);
+            let k = top.clamp(1, clf.labels.len());
             let results: Vec<ClassifyResult> = images
                 .iter()
+                .zip(expected)
                 .enumerate()
-                .map(|(i, path)| {
-                    let row = probs.get(i as i64);
-                    let (vals, idx) = row.topk(k as i64, -1, true, true);
+                .map(|(i, (path, expected))| {
+                    let (vals, idx) = probs.get(i as i64).topk(k as i64, -1, true, true);
                     let vals = Vec::<f32>::try_from(vals).expect("f32 probabilities");
                     let idx = Vec::<i64>::try_from(idx).expect("i64 indices");
                     ClassifyResult {
                         image: path.display().to_string(),
+                        expected,
                         top: idx
                             .iter()
                             .zip(vals)
                             .map(|(&j, p)| LabelProb {
-                                label: labels[j as usize].clone(),
+                                label: clf.labels.classes[j as usize].name.clone(),
                                 prob: p,
                             })
                             .collect(),
@@ -130,14 +134,25 @@ pub fn run(cli: Cli) -> Result<()> {
                     warning: m.random_warning(),
                     model: m.spec.clone(),
                     random_weights: m.random,
-                    template,
+                    labels: clf.labels.name.clone(),
+                    templates: clf.templates.name.clone(),
                     results,
                 };
                 writeln!(out, "{}", serde_json::to_string(&doc)?)?;
             } else {
                 writeln!(out, "{}", m.banner_line())?;
+                writeln!(
+                    out,
+                    "# {} classes ({}), templates {}",
+                    clf.labels.len(),
+                    clf.labels.name,
+                    clf.templates.name
+                )?;
                 for r in results {
-                    writeln!(out, "{}", r.image)?;
+                    match &r.expected {
+                        Some(e) => writeln!(out, "{} (shows: {e})", r.image)?,
+                        None => writeln!(out, "{}", r.image)?,
+                    }
                     for lp in r.top {
                         writeln!(out, "  {:>7.2}%  {}", lp.prob * 100.0, lp.label)?;
                     }
@@ -198,6 +213,8 @@ struct LabelProb {
 #[derive(Serialize)]
 struct ClassifyResult {
     image: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expected: Option<String>,
     top: Vec<LabelProb>,
 }
 
@@ -207,7 +224,8 @@ struct ClassifyReport {
     warning: Option<String>,
     model: String,
     random_weights: bool,
-    template: String,
+    labels: String,
+    templates: String,
     results: Vec<ClassifyResult>,
 }
 

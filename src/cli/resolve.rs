@@ -162,6 +162,12 @@ pub struct ModelInfo {
 }
 
 impl OpenedModel {
+    /// The id that keys caches of things computed from this model (file sha256, or the
+    /// random spec).
+    pub fn cache_id(&self) -> String {
+        self.sha256.clone().unwrap_or_else(|| self.spec.clone())
+    }
+
     /// `Some(banner)` for random weights.
     pub fn random_warning(&self) -> Option<String> {
         self.random
@@ -206,10 +212,30 @@ impl OpenedModel {
     }
 }
 
-/// Resolves `--model` and loads it on `--device`.
+/// The checkpoint used when `--model` is not given.
+pub const DEFAULT_MODEL: &str = "ViT-B-32";
+
+/// Resolves `--model` (default: the cached [`DEFAULT_MODEL`]) and loads it on `--device`.
 pub fn open_model(args: &ModelArgs) -> Result<OpenedModel> {
+    open_model_or_random(args, false)
+}
+
+/// As [`open_model`]; with `fallback_random`, a missing default checkpoint becomes
+/// `random:<default>` instead of an error.
+pub fn open_model_or_random(args: &ModelArgs, fallback_random: bool) -> Result<OpenedModel> {
     let device = parse_device(&args.device)?;
-    let spec = ModelSpec::parse(&args.model)?;
+    let spec_text = match &args.model {
+        Some(m) => m.clone(),
+        None => {
+            let cached = cache_dir(args.cache_dir.as_deref()).join(cached_file_name(DEFAULT_MODEL));
+            if !cached.exists() && fallback_random {
+                format!("random:{DEFAULT_MODEL}")
+            } else {
+                DEFAULT_MODEL.to_string()
+            }
+        }
+    };
+    let spec = ModelSpec::parse(&spec_text)?;
     let path = match spec {
         ModelSpec::Random { arch, seed } => {
             let config = ClipConfig::preset(arch).expect("known architecture");
@@ -240,7 +266,7 @@ pub fn open_model(args: &ModelArgs) -> Result<OpenedModel> {
     let sha256 = sha256_file(&path).map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?;
     Ok(OpenedModel {
         model: loaded.model,
-        spec: args.model.clone(),
+        spec: spec_text,
         random: false,
         sha256: Some(sha256),
         format: format!("{:?}/{:?}", loaded.format, loaded.naming),

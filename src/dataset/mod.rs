@@ -9,6 +9,7 @@
 use std::path::Path;
 
 use image::RgbImage;
+use std::path::PathBuf;
 
 /// Images with more pixels than this are refused (decompression-bomb guard).
 pub const MAX_PIXELS: u64 = 100_000_000;
@@ -102,7 +103,7 @@ fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage, JpegOutcome> {
         }
         let mut started = d.rgb()?;
         let (w, h) = (started.width() as u32, started.height() as u32);
-        let data = started.read_scanlines_flat()?;
+        let data = started.read_scanlines::<u8>()?;
         started.finish()?;
         Ok(RgbImage::from_raw(w, h, data))
     });
@@ -119,4 +120,50 @@ fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage, JpegOutcome> {
             Err(JpegOutcome::Invalid(format!("cannot decode JPEG: {msg}")))
         }
     }
+}
+
+/// One built-in default image and the ImageNet class it shows.
+#[derive(Debug, Clone)]
+pub struct BuiltinImage {
+    /// The file (extracted by `scripts/setup.sh`).
+    pub path: PathBuf,
+    /// ImageNet class name.
+    pub label: String,
+}
+
+#[derive(serde::Deserialize)]
+struct BuiltinManifest {
+    root: String,
+    images: Vec<BuiltinEntry>,
+}
+
+#[derive(serde::Deserialize)]
+struct BuiltinEntry {
+    file: String,
+    label: String,
+}
+
+/// The built-in images listed in `datasets/builtin.toml` (compiled in), found under
+/// `$TYPOCLIP_BUILTIN_DIR` or the manifest's `root` inside the source checkout.
+pub fn builtin_images() -> Result<Vec<BuiltinImage>, ImageError> {
+    let manifest: BuiltinManifest = toml::from_str(include_str!("../../datasets/builtin.toml"))
+        .expect("valid builtin manifest");
+    let root = std::env::var_os("TYPOCLIP_BUILTIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(&manifest.root));
+    let mut out = Vec::new();
+    for e in manifest.images {
+        let path = root.join(&e.file);
+        if !path.is_file() {
+            return Err(ImageError {
+                path: path.display().to_string(),
+                message: "built-in image missing: run scripts/setup.sh (it extracts them from the scikit-image wheel)".into(),
+            });
+        }
+        out.push(BuiltinImage {
+            path,
+            label: e.label,
+        });
+    }
+    Ok(out)
 }
