@@ -7,8 +7,12 @@
 
 pub mod cli;
 pub mod dataset;
+pub mod metrics;
 pub mod model;
 pub mod npy;
 pub mod preprocess;
+pub mod progress;
+pub mod records;
+pub mod sweep;
 pub mod tokenizer;
 pub mod zeroshot;

@@ -79,6 +79,8 @@ pub enum Command {
         /// Images to classify.
         images: Vec<PathBuf>,
     },
+    /// Evaluate a dataset under attack; writes records, summary and provenance into --out.
+    Sweep(SweepArgs),
     /// CLIP BPE token ids of each text (one JSON array per line), as the text tower sees them.
     Tokenize {
         /// Texts to tokenize.
@@ -96,4 +98,53 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `typoclip sweep`.
+#[derive(Debug, clap::Args)]
+pub struct SweepArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Dataset descriptor (`datasets/*.toml`).
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// Override the descriptor's data folder.
+    #[arg(long)]
+    pub data_root: Option<PathBuf>,
+    /// Run folder (`results/NAME`).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// `zeroshot` (all classes of the label set) or `binary` (true object vs attack word).
+    #[arg(long, default_value = "zeroshot")]
+    pub mode: String,
+    /// Override the descriptor's label set (`imagenet`, a file, a comma list, or `dataset`).
+    #[arg(long)]
+    pub labels: Option<String>,
+    /// Template set: `single`, `openai7`, `imagenet80` or a file.
+    #[arg(long, default_value = "single")]
+    pub templates: String,
+    /// Evaluate at most N (clean, attacked) pairs.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Shuffle the pairs (with --seed) before --limit.
+    #[arg(long)]
+    pub shuffle: bool,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Pairs per batch (also the resume granularity).
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Decode/preprocess threads.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Continue an interrupted run in --out.
+    #[arg(long)]
+    pub resume: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }

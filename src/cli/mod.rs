@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod resolve;
+pub mod sweep_cmd;
 
 use std::io::Write;
 use std::path::Path;
@@ -160,6 +161,7 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Sweep(args) => sweep_cmd::run_sweep(args),
         Command::Tokenize {
             text,
             context_length,

@@ -6,6 +6,8 @@
 //! truncated JPEGs (no end-of-image marker after the last scan) are refused as Pillow refuses
 //! them. Other formats go through the `image` crate.
 
+pub mod descriptor;
+
 use std::path::Path;
 
 use image::RgbImage;

@@ -1,0 +1,123 @@
+//! The records stage: one [`Record`] per (image, attack variant) — what the model predicted on
+//! the clean and on the attacked image — streamed as JSON lines so that partial runs survive
+//! and summaries can be rebuilt without a model. Pure data; the sweep writes them.
+
+use serde::{Deserialize, Serialize};
+
+/// A label with its probability.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scored {
+    /// Class name.
+    pub label: String,
+    /// Softmax probability.
+    pub prob: f32,
+}
+
+/// One (image, variant) outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Record {
+    /// Stable sample id (dataset-relative path or file name).
+    pub sample_id: String,
+    /// Attack variant name (`ipod/size=24`), or the physical-attack condition (`SCAM`).
+    pub variant: String,
+    /// Ground-truth class name, when the dataset has one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub true_label: Option<String>,
+    /// Target class of a targeted attack.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub target: Option<String>,
+    /// Top-5 on the clean image.
+    #[serde(default)]
+    pub clean_top5: Vec<Scored>,
+    /// Top-5 on the attacked image.
+    #[serde(default)]
+    pub attacked_top5: Vec<Scored>,
+    /// P(true class), clean.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub p_true_clean: Option<f32>,
+    /// P(true class), attacked.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub p_true_attacked: Option<f32>,
+    /// P(target), clean.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub p_target_clean: Option<f32>,
+    /// P(target), attacked.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub p_target_attacked: Option<f32>,
+    /// 1-based rank of the target class after the attack.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub target_rank_attacked: Option<u32>,
+    /// Fraction of the model-input pixels the attack changed.
+    #[serde(default)]
+    pub l0: f64,
+    /// Why this sample could not be evaluated (corrupt image, …); other fields are then empty.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
+}
+
+impl Record {
+    /// Top-1 label on the clean image.
+    pub fn clean_top1(&self) -> Option<&str> {
+        self.clean_top5.first().map(|s| s.label.as_str())
+    }
+
+    /// Top-1 label on the attacked image.
+    pub fn attacked_top1(&self) -> Option<&str> {
+        self.attacked_top5.first().map(|s| s.label.as_str())
+    }
+
+    /// True when the record holds predictions (not an error).
+    pub fn is_ok(&self) -> bool {
+        self.error.is_none() && !self.clean_top5.is_empty() && !self.attacked_top5.is_empty()
+    }
+
+    /// One JSON line (no trailing newline).
+    pub fn to_json_line(&self) -> String {
+        serde_json::to_string(self).expect("records serialise")
+    }
+}
+
+/// Parses a `records.jsonl` text. Returns the complete records and the byte length of the
+/// valid prefix: a torn last line (no newline, or unparsable) is excluded, to be redone.
+pub fn parse_jsonl(text: &str) -> (Vec<Record>, usize) {
+    let mut out = Vec::new();
+    let mut valid = 0;
+    let mut pos = 0;
+    for line in text.split_inclusive('\n') {
+        pos += line.len();
+        if !line.ends_with('\n') {
+            break;
+        }
+        match serde_json::from_str::<Record>(line.trim_end()) {
+            Ok(r) => {
+                out.push(r);
+                valid = pos;
+            }
+            Err(_) => break,
+        }
+    }
+    (out, valid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torn_last_line_is_dropped() {
+        let a = Record {
+            sample_id: "a".into(),
+            variant: "v".into(),
+            ..Record::default()
+        };
+        let mut text = format!("{}\n{}\n", a.to_json_line(), a.to_json_line());
+        let full = text.len();
+        text.push_str("{\"sample_id\": \"b\", \"vari");
+        let (recs, valid) = parse_jsonl(&text);
+        assert_eq!(recs.len(), 2);
+        assert_eq!(valid, full);
+        // A complete but corrupt line stops parsing too.
+        let (recs, _) = parse_jsonl("not json\n");
+        assert!(recs.is_empty());
+    }
+}

@@ -1,0 +1,475 @@
+//! The sweep stage: evaluates a dataset under attack and streams one [`Record`] per
+//! (image, variant) to `records.jsonl`, then writes `summary.json` / `summary.csv`.
+//!
+//! Data flows one way: list → decode + preprocess (worker threads, bounded queue, ahead of the
+//! model) → batched model → scoring → records. Work is cut into fixed batches of cells; a batch's
+//! records are appended and flushed together, and a resumed run redoes any incomplete batch,
+//! so an interrupted run continues where it stopped and its final summary is byte-identical to
+//! an uninterrupted one. Clean images are encoded once and reused by every variant.
+//!
+//! This module evaluates *physical* attacks, where the attack is already in the photo: the
+//! attacked photo of a scene is compared with its clean counterpart (SCAM vs NoSCAM / SynthSCAM
+//! vs NoSCAM, Distill's `<object>-<text>.jpg` vs `<object>-blank.jpg`).
+
+pub mod provenance;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
+
+use serde::Serialize;
+use tch::{Kind, Tensor};
+
+use crate::dataset::descriptor::Sample;
+use crate::metrics::{summarize, VariantSummary};
+use crate::model::ClipModel;
+use crate::records::{parse_jsonl, Record, Scored};
+use crate::zeroshot::ZeroShotClassifier;
+
+/// How predictions are scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvalMode {
+    /// Among every class of the label set.
+    Zeroshot,
+    /// Between the true object and the attack word only (SCAM's protocol).
+    Binary,
+}
+
+/// One unit of work: a clean image, its attacked counterpart, and what the attack aims at.
+#[derive(Debug, Clone)]
+pub struct Cell {
+    /// Clean photo.
+    pub clean: Sample,
+    /// Attacked photo.
+    pub attacked: Sample,
+    /// Variant name (the condition, e.g. `SCAM`).
+    pub variant: String,
+    /// True class.
+    pub true_label: Option<String>,
+    /// Attack target (the written word).
+    pub target: Option<String>,
+}
+
+/// Pairs the photos of a physical-attack dataset: each attacked photo with the clean photo of
+/// the same scene (`NoSCAM` / `blank`). Photos without a clean partner are skipped.
+pub fn physical_cells(samples: &[Sample]) -> Vec<Cell> {
+    let mut clean: HashMap<&str, &Sample> = HashMap::new();
+    for s in samples {
+        if let (Some(p), Some("NoSCAM" | "blank")) = (s.pair.as_deref(), s.condition.as_deref()) {
+            clean.insert(p, s);
+        }
+    }
+    let mut cells = Vec::new();
+    for s in samples {
+        let (Some(p), Some(cond)) = (s.pair.as_deref(), s.condition.as_deref()) else {
+            continue;
+        };
+        if matches!(cond, "NoSCAM" | "blank") {
+            continue;
+        }
+        if let Some(c) = clean.get(p) {
+            cells.push(Cell {
+                clean: (*c).clone(),
+                attacked: s.clone(),
+                variant: cond.to_string(),
+                true_label: s.label.clone(),
+                target: s.attack_text.clone(),
+            });
+        }
+    }
+    cells.sort_by(|a, b| (&a.variant, &a.attacked.id).cmp(&(&b.variant, &b.attacked.id)));
+    cells
+}
+
+/// Settings of one sweep.
+#[derive(Debug, Clone)]
+pub struct SweepSettings {
+    /// Run folder.
+    pub out_dir: PathBuf,
+    /// Scoring mode.
+    pub mode: EvalMode,
+    /// Cells per batch (the resume granularity).
+    pub batch_size: usize,
+    /// Decode/preprocess worker threads.
+    pub workers: usize,
+    /// Continue a previous run in `out_dir`.
+    pub resume: bool,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+/// What a finished sweep reports.
+#[derive(Debug, Serialize)]
+pub struct SweepSummary {
+    /// Present (and first) for random weights.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+    /// Total records.
+    pub records: usize,
+    /// Error records.
+    pub errors: usize,
+    /// Per-variant metrics.
+    pub variants: Vec<VariantSummary>,
+}
+
+/// Errors that stop a sweep before or during work (bad images do not: they become records).
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    /// The run folder holds another run.
+    #[error("{path}: cannot resume: {what} differs (was {before}, now {now})")]
+    Mismatch {
+        /// provenance.json
+        path: String,
+        /// The differing field.
+        what: String,
+        /// Old value.
+        before: String,
+        /// New value.
+        now: String,
+    },
+    /// The run folder exists and --resume was not given.
+    #[error(
+        "{0}: run folder already has records; pass --resume to continue it or choose another --out"
+    )]
+    Exists(String),
+    /// File I/O.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// Nothing to do.
+    #[error("{0}")]
+    Empty(String),
+}
+
+fn io_err(path: &Path, e: impl std::fmt::Display) -> SweepError {
+    SweepError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+struct Prepared {
+    index: usize,
+    result: Result<Tensor, String>,
+}
+
+/// Decodes and preprocesses `jobs` on `workers` threads, sending results through a bounded
+/// queue in any order; the caller reorders by `index`.
+fn prepare_images(
+    jobs: Vec<(usize, Sample)>,
+    n_px: u32,
+    workers: usize,
+) -> std::sync::mpsc::Receiver<Prepared> {
+    let (tx, rx) = sync_channel::<Prepared>(workers * 4);
+    let jobs = std::sync::Arc::new(std::sync::Mutex::new(jobs.into_iter()));
+    for _ in 0..workers.max(1) {
+        let tx = tx.clone();
+        let jobs = jobs.clone();
+        std::thread::spawn(move || loop {
+            let next = jobs.lock().expect("job queue").next();
+            let Some((index, s)) = next else { break };
+            let result = crate::dataset::load_rgb(&s.path)
+                .map(|img| crate::preprocess::preprocess(&img, n_px))
+                .map_err(|e| e.to_string());
+            if tx.send(Prepared { index, result }).is_err() {
+                break;
+            }
+        });
+    }
+    rx
+}
+
+fn top5(probs: &Tensor, labels: &crate::zeroshot::LabelSet) -> Vec<Scored> {
+    let k = 5.min(labels.len()) as i64;
+    let (v, i) = probs.topk(k, -1, true, true);
+    let v = Vec::<f32>::try_from(v).expect("f32");
+    let i = Vec::<i64>::try_from(i).expect("i64");
+    i.iter()
+        .zip(v)
+        .map(|(&j, p)| Scored {
+            label: labels.classes[j as usize].name.clone(),
+            prob: p,
+        })
+        .collect()
+}
+
+fn score(
+    cell: &Cell,
+    clean: &Tensor,
+    attacked: &Tensor,
+    full: &ZeroShotClassifier,
+    mode: EvalMode,
+    l0: f64,
+) -> Record {
+    let subset;
+    let clf = match mode {
+        EvalMode::Zeroshot => full,
+        EvalMode::Binary => {
+            let idx: Vec<usize> = [cell.true_label.as_deref(), cell.target.as_deref()]
+                .iter()
+                .flatten()
+                .filter_map(|n| full.labels.index_of_name(n))
+                .collect();
+            subset = full.subset(&idx);
+            &subset
+        }
+    };
+    let pc = clf.probs(&clean.unsqueeze(0)).squeeze_dim(0);
+    let pa = clf.probs(&attacked.unsqueeze(0)).squeeze_dim(0);
+    let find = |name: &Option<String>| name.as_deref().and_then(|n| clf.labels.index_of_name(n));
+    let ti = find(&cell.true_label);
+    let gi = find(&cell.target);
+    let p = |t: &Tensor, i: Option<usize>| {
+        i.map(|i| f64::try_from(t.get(i as i64)).unwrap_or(0.0) as f32)
+    };
+    let rank = gi.map(|g| {
+        let pg = f64::try_from(pa.get(g as i64)).unwrap_or(0.0);
+        1 + i64::try_from(pa.gt(pg).sum(Kind::Int64)).unwrap_or(0) as u32
+    });
+    let canonical = |name: &Option<String>, i: Option<usize>| {
+        name.clone()
+            .map(|n| i.map(|i| clf.labels.classes[i].name.clone()).unwrap_or(n))
+    };
+    Record {
+        sample_id: cell.attacked.id.clone(),
+        variant: cell.variant.clone(),
+        true_label: canonical(&cell.true_label, ti),
+        target: canonical(&cell.target, gi),
+        clean_top5: top5(&pc, &clf.labels),
+        attacked_top5: top5(&pa, &clf.labels),
+        p_true_clean: p(&pc, ti),
+        p_true_attacked: p(&pa, ti),
+        p_target_clean: p(&pc, gi),
+        p_target_attacked: p(&pa, gi),
+        target_rank_attacked: rank,
+        l0,
+        error: None,
+    }
+}
+
+/// Runs (or resumes) a physical-attack sweep; `provenance` is written (or checked, on resume)
+/// before any work. Returns the summary.
+pub fn run_physical(
+    model: &ClipModel,
+    classifier: &ZeroShotClassifier,
+    cells: &[Cell],
+    settings: &SweepSettings,
+    provenance: &provenance::Provenance,
+) -> Result<SweepSummary, SweepError> {
+    if cells.is_empty() {
+        return Err(SweepError::Empty(
+            "no (clean, attacked) pairs to evaluate in this dataset".into(),
+        ));
+    }
+    let out = &settings.out_dir;
+    std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
+    let records_path = out.join("records.jsonl");
+    let mut done: Vec<Record> = Vec::new();
+    if records_path.exists() {
+        if !settings.resume {
+            return Err(SweepError::Exists(out.display().to_string()));
+        }
+        provenance.check_resumable(&out.join("provenance.json"))?;
+        let text = std::fs::read_to_string(&records_path).map_err(|e| io_err(&records_path, e))?;
+        let (recs, _) = parse_jsonl(&text);
+        // Keep whole batches only: a partly written batch is redone with the same composition.
+        let whole = recs.len() / settings.batch_size * settings.batch_size;
+        done = recs.into_iter().take(whole).collect();
+        let keep: String = done.iter().map(|r| r.to_json_line() + "\n").collect();
+        std::fs::write(&records_path, keep).map_err(|e| io_err(&records_path, e))?;
+    }
+    provenance.write(&out.join("provenance.json"))?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&records_path)
+        .map_err(|e| io_err(&records_path, e))?;
+    let n_px = model.image_resolution() as u32;
+    let bar = crate::progress::bar(cells.len() as u64, settings.progress);
+    bar.set_position(done.len() as u64);
+    // Every distinct photo, in first-use order, encoded in fixed image batches: the batch an
+    // image falls in never depends on where a run was resumed, so the floating-point results
+    // (and the summary) are identical to an uninterrupted run's.
+    let mut images: Vec<Sample> = Vec::new();
+    let mut image_index: HashMap<String, usize> = HashMap::new();
+    for c in cells {
+        for s in [&c.clean, &c.attacked] {
+            if !image_index.contains_key(&s.id) {
+                image_index.insert(s.id.clone(), images.len());
+                images.push(s.clone());
+            }
+        }
+    }
+    let image_batch = settings.batch_size * 2;
+    let mut features: HashMap<usize, Result<Tensor, String>> = HashMap::new();
+    let _guard = tch::no_grad_guard();
+    for (b, batch) in cells
+        .chunks(settings.batch_size)
+        .enumerate()
+        .skip(done.len() / settings.batch_size)
+    {
+        let base = b * settings.batch_size;
+        let mut needed: Vec<usize> = batch
+            .iter()
+            .flat_map(|c| [image_index[&c.clean.id], image_index[&c.attacked.id]])
+            .filter(|i| !features.contains_key(i))
+            .map(|i| i / image_batch)
+            .collect();
+        needed.sort_unstable();
+        needed.dedup();
+        for ib in needed {
+            let range = ib * image_batch..((ib + 1) * image_batch).min(images.len());
+            let jobs: Vec<(usize, Sample)> =
+                range.clone().map(|i| (i, images[i].clone())).collect();
+            let mut prepared: Vec<Prepared> = prepare_images(jobs, n_px, settings.workers)
+                .into_iter()
+                .collect();
+            prepared.sort_by_key(|p| p.index);
+            let good: Vec<&Prepared> = prepared.iter().filter(|p| p.result.is_ok()).collect();
+            if !good.is_empty() {
+                let batch_t = Tensor::stack(
+                    &good
+                        .iter()
+                        .map(|p| p.result.as_ref().unwrap().shallow_clone())
+                        .collect::<Vec<_>>(),
+                    0,
+                );
+                let f = model.encode_image(&batch_t).to_device(tch::Device::Cpu);
+                for (i, p) in good.iter().enumerate() {
+                    features.insert(p.index, Ok(f.get(i as i64)));
+                }
+            }
+            for p in prepared.iter().filter(|p| p.result.is_err()) {
+                features.insert(p.index, Err(p.result.as_ref().unwrap_err().clone()));
+            }
+        }
+        let mut lines = String::new();
+        for (j, c) in batch.iter().enumerate() {
+            let clean = &features[&image_index[&c.clean.id]];
+            let attacked = &features[&image_index[&c.attacked.id]];
+            let rec = match (clean, attacked) {
+                (Ok(cf), Ok(af)) => score(c, cf, af, classifier, settings.mode, 0.0),
+                (Err(e), _) | (_, Err(e)) => Record {
+                    sample_id: c.attacked.id.clone(),
+                    variant: c.variant.clone(),
+                    true_label: c.true_label.clone(),
+                    target: c.target.clone(),
+                    error: Some(e.clone()),
+                    ..Record::default()
+                },
+            };
+            debug_assert_eq!(base + j, done.len());
+            lines.push_str(&rec.to_json_line());
+            lines.push('\n');
+            done.push(rec);
+        }
+        file.write_all(lines.as_bytes())
+            .map_err(|e| io_err(&records_path, e))?;
+        file.flush().map_err(|e| io_err(&records_path, e))?;
+        file.sync_data().map_err(|e| io_err(&records_path, e))?;
+        bar.set_position(done.len() as u64);
+    }
+    bar.finish_and_clear();
+    let summary = SweepSummary {
+        warning: provenance.random_weights.then(|| provenance.banner()),
+        records: done.len(),
+        errors: done.iter().filter(|r| r.error.is_some()).count(),
+        variants: summarize(&done),
+    };
+    write_summary(out, &summary)?;
+    let mut finished = provenance.clone();
+    finished.finish();
+    finished.write(&out.join("provenance.json"))?;
+    Ok(summary)
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SweepError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| io_err(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+}
+
+fn fmt_rate(r: &Option<crate::metrics::Rate>) -> [String; 4] {
+    match r {
+        Some(r) => [
+            format!("{:.6}", r.value),
+            format!("{:.6}", r.lo),
+            format!("{:.6}", r.hi),
+            r.n.to_string(),
+        ],
+        None => [String::new(), String::new(), String::new(), String::new()],
+    }
+}
+
+/// Writes `summary.json` and `summary.csv` (atomically; the CSV's first line is the
+/// random-weights banner when it applies).
+pub fn write_summary(out: &Path, summary: &SweepSummary) -> Result<(), SweepError> {
+    write_atomic(
+        &out.join("summary.json"),
+        &serde_json::to_vec_pretty(summary).expect("serialisable"),
+    )?;
+    let mut csv = String::new();
+    if let Some(w) = &summary.warning {
+        csv.push_str(&format!("# {w}\n"));
+    }
+    let rates = [
+        "fraction_changed_to",
+        "fraction_already_equal",
+        "fraction_changed_away",
+        "fraction_both_results_not_target",
+        "clean_accuracy",
+        "attacked_accuracy",
+        "attack_success_rate",
+        "flip_rate",
+    ];
+    let mut header = vec![
+        "variant".to_string(),
+        "target".into(),
+        "records".into(),
+        "errors".into(),
+        "avg_img_l0_norm_diff".into(),
+    ];
+    for r in rates {
+        header.extend([
+            r.to_string(),
+            format!("{r}_lo"),
+            format!("{r}_hi"),
+            format!("{r}_n"),
+        ]);
+    }
+    csv.push_str(&header.join(","));
+    csv.push('\n');
+    for v in &summary.variants {
+        let mut row = vec![
+            format!("\"{}\"", v.variant.replace('"', "\"\"")),
+            format!(
+                "\"{}\"",
+                v.target.clone().unwrap_or_default().replace('"', "\"\"")
+            ),
+            v.records.to_string(),
+            v.errors.to_string(),
+            format!("{:.6}", v.avg_img_l0_norm_diff),
+        ];
+        for r in [
+            &v.fraction_changed_to,
+            &v.fraction_already_equal,
+            &v.fraction_changed_away,
+            &v.fraction_both_results_not_target,
+            &v.clean_accuracy,
+            &v.attacked_accuracy,
+            &v.attack_success_rate,
+            &Some(v.flip_rate),
+        ] {
+            row.extend(fmt_rate(r));
+        }
+        csv.push_str(&row.join(","));
+        csv.push('\n');
+    }
+    write_atomic(&out.join("summary.csv"), csv.as_bytes())
+}

@@ -1,0 +1,170 @@
+//! `provenance.json`: everything needed to know what a run was and to refuse resuming it with
+//! different inputs — typoclip version and commit, model (spec, sha256, random-weights flag),
+//! dataset (descriptor verbatim, file-list hash), label and template sets (hashes), seeds,
+//! threads, batch size, libtorch version, start and end times.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::SweepError;
+
+/// The libtorch release typoclip is built against (the one `tch 0.26.0` requires).
+pub const LIBTORCH_VERSION: &str = "2.13.0";
+
+/// A run's provenance.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Provenance {
+    /// Present (and first) when the weights are random.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub warning: Option<String>,
+    /// typoclip version.
+    pub typoclip_version: String,
+    /// Git commit typoclip was built from.
+    pub git_commit: String,
+    /// `--model` as resolved.
+    pub model: String,
+    /// sha256 of the checkpoint, or the random spec.
+    pub model_id: String,
+    /// True for random weights.
+    pub random_weights: bool,
+    /// Dataset name.
+    pub dataset: String,
+    /// Dataset descriptor file, verbatim.
+    pub dataset_descriptor: String,
+    /// sha256 over the evaluated sample ids.
+    pub file_list_hash: String,
+    /// Number of cells (image, variant).
+    pub cells: usize,
+    /// Attack spec, verbatim (physical attacks: the dataset kind).
+    pub attack: String,
+    /// Scoring mode.
+    pub mode: String,
+    /// Label set name and hash.
+    pub labels: String,
+    /// Label set hash.
+    pub labels_hash: String,
+    /// Template set name.
+    pub templates: String,
+    /// Template set hash.
+    pub templates_hash: String,
+    /// Seed of every random choice (shuffle, random weights).
+    pub seed: u64,
+    /// Cells per batch.
+    pub batch_size: usize,
+    /// libtorch intra-op threads.
+    pub threads: i32,
+    /// Preprocessing worker threads.
+    pub workers: usize,
+    /// libtorch version.
+    pub libtorch_version: String,
+    /// Start time (UTC, RFC 3339).
+    pub started: String,
+    /// End time (UTC, RFC 3339), once finished.
+    #[serde(default)]
+    pub finished: Option<String>,
+}
+
+/// Current UTC time as RFC 3339 (seconds).
+pub fn now_rfc3339() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil-from-days (H. Hinnant).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + (m <= 2) as i64;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+impl Provenance {
+    /// The random-weights banner for this run.
+    pub fn banner(&self) -> String {
+        format!(
+            "{} (model {})",
+            crate::cli::resolve::RANDOM_WEIGHTS_BANNER,
+            self.model
+        )
+    }
+
+    /// Marks the run finished now.
+    pub fn finish(&mut self) {
+        self.finished = Some(now_rfc3339());
+    }
+
+    /// Writes the file (pretty JSON, atomically).
+    pub fn write(&self, path: &Path) -> Result<(), SweepError> {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self).expect("serialisable"))
+            .map_err(|e| super::io_err(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| super::io_err(path, e))
+    }
+
+    /// Refuses to resume a run made with other inputs, naming the first field that differs.
+    pub fn check_resumable(&self, path: &Path) -> Result<(), SweepError> {
+        let text = std::fs::read_to_string(path).map_err(|e| super::io_err(path, e))?;
+        let old: Provenance = serde_json::from_str(&text)
+            .map_err(|e| super::io_err(path, format!("unreadable provenance: {e}")))?;
+        let fields: [(&str, &String, &String); 9] = [
+            ("model", &old.model_id, &self.model_id),
+            ("dataset", &old.dataset_descriptor, &self.dataset_descriptor),
+            (
+                "dataset file list",
+                &old.file_list_hash,
+                &self.file_list_hash,
+            ),
+            ("attack spec", &old.attack, &self.attack),
+            ("mode", &old.mode, &self.mode),
+            ("label set", &old.labels_hash, &self.labels_hash),
+            ("template set", &old.templates_hash, &self.templates_hash),
+            ("seed", &old.seed.to_string(), &self.seed.to_string()),
+            (
+                "batch size",
+                &old.batch_size.to_string(),
+                &self.batch_size.to_string(),
+            ),
+        ];
+        for (what, before, now) in fields {
+            if before != now {
+                let short = |s: &str| {
+                    if s.len() > 40 {
+                        format!("{}…", &s[..40])
+                    } else {
+                        s.to_string()
+                    }
+                };
+                return Err(SweepError::Mismatch {
+                    path: path.display().to_string(),
+                    what: what.into(),
+                    before: short(before),
+                    now: short(now),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamp_shape() {
+        let t = super::now_rfc3339();
+        assert_eq!(t.len(), 20);
+        assert!(t.starts_with("20") && t.ends_with('Z'));
+    }
+}

@@ -1,0 +1,256 @@
+//! `typoclip sweep` end to end: physical-attack pairs, corrupt images recorded and skipped,
+//! kill-and-resume giving a byte-identical summary, refusal to resume with other inputs.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn typoclip(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_typoclip"))
+        .args(args)
+        .env(
+            "XDG_CACHE_HOME",
+            std::env::temp_dir().join("typoclip-test-sweep-cache"),
+        )
+        .output()
+        .expect("run typoclip")
+}
+
+/// A Distill-style folder: per object a blank photo and attacked photos, plus a corrupt file.
+fn make_dataset(dir: &Path, objects: usize, words: &[&str]) -> std::path::PathBuf {
+    let data = dir.join("photos");
+    std::fs::create_dir_all(&data).unwrap();
+    for o in 0..objects {
+        let name = format!("thing{o}");
+        for (w, word) in std::iter::once(&"blank").chain(words).enumerate() {
+            let img = image::RgbImage::from_fn(72, 56, |x, y| {
+                image::Rgb([
+                    (x * 3 + o as u32 * 40) as u8,
+                    (y * 4 + w as u32 * 30) as u8,
+                    (o * 17 + w * 5) as u8,
+                ])
+            });
+            img.save(data.join(format!("{name}-{word}.png"))).unwrap();
+        }
+    }
+    std::fs::write(
+        data.join("thing0-broken.jpg"),
+        b"\xFF\xD8\xFF\xE0 not a jpeg",
+    )
+    .unwrap();
+    let desc = dir.join("ds.toml");
+    std::fs::write(
+        &desc,
+        format!(
+            "name = \"synthetic\"\nkind = \"distill_in_the_wild\"\npath = \"{}\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    desc
+}
+
+fn model() -> String {
+    common::fixtures()
+        .join("tiny-vit.state_dict.pt")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn corrupt_images_become_error_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let desc = make_dataset(dir.path(), 2, &["iPod", "pizza"]);
+    let out = dir.path().join("run");
+    let o = typoclip(&[
+        "sweep",
+        "--model",
+        &model(),
+        "--dataset",
+        desc.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["records"], 5);
+    assert_eq!(summary["errors"], 1);
+    let records = std::fs::read_to_string(out.join("records.jsonl")).unwrap();
+    let bad: Vec<&str> = records
+        .lines()
+        .filter(|l| l.contains("\"error\""))
+        .collect();
+    assert_eq!(bad.len(), 1);
+    assert!(bad[0].contains("thing0-broken.jpg"), "{}", bad[0]);
+    let prov: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("provenance.json")).unwrap())
+            .unwrap();
+    assert_eq!(prov["random_weights"], false);
+    assert!(prov["finished"].is_string());
+    // Without --resume an existing run is not overwritten.
+    let again = typoclip(&[
+        "sweep",
+        "--model",
+        &model(),
+        "--dataset",
+        desc.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_eq!(again.status.code(), Some(2));
+}
+
+#[test]
+fn killed_run_resumes_to_identical_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let words = [
+        "iPod", "pizza", "rifle", "radio", "library", "shark", "meow", "trash",
+    ];
+    let desc = make_dataset(dir.path(), 12, &words);
+    let full = dir.path().join("full");
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "sweep",
+            "--model",
+            &model(),
+            "--dataset",
+            desc.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--batch-size",
+            "4",
+            "--quiet",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let o = Command::new(env!("CARGO_BIN_EXE_typoclip"))
+        .args(args(&full))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let cut = dir.path().join("cut");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_typoclip"))
+        .args(args(&cut))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let records = cut.join("records.jsonl");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        let n = std::fs::read_to_string(&records)
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        if n >= 8 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // Simulate power loss mid-line.
+    let mut text = std::fs::read_to_string(&records).unwrap();
+    let before = text.lines().count();
+    assert!(
+        before >= 8 && before < 97,
+        "killed too late or too early: {before} records"
+    );
+    text.push_str("{\"sample_id\": \"torn");
+    std::fs::write(&records, text).unwrap();
+
+    let mut resume = args(&cut);
+    resume.push("--resume".into());
+    let o = Command::new(env!("CARGO_BIN_EXE_typoclip"))
+        .args(&resume)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let a = std::fs::read(full.join("summary.json")).unwrap();
+    let b = std::fs::read(cut.join("summary.json")).unwrap();
+    assert_eq!(a, b, "summary.json differs after resume");
+    assert_eq!(
+        std::fs::read(full.join("summary.csv")).unwrap(),
+        std::fs::read(cut.join("summary.csv")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(full.join("records.jsonl")).unwrap(),
+        std::fs::read(cut.join("records.jsonl")).unwrap()
+    );
+
+    // Resuming with another model is refused, naming what differs.
+    let mut other = resume.clone();
+    let i = other.iter().position(|a| a == "--model").unwrap();
+    other[i + 1] = "random:RN50".into();
+    let o = Command::new(env!("CARGO_BIN_EXE_typoclip"))
+        .args(&other)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("model differs"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn scam_slice_with_random_weights_says_so() {
+    if common::shared_data().is_none() {
+        eprintln!("SKIP: ../shared/data is absent");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("scam");
+    let desc = common::repo().join("datasets/scam.toml");
+    let o = typoclip(&[
+        "sweep",
+        "--model",
+        "random:RN50:1",
+        "--dataset",
+        desc.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--limit",
+        "24",
+        "--shuffle",
+        "--seed",
+        "3",
+        "--mode",
+        "binary",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8(o.stdout).unwrap();
+    assert!(stdout.starts_with("# random weights"), "{stdout}");
+    let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    assert!(csv.starts_with("# random weights"));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert!(summary["warning"]
+        .as_str()
+        .unwrap()
+        .starts_with("random weights"));
+    let total: u64 = summary["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["records"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 24);
+    // Binary mode: every top-5 has exactly the two candidate labels.
+    for line in std::fs::read_to_string(out.join("records.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(r["clean_top5"].as_array().unwrap().len(), 2, "{line}");
+    }
+}
