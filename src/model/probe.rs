@@ -97,6 +97,12 @@ impl Probe {
         x
     }
 
+    /// True when `name` is recorded or intervened on (a forward pass may then take its
+    /// explicit path instead of a fused kernel).
+    pub fn touches(&self, name: &str) -> bool {
+        self.capture.contains(name) || self.interventions.iter().any(|iv| iv.site == name)
+    }
+
     /// True when nothing is recorded or changed.
     pub fn is_empty(&self) -> bool {
         self.capture.is_empty() && self.interventions.is_empty()

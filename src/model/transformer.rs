@@ -97,6 +97,25 @@ impl MultiheadAttention {
     /// Self-attention over `[B, L, W]`; `causal` masks future tokens (text tower).
     fn forward(&self, x: &Tensor, causal: bool, site: &str, probe: &mut Probe) -> Tensor {
         let (b, l, w) = x.size3().expect("[B, L, W]");
+        if !causal && !probe.touches(site) && !x.requires_grad() {
+            // libtorch's fused kernel (what nn.MultiheadAttention runs in eval under no_grad).
+            let (out, _) = Tensor::internal_native_multi_head_attention(
+                x,
+                x,
+                x,
+                w,
+                self.heads,
+                &self.in_proj_weight,
+                &self.in_proj_bias,
+                &self.out_proj.weight,
+                &self.out_proj.bias,
+                None::<Tensor>,
+                false,
+                false,
+                None,
+            );
+            return out;
+        }
         let qkv = x.linear(&self.in_proj_weight, Some(&self.in_proj_bias));
         let parts = qkv.chunk(3, -1);
         let (q, k, v) = (
