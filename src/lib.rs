@@ -5,6 +5,7 @@
 //! [`model`] (CLIP towers, checkpoint loading, taps), [`tokenizer`] (CLIP BPE),
 //! [`preprocess`] (CLIP's resize/crop/normalise), [`dataset`] (reading images), [`cli`].
 
+pub mod attack;
 pub mod cli;
 pub mod dataset;
 pub mod metrics;
@@ -13,6 +14,7 @@ pub mod npy;
 pub mod preprocess;
 pub mod progress;
 pub mod records;
+pub mod registry;
 pub mod sweep;
 pub mod tokenizer;
 pub mod zeroshot;

@@ -160,7 +160,7 @@ fn killed_run_resumes_to_identical_summary() {
     let mut text = std::fs::read_to_string(&records).unwrap();
     let before = text.lines().count();
     assert!(
-        before >= 8 && before < 97,
+        (8..97).contains(&before),
         "killed too late or too early: {before} records"
     );
     text.push_str("{\"sample_id\": \"torn");
@@ -253,4 +253,85 @@ fn scam_slice_with_random_weights_says_so() {
         let r: serde_json::Value = serde_json::from_str(line).unwrap();
         assert_eq!(r["clean_top5"].as_array().unwrap().len(), 2, "{line}");
     }
+}
+
+#[test]
+fn rendered_attacks_make_one_record_per_image_and_variant() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("imgs/apple");
+    std::fs::create_dir_all(&data).unwrap();
+    for i in 0..3u32 {
+        let img = image::RgbImage::from_fn(90 + i * 10, 70, |x, y| {
+            image::Rgb([(x * 2) as u8, (y * 3 + i * 20) as u8, 90])
+        });
+        img.save(data.join(format!("a{i}.png"))).unwrap();
+    }
+    let desc = dir.path().join("ds.toml");
+    std::fs::write(
+        &desc,
+        format!(
+            "name = \"apples\"\nkind = \"image_folder\"\npath = \"{}\"\n",
+            dir.path().join("imgs").display()
+        ),
+    )
+    .unwrap();
+    let spec_path = common::repo().join("attacks/ipod-label.toml");
+    let spec = typoclip::attack::AttackSpec::load(&spec_path).unwrap();
+    let out = dir.path().join("run");
+    let o = typoclip(&[
+        "sweep",
+        "--model",
+        &model(),
+        "--dataset",
+        desc.to_str().unwrap(),
+        "--attacks",
+        spec_path.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(out.join("records.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 3 * spec.variants.len());
+    for r in &records {
+        let l0 = r["l0"].as_f64().unwrap();
+        assert!(l0 > 0.0 && l0 < 1.0, "{r}");
+        assert_eq!(r["true_label"], "apple");
+        assert!(r["target_rank_attacked"].as_u64().unwrap() >= 1);
+    }
+    let prov: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("provenance.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        prov["attack"].as_str().unwrap(),
+        std::fs::read_to_string(&spec_path).unwrap()
+    );
+    // A bad spec is refused before any work, naming file, line and column.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "description = \"x\"\ntarget = \"iPod\"\n[[layers]]\nkind = \"text\"\ntext = \"iPod\"\nopacity = 7\n").unwrap();
+    let out2 = dir.path().join("run2");
+    let o = typoclip(&[
+        "sweep",
+        "--model",
+        &model(),
+        "--dataset",
+        desc.to_str().unwrap(),
+        "--attacks",
+        bad.to_str().unwrap(),
+        "--out",
+        out2.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("bad.toml:6:"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!out2.exists(), "work started despite a bad spec");
 }

@@ -51,6 +51,13 @@ pub const BUNDLED: &[BundledFont] = &[
     },
     BundledFont {
         name: "handwriting",
+        family: "Breip",
+        file: "Breip.ttf",
+        licence: "SIL OFL 1.0",
+        bytes: include_bytes!("../../assets/fonts/Breip.ttf"),
+    },
+    BundledFont {
+        name: "handwriting-caps",
         family: "Humor Sans",
         file: "Humor-Sans.ttf",
         licence: "SIL OFL 1.1",
@@ -72,12 +79,12 @@ pub const DEFAULT_FONT: &str = "sans-bold";
 #[derive(Debug, Error)]
 pub enum FontError {
     /// The file could not be read.
-    #[error("cannot read font {}: {source}", path.display())]
+    #[error("cannot read font {}: {error}", path.display())]
     Io {
         /// The font path.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The bytes are not a TrueType/OpenType font.
     #[error("{}: not a TrueType/OpenType font", path.display())]
@@ -86,7 +93,10 @@ pub enum FontError {
         path: PathBuf,
     },
     /// A name that is neither bundled nor a path.
-    #[error("unknown font `{name}` (bundled: {}; or give a path to a .ttf/.otf file)", bundled_names())]
+    #[error(
+        "unknown font `{name}` (bundled: {}; or give a path to a .ttf/.otf file)",
+        bundled_names()
+    )]
     Unknown {
         /// The name as written.
         name: String,
@@ -94,7 +104,11 @@ pub enum FontError {
 }
 
 fn bundled_names() -> String {
-    BUNDLED.iter().map(|b| b.name).collect::<Vec<_>>().join(", ")
+    BUNDLED
+        .iter()
+        .map(|b| b.name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// One loaded font.
@@ -208,17 +222,22 @@ impl FontBook {
         } else {
             format!("bundled:{name_or_path}")
         };
-        if let Some(f) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        if let Some(f) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
             return Ok(f.clone());
         }
         let font = if let Some(path) = key.strip_prefix("path:") {
             let path = PathBuf::from(path);
-            let bytes = std::fs::read(&path).map_err(|source| FontError::Io {
+            let bytes = std::fs::read(&path).map_err(|error| FontError::Io {
                 path: path.clone(),
-                source,
+                error,
             })?;
-            let f =
-                FontArc::try_from_vec(bytes).map_err(|_| FontError::Invalid { path: path.clone() })?;
+            let f = FontArc::try_from_vec(bytes)
+                .map_err(|_| FontError::Invalid { path: path.clone() })?;
             Font::new(path.display().to_string(), f)
         } else {
             let b = bundled(name_or_path).ok_or_else(|| FontError::Unknown {
@@ -282,7 +301,7 @@ mod tests {
     fn fallback_covers_greek_and_cyrillic_but_not_cjk() {
         let book = FontBook::new();
         let s = book.stack("handwriting", &[], Path::new(".")).unwrap();
-        assert!(s.fonts[0].glyph('Ж').is_none(), "Humor Sans has no Cyrillic");
+        assert!(s.fonts[0].glyph('Ж').is_none(), "Breip has no Cyrillic");
         assert_eq!(s.missing("Жλ iPod €"), None);
         assert_eq!(s.missing("猫"), Some('猫'));
     }

@@ -12,12 +12,14 @@ use std::sync::OnceLock;
 
 use ab_glyph::{Font as _, OutlineCurve, Point};
 use ab_glyph_rasterizer::Rasterizer;
-use image::{GrayImage, Luma, RgbImage};
+use image::{GrayImage, RgbImage};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::fonts::FontStack;
-use super::spec::{Align, Layer, Place, Placement, Rgb, Shadow, Size, Stage, Stroke, TextStyle, Variant};
+use super::spec::{
+    Align, Layer, Place, Placement, Rgb, Shadow, Size, Stage, Stroke, TextStyle, Variant,
+};
 
 /// An attacked image.
 #[derive(Debug, Clone)]
@@ -51,7 +53,12 @@ pub struct ModelRender {
 /// Draws `variant` on `image`. `seed` (e.g. the image's index) is mixed with the spec's seed
 /// for random placements and scatter; the same inputs always give the same pixels.
 /// `object_box` is used by `placement = "box"` (the image centre when `None`).
-pub fn render(image: &RgbImage, variant: &Variant, seed: u64, object_box: Option<ObjectBox>) -> Rendered {
+pub fn render(
+    image: &RgbImage,
+    variant: &Variant,
+    seed: u64,
+    object_box: Option<ObjectBox>,
+) -> Rendered {
     let (w, h) = image.dimensions();
     let mut out = image.clone();
     let mut mask = GrayImage::new(w, h);
@@ -75,12 +82,15 @@ pub fn render(image: &RgbImage, variant: &Variant, seed: u64, object_box: Option
     }
     let touched = std::mem::take(&mut ctx.touched);
     let mut changed = 0u64;
+    let (src, dst) = (image.as_raw(), out.as_raw());
+    let mbuf: &mut [u8] = &mut mask;
     for r in touched {
-        for y in r.y0..r.y1 {
-            for x in r.x0..r.x1 {
-                let m = mask.get_pixel_mut(x, y);
-                if m.0[0] == 0 && out.get_pixel(x, y) != image.get_pixel(x, y) {
-                    *m = Luma([255]);
+        for y in r.y0 as usize..r.y1 as usize {
+            let row = y * w as usize;
+            for x in r.x0 as usize..r.x1 as usize {
+                let i = row + x;
+                if mbuf[i] == 0 && src[3 * i..3 * i + 3] != dst[3 * i..3 * i + 3] {
+                    mbuf[i] = 255;
                     changed += 1;
                 }
             }
@@ -96,7 +106,8 @@ pub fn render(image: &RgbImage, variant: &Variant, seed: u64, object_box: Option
 
 /// Renders at the variant's stage for a model with input size `n_px`: on the source then
 /// resized and cropped ([`Stage::Source`]), or on the resized and cropped input
-/// ([`Stage::ModelInput`]; `object_box` is mapped through the crop).
+/// ([`Stage::ModelInput`]; `object_box` is mapped through the crop). An empty source gives
+/// black, unattacked inputs.
 pub fn render_for_model(
     source: &RgbImage,
     variant: &Variant,
@@ -104,6 +115,15 @@ pub fn render_for_model(
     seed: u64,
     object_box: Option<ObjectBox>,
 ) -> ModelRender {
+    if source.width() == 0 || source.height() == 0 || n_px == 0 {
+        // Nothing to resize: an all-black input, unattacked.
+        let blank = RgbImage::new(n_px, n_px);
+        return ModelRender {
+            clean_input: blank.clone(),
+            attacked_input: blank,
+            rendered: render(source, variant, seed, object_box),
+        };
+    }
     let clean_input = crate::preprocess::resize_and_crop(source, n_px);
     match variant.stage {
         Stage::Source => {
@@ -274,7 +294,11 @@ impl FRect {
     }
     /// The axis-aligned bounds of this rectangle rotated by `xf` (relative to `xf`'s centre).
     fn rotated_bounds(self, rot: &Xf) -> FRect {
-        let xf = Xf { cx: 0.0, cy: 0.0, ..*rot };
+        let xf = Xf {
+            cx: 0.0,
+            cy: 0.0,
+            ..*rot
+        };
         let pts = [
             xf.apply(self.x0, self.y0),
             xf.apply(self.x1, self.y0),
@@ -419,10 +443,15 @@ impl Scan<'_> {
     fn finish(self, c: &Cover) -> Vec<f32> {
         let rw = c.w + 2;
         let mut out = vec![0f32; c.w * c.h];
-        self.raster.for_each_pixel(|i, a| {
-            let (x, y) = (i % rw, i / rw);
+        let (mut x, mut o) = (0usize, 0usize);
+        self.raster.for_each_pixel(|_, a| {
             if x < c.w {
-                out[y * c.w + x] = a.min(1.0);
+                out[o] = a.min(1.0);
+                o += 1;
+            }
+            x += 1;
+            if x == rw {
+                x = 0;
             }
         });
         out
@@ -469,7 +498,9 @@ fn layout(style: &TextStyle, size: f32) -> Block {
         let mut prev: Option<(usize, ab_glyph::GlyphId)> = None;
         for ch in line.chars() {
             let ch = if ch == '\t' { ' ' } else { ch };
-            let Some((fi, id)) = fonts.lookup(ch) else { continue };
+            let Some((fi, id)) = fonts.lookup(ch) else {
+                continue;
+            };
             let f = &fonts.fonts[fi];
             let s = f.units_to_px(size);
             if let Some((pf, pid)) = prev {
@@ -529,7 +560,9 @@ fn layout(style: &TextStyle, size: f32) -> Block {
 fn scan_glyphs(scan: &mut Scan, style: &TextStyle, block: &Block, xf: &Xf) {
     let (bx, by) = (block.width / 2.0, block.height / 2.0);
     for g in &block.glyphs {
-        let Some(o) = style.fonts.fonts[g.font].ab().outline(g.id) else { continue };
+        let Some(o) = style.fonts.fonts[g.font].ab().outline(g.id) else {
+            continue;
+        };
         let tp = |p: Point| xf.apply(g.x + p.x * g.scale - bx, g.y - p.y * g.scale - by);
         for c in &o.curves {
             match *c {
@@ -706,7 +739,9 @@ fn centres(
     object_box: Option<ObjectBox>,
 ) -> Vec<(f32, f32)> {
     let (wf, hf) = (w as f32, h as f32);
-    let b = shape.extent.rotated_bounds(&Xf::new(0.0, 0.0, shape.rotation));
+    let b = shape
+        .extent
+        .rotated_bounds(&Xf::new(0.0, 0.0, shape.rotation));
     let m = place.margin * wf.min(hf);
     let raw: Vec<(f32, f32)> = match &place.placement {
         Placement::Center => vec![(wf / 2.0, hf / 2.0)],
@@ -716,7 +751,10 @@ fn centres(
         Placement::BottomRight => vec![(wf - m - b.x1, hf - m - b.y1)],
         Placement::At(x, y) => vec![(x * wf, y * hf)],
         Placement::AtAll(ps) => ps.iter().map(|(x, y)| (x * wf, y * hf)).collect(),
-        Placement::Random => vec![(uniform_fit(rng, b.x0, b.x1, wf), uniform_fit(rng, b.y0, b.y1, hf))],
+        Placement::Random => vec![(
+            uniform_fit(rng, b.x0, b.x1, wf),
+            uniform_fit(rng, b.y0, b.y1, hf),
+        )],
         Placement::Grid(c, r) => (0..*r)
             .flat_map(|j| {
                 (0..*c).map(move |i| {
@@ -736,8 +774,16 @@ fn centres(
     raw.into_iter()
         .map(|(cx, cy)| {
             if place.clamp && clampable {
-                let cx = if b.x1 - b.x0 <= wf { cx.clamp(-b.x0, wf - b.x1) } else { cx };
-                let cy = if b.y1 - b.y0 <= hf { cy.clamp(-b.y0, hf - b.y1) } else { cy };
+                let cx = if b.x1 - b.x0 <= wf {
+                    cx.clamp(-b.x0, wf - b.x1)
+                } else {
+                    cx
+                };
+                let cy = if b.y1 - b.y0 <= hf {
+                    cy.clamp(-b.y0, hf - b.y1)
+                } else {
+                    cy
+                };
                 (cx, cy)
             } else {
                 (cx, cy)
@@ -763,7 +809,10 @@ fn draw_shape(ctx: &mut Ctx, shape: &Shape, cx: f32, cy: f32) {
     if vx1 <= vx0 || vy1 <= vy0 {
         return;
     }
-    let spread = style.outline.map_or(0.0, |o| o.width).max(shape.shadow.map_or(0.0, |(s, _)| s.blur * 2.0));
+    let spread = style
+        .outline
+        .map_or(0.0, |o| o.width)
+        .max(shape.shadow.map_or(0.0, |(s, _)| s.blur * 2.0));
     let sp = spread.ceil() as i64 + 1;
     let cover = Cover {
         x0: vx0 - sp,
@@ -818,18 +867,21 @@ fn draw_shape(ctx: &mut Ctx, shape: &Shape, cx: f32, cy: f32) {
     let dec = decode_lut();
     let enc = encode_lut();
     let op = style.opacity;
+    let iw = w as usize;
+    let pixels: &mut [u8] = &mut *ctx.img;
     for y in vy0..vy1 {
         let row = ((y - cover.y0) as usize) * cover.w;
-        for x in vx0..vx1 {
-            let p = buf[row + (x - cover.x0) as usize];
+        let brow = &buf[row + (vx0 - cover.x0) as usize..row + (vx1 - cover.x0) as usize];
+        let irow =
+            &mut pixels[3 * (y as usize * iw + vx0 as usize)..3 * (y as usize * iw + vx1 as usize)];
+        for (p, px) in brow.iter().zip(irow.chunks_exact_mut(3)) {
             let a = p[3] * op;
             if a <= 0.0 {
                 continue;
             }
-            let px = ctx.img.get_pixel_mut(x as u32, y as u32);
+            let k = 1.0 - a;
             for c in 0..3 {
-                let d = dec[px.0[c] as usize];
-                px.0[c] = encode(enc, p[c] * op + d * (1.0 - a));
+                px[c] = encode(enc, p[c] * op + dec[px[c] as usize] * k);
             }
         }
     }
@@ -944,7 +996,13 @@ mod tests {
     }
 
     fn photo(w: u32, h: u32) -> RgbImage {
-        RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7 % 256) as u8, (y * 5 % 256) as u8, ((x + y) % 256) as u8]))
+        RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([
+                (x * 7 % 256) as u8,
+                (y * 5 % 256) as u8,
+                ((x + y) % 256) as u8,
+            ])
+        })
     }
 
     const LABEL: &str = "description = \"d\"\ntarget = \"iPod\"\n[[layers]]\nkind = \"label\"\ntext = \"iPod\"\nsize_px = 30\nrotation = 7\nshadow = true\nborder_width = 2\n[[layers]]\nkind = \"scatter\"\ncount = 20\nsize_jitter = 0.5\ncolor = \"#208020\"\noutline_width = 1.5\n[[layers]]\nkind = \"text\"\ntext = \"two\\nlines\"\nplacement = \"top_right\"\nopacity = 0.6\ncolor = \"red\"\n";
@@ -975,7 +1033,15 @@ mod tests {
 
     #[test]
     fn opacity_zero_is_identity() {
-        let s = spec(&LABEL.replace("[[layers]]\nkind = \"label\"", "[[layers]]\nkind = \"label\"\nopacity = 0").replace("count = 20", "count = 20\nopacity = 0").replace("opacity = 0.6", "opacity = 0.0"));
+        let s = spec(
+            &LABEL
+                .replace(
+                    "[[layers]]\nkind = \"label\"",
+                    "[[layers]]\nkind = \"label\"\nopacity = 0",
+                )
+                .replace("count = 20", "count = 20\nopacity = 0")
+                .replace("opacity = 0.6", "opacity = 0.0"),
+        );
         let img = photo(120, 90);
         let r = render(&img, &s.variants[0], 0, None);
         assert_eq!(r.image, img);
@@ -1000,7 +1066,11 @@ mod tests {
         let img = RgbImage::from_pixel(100, 100, image::Rgb([255, 255, 255]));
         let r = render(&img, &s.variants[0], 0, None);
         let exact = r.image.pixels().filter(|p| p.0 == [10, 200, 30]).count();
-        let partial = r.image.pixels().filter(|p| p.0 != [10, 200, 30] && p.0 != [255, 255, 255]).count();
+        let partial = r
+            .image
+            .pixels()
+            .filter(|p| p.0 != [10, 200, 30] && p.0 != [255, 255, 255])
+            .count();
         assert!(exact > 300, "solid interior: {exact}");
         assert!(partial > 20, "anti-aliased edge pixels: {partial}");
     }
@@ -1024,7 +1094,8 @@ mod tests {
             assert_eq!(r.image.dimensions(), (w, h));
             assert!((0.0..=1.0).contains(&r.l0_fraction));
         }
-        let empty = spec("description = \"d\"\ntarget = \"t\"\n[[layers]]\nkind = \"text\"\ntext = \"\"\n");
+        let empty =
+            spec("description = \"d\"\ntarget = \"t\"\n[[layers]]\nkind = \"text\"\ntext = \"\"\n");
         let img = photo(50, 50);
         assert_eq!(render(&img, &empty.variants[0], 0, None).image, img);
     }
@@ -1053,7 +1124,10 @@ mod tests {
         assert_eq!(r.image.get_pixel(50, 50).0, [0, 0, 0]);
         // 200×100 → resize to 128×64 → crop 64×64 from x = 32: source x 0.5..1 → 0.5..1.
         let b = map_box([0.5, 0.0, 1.0, 1.0], 200, 100, 64);
-        assert!((b[0] - 0.5).abs() < 1e-6 && (b[2] - 1.0).abs() < 1e-6, "{b:?}");
+        assert!(
+            (b[0] - 0.5).abs() < 1e-6 && (b[2] - 1.0).abs() < 1e-6,
+            "{b:?}"
+        );
     }
 
     #[test]
@@ -1072,6 +1146,94 @@ mod tests {
         // Count connected blobs of changed pixels ≥ number of marks ("$" may be 1–2 blobs each).
         let blobs = count_blobs(&r.mask);
         assert!(blobs >= 12, "{blobs}");
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn layer() -> impl Strategy<Value = String> {
+            let text = prop::sample::select(vec![
+                "",
+                "iPod",
+                "$$$",
+                "кот λ",
+                "a\\nbb\\nccc",
+                "WWWWWWWWWWWW",
+                " ",
+                "x",
+            ]);
+            let font = prop::sample::select(vec![
+                "sans-bold",
+                "serif",
+                "mono",
+                "handwriting",
+                "handwriting-caps",
+                "comic",
+            ]);
+            let kind = prop::sample::select(vec!["text", "label", "scatter"]);
+            let placement = prop::sample::select(vec![
+                "center",
+                "top_left",
+                "bottom_right",
+                "distill8",
+                "random",
+                "grid",
+                "box",
+            ]);
+            (
+                (kind, text, font, prop::bool::ANY, 0.5f64..400.0, 0.001f64..3.0),
+                (0.0f64..=1.0, -360.0f64..360.0, 0.0f64..6.0, -0.5f64..1.0, placement),
+                (0u32..25, 0.0f64..0.9, prop::bool::ANY, 0.0f64..3.0, prop::bool::ANY),
+            )
+                .prop_map(|((kind, text, font, px, size_px, size_frac), (opacity, rotation, outline, spacing, placement), (count, jitter, no_overlap, padding, shadow))| {
+                    let size = if px { format!("size_px = {size_px}") } else { format!("size_frac = {size_frac}") };
+                    let mut s = format!(
+                        "[[layers]]\nkind = \"{kind}\"\ntext = \"{text}\"\nfont = \"{font}\"\n{size}\nopacity = {opacity}\nrotation = {rotation}\noutline_width = {outline}\n"
+                    );
+                    match kind {
+                        "scatter" => s += &format!("count = {count}\nsize_jitter = {jitter}\nno_overlap = {no_overlap}\nrotation_jitter = 30\n"),
+                        _ => {
+                            s += &format!("letter_spacing = {spacing}\nplacement = \"{placement}\"\n");
+                            if kind == "label" {
+                                s += &format!("padding = {padding}\nshadow = {shadow}\nborder_width = 2\n");
+                            }
+                        }
+                    }
+                    s
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+            #[test]
+            fn random_valid_specs_render_without_panic(
+                layers in prop::collection::vec(layer(), 1..3),
+                w in 0u32..90,
+                h in 0u32..90,
+                seed in any::<u64>(),
+                model_stage in prop::bool::ANY,
+            ) {
+                let stage = if model_stage { "model_input" } else { "source" };
+                let text = format!("description = \"p\"\ntarget = \"t\"\nstage = \"{stage}\"\n{}", layers.concat());
+                let s = AttackSpec::parse(&text, Path::new("p.toml"), FontBook::global())
+                    .map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+                let img = photo(w, h);
+                for v in s.variants.iter().take(2) {
+                    let r = render(&img, v, seed, Some([0.1, 0.2, 0.6, 0.9]));
+                    prop_assert_eq!(r.image.dimensions(), (w, h));
+                    prop_assert_eq!(r.mask.dimensions(), (w, h));
+                    prop_assert!((0.0..=1.0).contains(&r.l0_fraction));
+                    let diff = img.pixels().zip(r.image.pixels()).filter(|(a, b)| a != b).count() as u64;
+                    prop_assert_eq!(diff, r.changed);
+                    prop_assert_eq!(r.mask.pixels().filter(|p| p.0[0] == 255).count() as u64, r.changed);
+                    if w > 0 && h > 0 {
+                        let m = render_for_model(&img, v, 32, seed, None);
+                        prop_assert_eq!(m.attacked_input.dimensions(), (32, 32));
+                    }
+                }
+            }
+        }
     }
 
     fn count_blobs(m: &GrayImage) -> usize {

@@ -41,12 +41,12 @@ pub const DISTILL8: [(f32, f32); 8] = [
 #[derive(Debug, Error)]
 pub enum SpecError {
     /// The file could not be read.
-    #[error("{}: cannot read: {source}", path.display())]
+    #[error("{}: cannot read: {error}", path.display())]
     Io {
         /// The spec path.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A syntax, schema or range error at a place in the file.
     #[error("{}:{line}:{col}: {field}: {message}", file.display())]
@@ -263,9 +263,9 @@ pub struct AttackSpec {
 impl AttackSpec {
     /// Reads, validates and expands a spec file, with fonts from [`FontBook::global`].
     pub fn load(path: &Path) -> Result<AttackSpec, SpecError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| SpecError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Self::parse(&text, path, FontBook::global())
     }
@@ -495,7 +495,9 @@ impl<'a> Node<'a> {
     /// (key span, child) for a key.
     fn key(self, k: &str) -> Option<(Option<Range<usize>>, Node<'a>)> {
         match self {
-            Node::Table(t) => t.get_key_value(k).map(|(key, it)| (key.span(), Node::Item(it))),
+            Node::Table(t) => t
+                .get_key_value(k)
+                .map(|(key, it)| (key.span(), Node::Item(it))),
             Node::Item(Item::Table(t)) => Node::Table(t).key(k),
             Node::Item(Item::Value(v)) => Node::Value(v).key(k),
             Node::Value(EditValue::InlineTable(t)) => t
@@ -519,7 +521,9 @@ impl<'a> Node<'a> {
             Node::Table(t) => t.iter().map(|(k, _)| k.to_string()).collect(),
             Node::Item(Item::Table(t)) => Node::Table(t).keys(),
             Node::Item(Item::Value(v)) => Node::Value(v).keys(),
-            Node::Value(EditValue::InlineTable(t)) => t.iter().map(|(k, _)| k.to_string()).collect(),
+            Node::Value(EditValue::InlineTable(t)) => {
+                t.iter().map(|(k, _)| k.to_string()).collect()
+            }
             _ => Vec::new(),
         }
     }
@@ -567,10 +571,12 @@ fn path_at(doc: &EditTable, offset: usize) -> Vec<Seg> {
         for k in node.keys() {
             if let Some((ks, child)) = node.key(&k) {
                 let inside = |r: &Option<Range<usize>>| {
-                    r.as_ref().is_some_and(|r| r.start <= offset && offset < r.end.max(r.start + 1))
+                    r.as_ref()
+                        .is_some_and(|r| r.start <= offset && offset < r.end.max(r.start + 1))
                 };
                 let child_has = inside(&child.span())
-                    || (0..child.len()).any(|i| child.index(i).is_some_and(|c| contains(c, offset)));
+                    || (0..child.len())
+                        .any(|i| child.index(i).is_some_and(|c| contains(c, offset)));
                 if inside(&ks) || child_has {
                     path.push(Seg::Key(k));
                     for i in 0..child.len() {
@@ -589,7 +595,9 @@ fn path_at(doc: &EditTable, offset: usize) -> Vec<Seg> {
         }
     }
     fn contains(n: Node, offset: usize) -> bool {
-        if n.span().is_some_and(|r| r.start <= offset && offset < r.end) {
+        if n.span()
+            .is_some_and(|r| r.start <= offset && offset < r.end)
+        {
             return true;
         }
         // A `[[table]]` element's span is its header only: look at its keys too.
@@ -656,25 +664,34 @@ fn ferr(path: Vec<Seg>, message: impl Into<String>) -> FieldError {
 }
 
 impl Parser<'_> {
-    fn err_at(&self, span: Option<Range<usize>>, field: &str, message: impl Into<String>) -> SpecError {
+    fn err_at(
+        &self,
+        span: Option<Range<usize>>,
+        field: &str,
+        message: impl Into<String>,
+    ) -> SpecError {
         let (line, col) = line_col(self.text, span.map_or(0, |r| r.start));
         SpecError::Invalid {
             file: self.origin.to_path_buf(),
             line,
             col,
-            field: if field.is_empty() { "(root)".into() } else { field.into() },
+            field: if field.is_empty() {
+                "(root)".into()
+            } else {
+                field.into()
+            },
             message: message.into(),
         }
     }
 
     fn run(&self) -> Result<AttackSpec, SpecError> {
-        let doc = ImDocument::parse(self.text).map_err(|e| {
-            self.err_at(e.span(), "toml", e.message().trim().to_string())
-        })?;
+        let doc = ImDocument::parse(self.text)
+            .map_err(|e| self.err_at(e.span(), "toml", e.message().trim().to_string()))?;
         let root = doc.as_table();
         // Schema check with the file's own spans.
         let file: SpecFile = toml::from_str(self.text).map_err(|e| self.serde_error(root, &e))?;
-        let base: toml::Table = toml::from_str(self.text).map_err(|e| self.serde_error(root, &e))?;
+        let base: toml::Table =
+            toml::from_str(self.text).map_err(|e| self.serde_error(root, &e))?;
 
         // Fields that exist but not for this layer kind.
         for (i, layer) in file.layers.iter().enumerate() {
@@ -779,7 +796,14 @@ impl Parser<'_> {
                     prefix = format!("{prefix}/{k}={v}");
                 }
                 let expanded = self
-                    .variant(&base, &overrides, &base_dir, &name, case.map(|c| c.0.clone()), params)
+                    .variant(
+                        &base,
+                        &overrides,
+                        &base_dir,
+                        &name,
+                        case.map(|c| c.0.clone()),
+                        params,
+                    )
                     .map_err(|e| self.field_error(root, &overrides, e))?;
                 for (suffix, mut v) in expanded {
                     v.name = format!("{prefix}{suffix}");
@@ -794,7 +818,10 @@ impl Parser<'_> {
             return Err(self.err_at(
                 None,
                 "layers",
-                format!("expands to {} variants (at most {MAX_VARIANTS})", variants.len()),
+                format!(
+                    "expands to {} variants (at most {MAX_VARIANTS})",
+                    variants.len()
+                ),
             ));
         }
         let mut seen = std::collections::HashSet::new();
@@ -803,7 +830,10 @@ impl Parser<'_> {
                 return Err(self.err_at(
                     locate(root, &[Seg::Key("sweep".into())]),
                     "sweep",
-                    format!("two variants are both called `{}` (repeated sweep value?)", v.name),
+                    format!(
+                        "two variants are both called `{}` (repeated sweep value?)",
+                        v.name
+                    ),
                 ));
             }
         }
@@ -816,7 +846,27 @@ impl Parser<'_> {
     }
 
     fn serde_error(&self, root: &EditTable, e: &toml::de::Error) -> SpecError {
-        let msg = e.message().trim().to_string();
+        let mut msg = e.message().trim().to_string();
+        if let (Some(field), Some(i)) = (
+            backticked(&msg, "unknown field `"),
+            msg.find(", expected one of "),
+        ) {
+            let known: Vec<String> = msg[i..]
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .map(String::from)
+                .collect();
+            let best = known
+                .iter()
+                .map(|k| (edit_distance(&field, k), k))
+                .min()
+                .filter(|(d, _)| *d <= 3);
+            msg = match best {
+                Some((_, k)) => format!("unknown field `{field}`; did you mean `{k}`?"),
+                None => format!("unknown field `{field}`"),
+            };
+        }
         let mut path = e.span().map(|s| path_at(root, s.start)).unwrap_or_default();
         if let Some(f) = backticked(&msg, "missing field `") {
             path.push(Seg::Key(f));
@@ -852,9 +902,15 @@ impl Parser<'_> {
             let field = format!("sweep.{key}");
             let n = vals.len();
             if n == 0 {
-                return Err(self.err_at(vals.span().or(kspan), &field, "needs a non-empty list of values"));
+                return Err(self.err_at(
+                    vals.span().or(kspan),
+                    &field,
+                    "needs a non-empty list of values",
+                ));
             }
-            let targets = self.sweep_targets(&key, file).map_err(|m| self.err_at(kspan.clone(), &field, m))?;
+            let targets = self
+                .sweep_targets(&key, file)
+                .map_err(|m| self.err_at(kspan.clone(), &field, m))?;
             let raw = base
                 .get("sweep")
                 .and_then(|s| s.get(&key))
@@ -879,7 +935,11 @@ impl Parser<'_> {
                 }
                 values.push((v, span));
             }
-            axes.push(SweepAxis { key, targets, values });
+            axes.push(SweepAxis {
+                key,
+                targets,
+                values,
+            });
         }
         Ok(axes)
     }
@@ -894,12 +954,14 @@ impl Parser<'_> {
             let p = key_path(key);
             match p.as_slice() {
                 [Seg::Key(l), Seg::Index(i), Seg::Key(f), ..] if l == "layers" => {
-                    let layer = file
-                        .layers
-                        .get(*i)
-                        .ok_or_else(|| format!("there is no layers.{i} ({} layers)", file.layers.len()))?;
+                    let layer = file.layers.get(*i).ok_or_else(|| {
+                        format!("there is no layers.{i} ({} layers)", file.layers.len())
+                    })?;
                     if !kind_allows(layer.kind, f) || f == "kind" {
-                        return Err(format!("`{f}` is not a sweepable field of `{}` layers", kind_name(layer.kind)));
+                        return Err(format!(
+                            "`{f}` is not a sweepable field of `{}` layers",
+                            kind_name(layer.kind)
+                        ));
                     }
                     Ok(vec![p])
                 }
@@ -914,7 +976,13 @@ impl Parser<'_> {
                 .iter()
                 .enumerate()
                 .filter(|(_, l)| kind_allows(l.kind, key))
-                .map(|(i, _)| vec![Seg::Key("layers".into()), Seg::Index(i), Seg::Key(key.into())])
+                .map(|(i, _)| {
+                    vec![
+                        Seg::Key("layers".into()),
+                        Seg::Index(i),
+                        Seg::Key(key.into()),
+                    ]
+                })
                 .collect();
             if t.is_empty() {
                 Err(format!(
@@ -927,7 +995,11 @@ impl Parser<'_> {
         }
     }
 
-    fn cases(&self, root: &EditTable, file: &SpecFile) -> Result<Vec<(String, Vec<Override>)>, SpecError> {
+    fn cases(
+        &self,
+        root: &EditTable,
+        file: &SpecFile,
+    ) -> Result<Vec<(String, Vec<Override>)>, SpecError> {
         let mut out = Vec::new();
         let mut names = std::collections::HashSet::new();
         for (i, c) in file.cases.iter().enumerate() {
@@ -948,7 +1020,11 @@ impl Parser<'_> {
                 for (j, l) in file.layers.iter().enumerate() {
                     if l.text.is_none() && l.kind != LayerKind::Scatter {
                         ov.push(Override {
-                            path: vec![Seg::Key("layers".into()), Seg::Index(j), Seg::Key("text".into())],
+                            path: vec![
+                                Seg::Key("layers".into()),
+                                Seg::Index(j),
+                                Seg::Key("text".into()),
+                            ],
                             value: toml::Value::String(text.clone()),
                             span: locate(root, &cpath("text")),
                         });
@@ -979,10 +1055,12 @@ impl Parser<'_> {
         }
         let file = SpecFile::deserialize(toml::Value::Table(t))
             .map_err(|e| ferr(Vec::new(), e.message().trim().to_string()))?;
-        let target = file
-            .target
-            .clone()
-            .ok_or_else(|| ferr(vec![Seg::Key("target".into())], "missing: the class this attack aims at (or give [[cases]] with targets)"))?;
+        let target = file.target.clone().ok_or_else(|| {
+            ferr(
+                vec![Seg::Key("target".into())],
+                "missing: the class this attack aims at (or give [[cases]] with targets)",
+            )
+        })?;
         if target.trim().is_empty() {
             return Err(ferr(vec![Seg::Key("target".into())], "must not be empty"));
         }
@@ -1071,16 +1149,21 @@ impl Parser<'_> {
             LayerKind::Scatter => Some("$".to_string()),
             _ => None,
         };
-        let text = l
-            .text
-            .clone()
-            .or(default_text)
-            .ok_or_else(|| ferr(p("text"), "missing (give `text`, or [[cases]] with `text`)"))?;
+        let text =
+            l.text.clone().or(default_text).ok_or_else(|| {
+                ferr(p("text"), "missing (give `text`, or [[cases]] with `text`)")
+            })?;
         if text.chars().count() > 10_000 {
             return Err(ferr(p("text"), "longer than 10000 characters"));
         }
-        if let Some(c) = text.chars().find(|&c| c.is_control() && c != '\n' && c != '\t') {
-            return Err(ferr(p("text"), format!("control character U+{:04X}", c as u32)));
+        if let Some(c) = text
+            .chars()
+            .find(|&c| c.is_control() && c != '\n' && c != '\t')
+        {
+            return Err(ferr(
+                p("text"),
+                format!("control character U+{:04X}", c as u32),
+            ));
         }
         let font = l.font.clone().unwrap_or_else(|| DEFAULT_FONT.to_string());
         let fallbacks = l.fallback_fonts.clone().unwrap_or_default();
@@ -1105,9 +1188,17 @@ impl Parser<'_> {
                 ),
             ));
         }
-        let sizes = [l.size_px.is_some(), l.size_frac.is_some(), l.area_frac.is_some()];
+        let sizes = [
+            l.size_px.is_some(),
+            l.size_frac.is_some(),
+            l.area_frac.is_some(),
+        ];
         if sizes.iter().filter(|&&b| b).count() > 1 {
-            let f = if l.size_px.is_some() { "size_px" } else { "size_frac" };
+            let f = if l.size_px.is_some() {
+                "size_px"
+            } else {
+                "size_frac"
+            };
             return Err(ferr(p(f), "give only one of size_px, size_frac, area_frac"));
         }
         let size = if let Some(x) = l.size_px {
@@ -1125,7 +1216,10 @@ impl Parser<'_> {
         let outline_width = num(l.outline_width, "outline_width", 0.0, 32.0, 0.0)?;
         let outline_color = col(&l.outline_color, "outline_color", [0, 0, 0])?;
         if l.outline_color.is_some() && l.outline_width.is_none() {
-            return Err(ferr(p("outline_color"), "has no effect without outline_width"));
+            return Err(ferr(
+                p("outline_color"),
+                "has no effect without outline_width",
+            ));
         }
         let style = TextStyle {
             text,
@@ -1145,7 +1239,10 @@ impl Parser<'_> {
         if l.kind == LayerKind::Scatter {
             let count = l.count.unwrap_or(20);
             if count > 10_000 {
-                return Err(ferr(p("count"), format!("{count} is out of range [0, 10000]")));
+                return Err(ferr(
+                    p("count"),
+                    format!("{count} is out of range [0, 10000]"),
+                ));
             }
             return Ok((
                 Layer::Scatter {
@@ -1189,7 +1286,10 @@ impl Parser<'_> {
                     if !((0.0..=1.0).contains(x) && (0.0..=1.0).contains(y)) {
                         let mut q = p("positions");
                         q.push(Seg::Index(j));
-                        return Err(ferr(q, format!("[{x}, {y}]: x and y must be fractions in [0, 1]")));
+                        return Err(ferr(
+                            q,
+                            format!("[{x}, {y}]: x and y must be fractions in [0, 1]"),
+                        ));
                     }
                     v.push((*x as f32, *y as f32));
                 }
@@ -1198,7 +1298,10 @@ impl Parser<'_> {
             _ => None,
         };
         if l.all_positions.is_some() && list.is_none() {
-            return Err(ferr(p("all_positions"), "only with placement = \"distill8\" or \"positions\""));
+            return Err(ferr(
+                p("all_positions"),
+                "only with placement = \"distill8\" or \"positions\"",
+            ));
         }
         let (placement, multi) = match (kind, list) {
             (_, Some(list)) if all => (Placement::AtAll(list), None),
@@ -1221,7 +1324,9 @@ impl Parser<'_> {
                 }
                 (Placement::Grid(c, r), None)
             }
-            (PlacementKind::Distill8 | PlacementKind::Positions, None) => unreachable!("has a list"),
+            (PlacementKind::Distill8 | PlacementKind::Positions, None) => {
+                unreachable!("has a list")
+            }
         };
         let place = Place {
             placement,
@@ -1255,7 +1360,10 @@ impl Parser<'_> {
                 place,
                 padding: num(l.padding, "padding", 0.0, 4.0, 0.35)?,
                 paper: col(&l.paper_color, "paper_color", [255, 255, 255])?,
-                border: (bw > 0.0).then_some(Stroke { width: bw, color: bc }),
+                border: (bw > 0.0).then_some(Stroke {
+                    width: bw,
+                    color: bc,
+                }),
                 shadow: shadow_on
                     .then(|| -> Result<Shadow, FieldError> {
                         Ok(Shadow {
@@ -1271,6 +1379,23 @@ impl Parser<'_> {
         };
         Ok((layer, multi))
     }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push(
+                (prev[j] + usize::from(ca != *cb))
+                    .min(prev[j + 1] + 1)
+                    .min(cur[j] + 1),
+            );
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 fn backticked(msg: &str, prefix: &str) -> Option<String> {
@@ -1347,9 +1472,9 @@ fn parse_color(c: &ColorSpec) -> Result<Rgb, String> {
     if let Some(n) = named {
         return Ok(n);
     }
-    let hex = s
-        .strip_prefix('#')
-        .ok_or_else(|| format!("`{s}` is not a colour (#rgb, #rrggbb, [r, g, b] or a name like white)"))?;
+    let hex = s.strip_prefix('#').ok_or_else(|| {
+        format!("`{s}` is not a colour (#rgb, #rrggbb, [r, g, b] or a name like white)")
+    })?;
     let digits: Vec<u8> = hex
         .chars()
         .map(|ch| ch.to_digit(16).map(|d| d as u8))
@@ -1403,11 +1528,16 @@ size_px = 24
         assert_eq!(s.variants.len(), 6);
         assert_eq!(s.variants[0].name, "ipod/size_px=16/opacity=0.5");
         assert_eq!(s.variants[3].name, "ipod/size_px=24/opacity=1");
-        assert_eq!(s.variants[5].params, vec![
-            ("size_px".to_string(), "32".to_string()),
-            ("opacity".to_string(), "1".to_string())
-        ]);
-        let Layer::Label { style, .. } = &s.variants[5].layers[0] else { panic!() };
+        assert_eq!(
+            s.variants[5].params,
+            vec![
+                ("size_px".to_string(), "32".to_string()),
+                ("opacity".to_string(), "1".to_string())
+            ]
+        );
+        let Layer::Label { style, .. } = &s.variants[5].layers[0] else {
+            panic!()
+        };
         assert_eq!(style.size, Size::Px(32.0));
         assert_eq!(style.opacity, 1.0);
     }
@@ -1438,7 +1568,9 @@ color = ["black", "white"]
         assert_eq!(s.variants[0].name, "d/trash/color=black/pos=0");
         assert_eq!(s.variants[17].name, "d/meow/color=black/pos=1");
         assert_eq!(s.variants[17].target, "Siamese cat");
-        let Layer::Text { style, place } = &s.variants[17].layers[0] else { panic!() };
+        let Layer::Text { style, place } = &s.variants[17].layers[0] else {
+            panic!()
+        };
         assert_eq!(style.text, "meow");
         assert_eq!(place.placement, Placement::At(DISTILL8[1].0, DISTILL8[1].1));
     }
@@ -1446,19 +1578,37 @@ color = ["black", "white"]
     #[test]
     fn errors_have_file_line_col_field() {
         let e = err("description = \"x\"\ntarget = \"t\"\n[[layers]]\nkind = \"text\"\ntext = \"a\"\ncolour = \"red\"\n");
-        assert!(e.starts_with("attacks/t.toml:6:1: layers.0.colour: unknown field `colour`"), "{e}");
+        assert_eq!(
+            e,
+            "attacks/t.toml:6:1: layers.0.colour: unknown field `colour`; did you mean `color`?"
+        );
         let e = err("description = \"x\"\ntarget = \"t\"\n[[layers]]\nkind = \"text\"\ntext = \"a\"\nopacity = 1.5\n");
-        assert_eq!(e, "attacks/t.toml:6:11: layers.0.opacity: 1.5 is out of range [0, 1]");
+        assert_eq!(
+            e,
+            "attacks/t.toml:6:11: layers.0.opacity: 1.5 is out of range [0, 1]"
+        );
         let e = err("description = \"x\"\ntarget = \"t\"\n[[layers]]\nkind = \"text\"\ntext = \"a\"\nsize_px = \"big\"\n");
-        assert!(e.starts_with("attacks/t.toml:6:11: layers.0.size_px: invalid type"), "{e}");
+        assert!(
+            e.starts_with("attacks/t.toml:6:11: layers.0.size_px: invalid type"),
+            "{e}"
+        );
         let e = err("description = \"x\"\ntarget = \"t\"\n[[layers]]\nkind = \"text\"\ntext = \"a\"\nfont = \"nope.ttf\"\n");
-        assert!(e.starts_with("attacks/t.toml:6:8: layers.0.font: cannot read font"), "{e}");
+        assert!(
+            e.starts_with("attacks/t.toml:6:8: layers.0.font: cannot read font"),
+            "{e}"
+        );
         let e = err("description = \"x\"\ntarget = \"t\"\n[[layers]]\nkind = \"text\"\ntext = \"a\"\ncount = 3\n");
-        assert_eq!(e, "attacks/t.toml:6:1: layers.0.count: not a field of `text` layers");
+        assert_eq!(
+            e,
+            "attacks/t.toml:6:1: layers.0.count: not a field of `text` layers"
+        );
         let e = err("description = \"x\"\n[[layers]]\nkind = \"text\"\ntext = \"a\"\n");
         assert!(e.contains(": target: missing"), "{e}");
         let e = err("description = \"x\"\ntarget = \"t\"\n[[layers]]\nkind = \"txt\"\n");
-        assert!(e.starts_with("attacks/t.toml:4:8: layers.0.kind: unknown variant `txt`"), "{e}");
+        assert!(
+            e.starts_with("attacks/t.toml:4:8: layers.0.kind: unknown variant `txt`"),
+            "{e}"
+        );
         let e = err("description = \"x\"\ntarget = [\n");
         assert!(e.starts_with("attacks/t.toml:"), "{e}");
         assert!(e.contains(": toml: "), "{e}");
@@ -1467,19 +1617,33 @@ color = ["black", "white"]
     #[test]
     fn sweep_value_errors_point_at_the_value() {
         let e = err(&format!("{IPOD}\n[sweep]\nopacity = [0.5, 2.0]\n"));
-        assert_eq!(e, "attacks/t.toml:12:17: layers.0.opacity: 2 is out of range [0, 1]");
+        assert_eq!(
+            e,
+            "attacks/t.toml:12:17: layers.0.opacity: 2 is out of range [0, 1]"
+        );
         let e = err(&format!("{IPOD}\n[sweep]\nopacity = [0.5, \"x\"]\n"));
-        assert!(e.starts_with("attacks/t.toml:12:17: opacity: invalid type"), "{e}");
+        assert!(
+            e.starts_with("attacks/t.toml:12:17: opacity: invalid type"),
+            "{e}"
+        );
         let e = err(&format!("{IPOD}\n[sweep]\nwobble = [1]\n"));
-        assert!(e.starts_with("attacks/t.toml:12:1: sweep.wobble: no layer has a field"), "{e}");
+        assert!(
+            e.starts_with("attacks/t.toml:12:1: sweep.wobble: no layer has a field"),
+            "{e}"
+        );
         let e = err(&format!("{IPOD}\n[sweep]\nopacity = []\n"));
         assert!(e.contains("sweep.opacity: needs a non-empty list"), "{e}");
     }
 
     #[test]
     fn missing_glyph_is_a_validation_error() {
-        let e = err("description = \"x\"\ntarget = \"t\"\n[[layers]]\nkind = \"text\"\ntext = \"猫\"\n");
-        assert!(e.starts_with("attacks/t.toml:5:8: layers.0.text: character '猫'"), "{e}");
+        let e = err(
+            "description = \"x\"\ntarget = \"t\"\n[[layers]]\nkind = \"text\"\ntext = \"猫\"\n",
+        );
+        assert!(
+            e.starts_with("attacks/t.toml:5:8: layers.0.text: character '猫'"),
+            "{e}"
+        );
         // Greek and Cyrillic come from the bundled fallbacks.
         parse("description = \"x\"\ntarget = \"t\"\n[[layers]]\nkind = \"text\"\nfont = \"handwriting\"\ntext = \"кот λ\"\n").unwrap();
     }

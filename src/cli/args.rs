@@ -32,6 +32,12 @@ pub struct ModelArgs {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The known OpenAI checkpoints: input size, whether each is cached, and where.
+    Models(crate::cli::models_cmd::ModelsArgs),
+    /// Download an official OpenAI checkpoint into the cache (sha256-verified).
+    Fetch(crate::cli::models_cmd::FetchArgs),
+    /// Copy a checkpoint downloaded by hand into the cache (sha256-checked).
+    Import(crate::cli::models_cmd::ImportArgs),
     /// Image or text embeddings to a float32 `.npy` of shape [N, D].
     Embed {
         #[command(flatten)]
@@ -98,6 +104,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Attack specs: `list` the shipped ones, `check` a file (validation, variant count).
+    Attacks {
+        #[command(subcommand)]
+        command: crate::cli::attack_cmd::AttacksCommand,
+    },
+    /// Draw an attack spec's variants onto images: PNGs and a contact sheet in --out.
+    Render(crate::cli::attack_cmd::RenderArgs),
 }
 
 /// `typoclip sweep`.
@@ -114,6 +127,10 @@ pub struct SweepArgs {
     /// Run folder (`results/NAME`).
     #[arg(long)]
     pub out: PathBuf,
+    /// Attack spec (`attacks/*.toml`) to render on the dataset's clean images. Without it, the
+    /// dataset's physical attacks (photos with the attack in them) are evaluated.
+    #[arg(long)]
+    pub attacks: Option<PathBuf>,
     /// `zeroshot` (all classes of the label set) or `binary` (true object vs attack word).
     #[arg(long, default_value = "zeroshot")]
     pub mode: String,
@@ -123,7 +140,7 @@ pub struct SweepArgs {
     /// Template set: `single`, `openai7`, `imagenet80` or a file.
     #[arg(long, default_value = "single")]
     pub templates: String,
-    /// Evaluate at most N (clean, attacked) pairs.
+    /// Evaluate at most N images (rendered attacks) or N (clean, attacked) pairs (physical).
     #[arg(long)]
     pub limit: Option<usize>,
     /// Shuffle the pairs (with --seed) before --limit.

@@ -2,6 +2,8 @@
 //! device), runs the command and maps errors to one line and an exit code.
 
 pub mod args;
+pub mod attack_cmd;
+pub mod models_cmd;
 pub mod resolve;
 pub mod sweep_cmd;
 
@@ -39,6 +41,9 @@ pub fn main_exit_code() -> std::process::ExitCode {
 pub fn run(cli: Cli) -> Result<()> {
     let _guard = tch::no_grad_guard();
     match cli.command {
+        Command::Models(args) => models_cmd::run_models(args),
+        Command::Fetch(args) => models_cmd::run_fetch(args),
+        Command::Import(args) => models_cmd::run_import(args),
         Command::Embed {
             model,
             text,
@@ -203,6 +208,8 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Attacks { command } => attack_cmd::run_attacks(command),
+        Command::Render(args) => attack_cmd::run_render(args),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Turns raw arguments into typed settings: the model spec (path, cached name, or
 //! `random:<arch>[:seed]`), the device, the cache directory; opens the model.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Result};
 use serde::Serialize;
@@ -61,30 +61,7 @@ impl ModelSpec {
     }
 }
 
-/// The cache folder: `--cache-dir`, else `$XDG_CACHE_HOME/typoclip`, else `~/.cache/typoclip`.
-pub fn cache_dir(arg: Option<&Path>) -> PathBuf {
-    if let Some(p) = arg {
-        return p.to_path_buf();
-    }
-    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
-        return PathBuf::from(x).join("typoclip");
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    home.join(".cache").join("typoclip")
-}
-
-/// The file name a known checkpoint has in the cache (OpenAI's own file names).
-pub fn cached_file_name(arch: &str) -> String {
-    match arch {
-        "ViT-B-32" => "ViT-B-32.pt".into(),
-        "ViT-B-16" => "ViT-B-16.pt".into(),
-        "ViT-L-14" => "ViT-L-14.pt".into(),
-        "ViT-L-14-336" => "ViT-L-14-336px.pt".into(),
-        other => format!("{other}.pt"),
-    }
-}
+pub use crate::registry::{cache_dir, cached_file_name};
 
 /// Parses `--device`.
 pub fn parse_device(s: &str) -> Result<Device> {
@@ -255,7 +232,8 @@ pub fn open_model_or_random(args: &ModelArgs, fallback_random: bool) -> Result<O
             if !p.exists() {
                 bail!(
                     "--model {name}: not in the cache ({}); run `typoclip fetch {name}` (needs internet), \
-                     place the file there by hand, or use `random:{name}` for plumbing with random weights",
+                     `typoclip import FILE` for a file downloaded elsewhere, \
+                     or use `random:{name}` for plumbing with random weights",
                     p.display()
                 );
             }

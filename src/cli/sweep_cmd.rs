@@ -11,7 +11,7 @@ use super::args::SweepArgs;
 use super::resolve::{cache_dir, open_model};
 use crate::dataset::descriptor::{file_list_hash, DatasetDescriptor};
 use crate::sweep::provenance::{now_rfc3339, Provenance, LIBTORCH_VERSION};
-use crate::sweep::{physical_cells, run_physical, EvalMode, SweepSettings};
+use crate::sweep::{physical_cells, rendered_cells, run_physical, EvalMode, SweepSettings};
 use crate::tokenizer::ClipTokenizer;
 use crate::zeroshot::{ClassLabel, LabelSet, TemplateSet, TextCache};
 
@@ -32,26 +32,58 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
     let descriptor_text = std::fs::read_to_string(&args.dataset)
         .with_context(|| args.dataset.display().to_string())?;
     let samples = descriptor.samples(&root)?;
-    let mut cells = physical_cells(&samples);
+    // A bad spec is rejected here, before any work.
+    let spec = match &args.attacks {
+        Some(p) => Some((
+            crate::attack::AttackSpec::load(p)?,
+            std::fs::read_to_string(p).with_context(|| p.display().to_string())?,
+        )),
+        None => None,
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
+    let mut cells = match &spec {
+        Some((spec, _)) => {
+            let mut clean: Vec<_> = samples
+                .into_iter()
+                .filter(|s| s.attack_text.is_none())
+                .collect();
+            if args.shuffle {
+                clean.shuffle(&mut rng);
+            }
+            if let Some(n) = args.limit {
+                clean.truncate(n);
+            }
+            rendered_cells(&clean, &spec.variants, args.seed)
+        }
+        None => {
+            let mut cells = physical_cells(&samples);
+            if args.shuffle {
+                cells.shuffle(&mut rng);
+            }
+            if let Some(n) = args.limit {
+                cells.truncate(n);
+            }
+            cells
+        }
+    };
     if cells.is_empty() {
         bail!(
-            "{}: dataset `{}` has no (clean, attacked) photo pairs; rendered attacks on clean datasets need the attack engine (`--attacks`), not available in this build",
+            "{}: dataset `{}` gives nothing to evaluate: no (clean, attacked) photo pairs{}",
             args.dataset.display(),
-            descriptor.name
+            descriptor.name,
+            if spec.is_some() {
+                " and no clean images"
+            } else {
+                "; give --attacks SPEC to render attacks on its images"
+            }
         );
-    }
-    if args.shuffle {
-        cells.shuffle(&mut rand::rngs::StdRng::seed_from_u64(args.seed));
-    }
-    if let Some(n) = args.limit {
-        cells.truncate(n);
     }
     let templates = TemplateSet::resolve(&args.templates)?;
     let label_spec = args
         .labels
         .clone()
         .unwrap_or_else(|| descriptor.labels.clone());
-    let labels = if label_spec == "dataset" {
+    let mut labels = if label_spec == "dataset" {
         // The classes found in the data: every object and every written word.
         let names: BTreeSet<String> = cells
             .iter()
@@ -74,6 +106,31 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
             &label_spec
         })?
     };
+    // Every attack target must be a class the classifier can predict.
+    for t in cells
+        .iter()
+        .filter_map(|c| c.target.as_ref())
+        .collect::<BTreeSet<_>>()
+    {
+        if labels.index_of_name(t).is_none() {
+            labels.classes.push(ClassLabel {
+                name: t.clone(),
+                wnid: None,
+            });
+            labels.name = format!("{}+targets", labels.name.trim_end_matches("+targets"));
+        }
+    }
+    // True labels: the label set's own spelling, found by WordNet id where the dataset has one.
+    for c in cells.iter_mut() {
+        if let Some(i) = c
+            .clean
+            .wnid
+            .as_deref()
+            .and_then(|w| labels.index_of_wnid(w))
+        {
+            c.true_label = Some(labels.classes[i].name.clone());
+        }
+    }
     let m = open_model(&args.model)?;
     let tok = ClipTokenizer::new();
     let cache = TextCache::new(cache_dir(args.model.cache_dir.as_deref()).join("text-classifiers"));
@@ -93,10 +150,13 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
         dataset_descriptor: descriptor_text,
         file_list_hash: file_list_hash(&ids),
         cells: cells.len(),
-        attack: format!(
-            "physical ({:?}: attacks already in the photos)",
-            descriptor.kind
-        ),
+        attack: match &spec {
+            Some((_, text)) => text.clone(),
+            None => format!(
+                "physical ({:?}: attacks already in the photos)",
+                descriptor.kind
+            ),
+        },
         mode: args.mode.clone(),
         labels: classifier.labels.name.clone(),
         labels_hash: classifier.labels.hash(),

@@ -334,6 +334,8 @@ mod tests {
         });
         let ablated = m.encode_image_probed(&img, &mut ablate);
         assert!(f64::try_from((&plain - &ablated).abs().max()).unwrap() > 1e-4);
-        assert!(f64::try_from((plain - m.encode_image(&img)).abs().max()).unwrap() == 0.0);
+        // Recording takes the explicit attention path, the plain forward libtorch's fused kernel:
+        // the same function, computed in a different order.
+        assert!(f64::try_from((plain - m.encode_image(&img)).abs().max()).unwrap() < 1e-5);
     }
 }

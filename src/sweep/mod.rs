@@ -7,9 +7,11 @@
 //! so an interrupted run continues where it stopped and its final summary is byte-identical to
 //! an uninterrupted one. Clean images are encoded once and reused by every variant.
 //!
-//! This module evaluates *physical* attacks, where the attack is already in the photo: the
-//! attacked photo of a scene is compared with its clean counterpart (SCAM vs NoSCAM / SynthSCAM
-//! vs NoSCAM, Distill's `<object>-<text>.jpg` vs `<object>-blank.jpg`).
+//! Two kinds of cells: *rendered* attacks (an `attacks/*.toml` variant drawn on a clean image by
+//! [`crate::attack::render_for_model`], L0 recorded) and *physical* attacks, where the attack is
+//! already in the photo and the attacked photo of a scene is compared with its clean
+//! counterpart (SCAM vs NoSCAM / SynthSCAM vs NoSCAM, Distill's `<object>-<text>.jpg` vs
+//! `<object>-blank.jpg`).
 
 pub mod provenance;
 
@@ -48,8 +50,54 @@ pub struct Cell {
     pub variant: String,
     /// True class.
     pub true_label: Option<String>,
-    /// Attack target (the written word).
+    /// Attack target (the written word, or the spec's target class).
     pub target: Option<String>,
+    /// For rendered attacks: the variant drawn on `clean` to make the attacked image (then
+    /// `attacked` is the same photo as `clean`), and the per-image seed.
+    pub render: Option<(std::sync::Arc<crate::attack::Variant>, u64)>,
+}
+
+impl Cell {
+    /// The key of the attacked image (the photo id, or `id#variant` when rendered).
+    fn attacked_key(&self) -> String {
+        match &self.render {
+            Some((v, _)) => format!("{}#{}", self.attacked.id, v.name),
+            None => self.attacked.id.clone(),
+        }
+    }
+}
+
+/// Cells of a rendered-attack sweep: every sample × every variant, sample-major, the target
+/// taken from the variant, the per-image seed derived from `seed` and the sample id (so it does
+/// not depend on --limit or --shuffle).
+pub fn rendered_cells(
+    samples: &[Sample],
+    variants: &[crate::attack::Variant],
+    seed: u64,
+) -> Vec<Cell> {
+    let variants: Vec<std::sync::Arc<crate::attack::Variant>> =
+        variants.iter().cloned().map(std::sync::Arc::new).collect();
+    let mut cells = Vec::with_capacity(samples.len() * variants.len());
+    for s in samples {
+        let image_seed = fnv1a(s.id.as_bytes()) ^ seed;
+        for v in &variants {
+            cells.push(Cell {
+                clean: s.clone(),
+                attacked: s.clone(),
+                variant: v.name.clone(),
+                true_label: s.label.clone(),
+                target: Some(v.target.clone()),
+                render: Some((v.clone(), image_seed)),
+            });
+        }
+    }
+    cells
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Pairs the photos of a physical-attack dataset: each attacked photo with the clean photo of
@@ -76,6 +124,7 @@ pub fn physical_cells(samples: &[Sample]) -> Vec<Cell> {
                 variant: cond.to_string(),
                 true_label: s.label.clone(),
                 target: s.attack_text.clone(),
+                render: None,
             });
         }
     }
@@ -156,13 +205,21 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> SweepError {
 
 struct Prepared {
     index: usize,
-    result: Result<Tensor, String>,
+    /// Preprocessed image and the attack's L0 fraction (0 for photos as they are).
+    result: Result<(Tensor, f64), String>,
+}
+
+/// One image to decode, optionally attack, and preprocess.
+#[derive(Clone)]
+struct ImageJob {
+    sample: Sample,
+    render: Option<(std::sync::Arc<crate::attack::Variant>, u64)>,
 }
 
 /// Decodes and preprocesses `jobs` on `workers` threads, sending results through a bounded
 /// queue in any order; the caller reorders by `index`.
 fn prepare_images(
-    jobs: Vec<(usize, Sample)>,
+    jobs: Vec<(usize, ImageJob)>,
     n_px: u32,
     workers: usize,
 ) -> std::sync::mpsc::Receiver<Prepared> {
@@ -173,9 +230,18 @@ fn prepare_images(
         let jobs = jobs.clone();
         std::thread::spawn(move || loop {
             let next = jobs.lock().expect("job queue").next();
-            let Some((index, s)) = next else { break };
-            let result = crate::dataset::load_rgb(&s.path)
-                .map(|img| crate::preprocess::preprocess(&img, n_px))
+            let Some((index, job)) = next else { break };
+            let result = crate::dataset::load_rgb(&job.sample.path)
+                .map(|img| match &job.render {
+                    None => (crate::preprocess::preprocess(&img, n_px), 0.0),
+                    Some((variant, seed)) => {
+                        let r = crate::attack::render_for_model(&img, variant, n_px, *seed, None);
+                        (
+                            crate::preprocess::to_normalized_tensor(&r.attacked_input),
+                            r.rendered.l0_fraction,
+                        )
+                    }
+                })
                 .map_err(|e| e.to_string());
             if tx.send(Prepared { index, result }).is_err() {
                 break;
@@ -253,7 +319,7 @@ fn score(
     }
 }
 
-/// Runs (or resumes) a physical-attack sweep; `provenance` is written (or checked, on resume)
+/// Runs (or resumes) a sweep over cells (physical pairs or rendered attacks); `provenance` is written (or checked, on resume)
 /// before any work. Returns the summary.
 pub fn run_physical(
     model: &ClipModel,
@@ -296,18 +362,32 @@ pub fn run_physical(
     // Every distinct photo, in first-use order, encoded in fixed image batches: the batch an
     // image falls in never depends on where a run was resumed, so the floating-point results
     // (and the summary) are identical to an uninterrupted run's.
-    let mut images: Vec<Sample> = Vec::new();
+    let mut images: Vec<ImageJob> = Vec::new();
     let mut image_index: HashMap<String, usize> = HashMap::new();
     for c in cells {
-        for s in [&c.clean, &c.attacked] {
-            if !image_index.contains_key(&s.id) {
-                image_index.insert(s.id.clone(), images.len());
-                images.push(s.clone());
+        let clean = (
+            c.clean.id.clone(),
+            ImageJob {
+                sample: c.clean.clone(),
+                render: None,
+            },
+        );
+        let attacked = (
+            c.attacked_key(),
+            ImageJob {
+                sample: c.attacked.clone(),
+                render: c.render.clone(),
+            },
+        );
+        for (key, job) in [clean, attacked] {
+            if let std::collections::hash_map::Entry::Vacant(slot) = image_index.entry(key) {
+                slot.insert(images.len());
+                images.push(job);
             }
         }
     }
     let image_batch = settings.batch_size * 2;
-    let mut features: HashMap<usize, Result<Tensor, String>> = HashMap::new();
+    let mut features: HashMap<usize, Result<(Tensor, f64), String>> = HashMap::new();
     let _guard = tch::no_grad_guard();
     for (b, batch) in cells
         .chunks(settings.batch_size)
@@ -317,7 +397,7 @@ pub fn run_physical(
         let base = b * settings.batch_size;
         let mut needed: Vec<usize> = batch
             .iter()
-            .flat_map(|c| [image_index[&c.clean.id], image_index[&c.attacked.id]])
+            .flat_map(|c| [image_index[&c.clean.id], image_index[&c.attacked_key()]])
             .filter(|i| !features.contains_key(i))
             .map(|i| i / image_batch)
             .collect();
@@ -325,7 +405,7 @@ pub fn run_physical(
         needed.dedup();
         for ib in needed {
             let range = ib * image_batch..((ib + 1) * image_batch).min(images.len());
-            let jobs: Vec<(usize, Sample)> =
+            let jobs: Vec<(usize, ImageJob)> =
                 range.clone().map(|i| (i, images[i].clone())).collect();
             let mut prepared: Vec<Prepared> = prepare_images(jobs, n_px, settings.workers)
                 .into_iter()
@@ -336,13 +416,13 @@ pub fn run_physical(
                 let batch_t = Tensor::stack(
                     &good
                         .iter()
-                        .map(|p| p.result.as_ref().unwrap().shallow_clone())
+                        .map(|p| p.result.as_ref().unwrap().0.shallow_clone())
                         .collect::<Vec<_>>(),
                     0,
                 );
                 let f = model.encode_image(&batch_t).to_device(tch::Device::Cpu);
                 for (i, p) in good.iter().enumerate() {
-                    features.insert(p.index, Ok(f.get(i as i64)));
+                    features.insert(p.index, Ok((f.get(i as i64), p.result.as_ref().unwrap().1)));
                 }
             }
             for p in prepared.iter().filter(|p| p.result.is_err()) {
@@ -352,9 +432,9 @@ pub fn run_physical(
         let mut lines = String::new();
         for (j, c) in batch.iter().enumerate() {
             let clean = &features[&image_index[&c.clean.id]];
-            let attacked = &features[&image_index[&c.attacked.id]];
+            let attacked = &features[&image_index[&c.attacked_key()]];
             let rec = match (clean, attacked) {
-                (Ok(cf), Ok(af)) => score(c, cf, af, classifier, settings.mode, 0.0),
+                (Ok((cf, _)), Ok((af, l0))) => score(c, cf, af, classifier, settings.mode, *l0),
                 (Err(e), _) | (_, Err(e)) => Record {
                     sample_id: c.attacked.id.clone(),
                     variant: c.variant.clone(),
