@@ -4,20 +4,13 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::{fixtures, read_tensors};
 use tch::Tensor;
 
 fn typoclip(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_typoclip"))
-        .args(args)
-        .env(
-            "XDG_CACHE_HOME",
-            std::env::temp_dir().join("typoclip-test-empty-cache"),
-        )
-        .output()
-        .expect("run typoclip")
+    common::run_typoclip(args, "typoclip-test-empty-cache")
 }
 
 /// Asserts exit code 2 and a single stderr line containing every `needle`.

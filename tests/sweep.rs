@@ -8,14 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn typoclip(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_typoclip"))
-        .args(args)
-        .env(
-            "XDG_CACHE_HOME",
-            std::env::temp_dir().join("typoclip-test-sweep-cache"),
-        )
-        .output()
-        .expect("run typoclip")
+    common::run_typoclip(args, "typoclip-test-sweep-cache")
 }
 
 /// A Distill-style folder: per object a blank photo and attacked photos, plus a corrupt file.

@@ -88,3 +88,13 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     )
     .unwrap()
 }
+
+/// Runs the `typoclip` binary with `XDG_CACHE_HOME` set to a test-specific folder under the
+/// temporary directory (so the user's cache is never touched).
+pub fn run_typoclip(args: &[&str], cache_name: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_typoclip"))
+        .args(args)
+        .env("XDG_CACHE_HOME", std::env::temp_dir().join(cache_name))
+        .output()
+        .expect("run typoclip")
+}
