@@ -469,6 +469,7 @@ pub fn run_physical(
     Ok(summary)
 }
 
+/// Writes a file through a temporary sibling and a rename, so readers never see half of it.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SweepError> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).map_err(|e| io_err(&tmp, e))?;

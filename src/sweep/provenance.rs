@@ -108,10 +108,10 @@ impl Provenance {
 
     /// Writes the file (pretty JSON, atomically).
     pub fn write(&self, path: &Path) -> Result<(), SweepError> {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self).expect("serialisable"))
-            .map_err(|e| super::io_err(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| super::io_err(path, e))
+        super::write_atomic(
+            path,
+            &serde_json::to_vec_pretty(self).expect("serialisable"),
+        )
     }
 
     /// Refuses to resume a run made with other inputs, naming the first field that differs.
