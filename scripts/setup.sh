@@ -5,7 +5,10 @@
 #  2. the built-in default images, extracted from the scikit-image wheel (public domain / CC0);
 #  3. cargo build --release.
 #  4. typoclip fetch ViT-B-32 (continues when offline).
-# Environment: TYPOCLIP_SKIP_BUILD=1 skips steps 3-4, TYPOCLIP_SKIP_FETCH=1 skips step 4.
+#  5. Debian's chromium, used only by the test that renders a report in a real browser
+#     (continues without it; that test then skips and says so).
+# Environment: TYPOCLIP_SKIP_BUILD=1 skips steps 3-4, TYPOCLIP_SKIP_FETCH=1 skips step 4,
+# TYPOCLIP_SKIP_CHROMIUM=1 skips step 5.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -62,6 +65,15 @@ if [ "${TYPOCLIP_SKIP_BUILD:-0}" != 1 ]; then
     say "trying to fetch the default checkpoint (ViT-B-32) into the cache"
     ./target/release/typoclip fetch ViT-B-32 --quiet \
       || say "could not fetch ViT-B-32 (offline?): the default run will use random weights and say so"
+  fi
+fi
+if [ "${TYPOCLIP_SKIP_CHROMIUM:-0}" != 1 ] && ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing Debian's chromium (for the report browser test)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+      || say "could not install chromium: the browser test will skip"
+  else
+    say "chromium not installed and not root: the report browser test will skip"
   fi
 fi
 say "done"

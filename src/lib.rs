@@ -3,7 +3,9 @@
 //! CLIP runs natively on libtorch through `tch`, loaded from the real checkpoint formats. The
 //! pipeline stages are separate modules, each testable alone:
 //! [`model`] (CLIP towers, checkpoint loading, taps), [`tokenizer`] (CLIP BPE),
-//! [`preprocess`] (CLIP's resize/crop/normalise), [`dataset`] (reading images), [`cli`].
+//! [`preprocess`] (CLIP's resize/crop/normalise), [`dataset`] (reading images), [`attack`]
+//! (rendering text overlays), [`sweep`] (the evaluation pipeline), [`metrics`], [`records`],
+//! [`report`] (HTML/Markdown reports and run comparison), [`cli`].
 
 pub mod attack;
 pub mod cli;
@@ -15,6 +17,7 @@ pub mod preprocess;
 pub mod progress;
 pub mod records;
 pub mod registry;
+pub mod report;
 pub mod sweep;
 pub mod tokenizer;
 pub mod zeroshot;

@@ -18,6 +18,9 @@ pub struct Scored {
 pub struct Record {
     /// Stable sample id (dataset-relative path or file name).
     pub sample_id: String,
+    /// The clean photo of a physical-attack pair (absent when it is the same image).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub clean_id: Option<String>,
     /// Attack variant name (`ipod/size=24`), or the physical-attack condition (`SCAM`).
     pub variant: String,
     /// Ground-truth class name, when the dataset has one.

@@ -111,6 +111,10 @@ pub enum Command {
     },
     /// Draw an attack spec's variants onto images: PNGs and a contact sheet in --out.
     Render(crate::cli::attack_cmd::RenderArgs),
+    /// Write report.html (self-contained) and report.md for a run folder.
+    Report(crate::cli::report_cmd::ReportArgs),
+    /// Compare runs (models or defenses): comparison.html / .md / .csv.
+    Compare(crate::cli::report_cmd::CompareArgs),
 }
 
 /// `typoclip sweep`.

@@ -4,6 +4,7 @@
 pub mod args;
 pub mod attack_cmd;
 pub mod models_cmd;
+pub mod report_cmd;
 pub mod resolve;
 pub mod sweep_cmd;
 
@@ -42,6 +43,8 @@ pub fn run(cli: Cli) -> Result<()> {
     let _guard = tch::no_grad_guard();
     match cli.command {
         Command::Models(args) => models_cmd::run_models(args),
+        Command::Report(args) => report_cmd::run_report(args),
+        Command::Compare(args) => report_cmd::run_compare(args),
         Command::Fetch(args) => models_cmd::run_fetch(args),
         Command::Import(args) => models_cmd::run_import(args),
         Command::Embed {

@@ -148,6 +148,9 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
         random_weights: m.random,
         dataset: descriptor.name.clone(),
         dataset_descriptor: descriptor_text,
+        data_root: (descriptor.kind != crate::dataset::descriptor::DatasetKind::Builtin)
+            .then(|| std::path::absolute(&root).unwrap_or(root.clone()))
+            .map(|p| p.display().to_string()),
         file_list_hash: file_list_hash(&ids),
         cells: cells.len(),
         attack: match &spec {
@@ -157,6 +160,13 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
                 descriptor.kind
             ),
         },
+        attack_path: args.attacks.as_ref().map(|p| {
+            std::path::absolute(p)
+                .unwrap_or(p.clone())
+                .display()
+                .to_string()
+        }),
+        image_size: Some(m.model.image_resolution() as u32),
         mode: args.mode.clone(),
         labels: classifier.labels.name.clone(),
         labels_hash: classifier.labels.hash(),

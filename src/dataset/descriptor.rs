@@ -123,6 +123,11 @@ impl DatasetDescriptor {
     pub fn load(path: &Path) -> Result<(DatasetDescriptor, PathBuf), DatasetError> {
         let text =
             std::fs::read_to_string(path).map_err(|e| derr(path, format!("cannot read: {e}")))?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates descriptor text; `path` names it in errors and anchors a relative data folder.
+    pub fn parse(text: &str, path: &Path) -> Result<(DatasetDescriptor, PathBuf), DatasetError> {
         let d: DatasetDescriptor = toml::from_str(&text).map_err(|e| {
             let (line, col) = e
                 .span()

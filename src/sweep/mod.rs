@@ -20,7 +20,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::dataset::descriptor::Sample;
@@ -58,6 +58,11 @@ pub struct Cell {
 }
 
 impl Cell {
+    /// The clean photo's id when it is not the attacked sample itself (physical pairs).
+    fn clean_id(&self) -> Option<String> {
+        (self.clean.id != self.attacked.id).then(|| self.clean.id.clone())
+    }
+
     /// The key of the attacked image (the photo id, or `id#variant` when rendered).
     fn attacked_key(&self) -> String {
         match &self.render {
@@ -79,7 +84,7 @@ pub fn rendered_cells(
         variants.iter().cloned().map(std::sync::Arc::new).collect();
     let mut cells = Vec::with_capacity(samples.len() * variants.len());
     for s in samples {
-        let image_seed = fnv1a(s.id.as_bytes()) ^ seed;
+        let image_seed = image_seed(&s.id, seed);
         for v in &variants {
             cells.push(Cell {
                 clean: s.clone(),
@@ -92,6 +97,12 @@ pub fn rendered_cells(
         }
     }
     cells
+}
+
+/// The render seed of one image: the run's seed mixed with the sample id, so it does not depend
+/// on which other images are in the run (reports re-render examples with it).
+pub fn image_seed(sample_id: &str, seed: u64) -> u64 {
+    fnv1a(sample_id.as_bytes()) ^ seed
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -149,8 +160,8 @@ pub struct SweepSettings {
     pub progress: bool,
 }
 
-/// What a finished sweep reports.
-#[derive(Debug, Serialize)]
+/// What a finished sweep reports (`summary.json`).
+#[derive(Debug, Serialize, Deserialize)]
 pub struct SweepSummary {
     /// Present (and first) for random weights.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -304,6 +315,7 @@ fn score(
     };
     Record {
         sample_id: cell.attacked.id.clone(),
+        clean_id: cell.clean_id(),
         variant: cell.variant.clone(),
         true_label: canonical(&cell.true_label, ti),
         target: canonical(&cell.target, gi),
@@ -437,6 +449,7 @@ pub fn run_physical(
                 (Ok((cf, _)), Ok((af, l0))) => score(c, cf, af, classifier, settings.mode, *l0),
                 (Err(e), _) | (_, Err(e)) => Record {
                     sample_id: c.attacked.id.clone(),
+                    clean_id: c.clean_id(),
                     variant: c.variant.clone(),
                     true_label: c.true_label.clone(),
                     target: c.target.clone(),

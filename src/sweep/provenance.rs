@@ -33,12 +33,21 @@ pub struct Provenance {
     pub dataset: String,
     /// Dataset descriptor file, verbatim.
     pub dataset_descriptor: String,
+    /// The data folder the samples were read from (absolute), so reports can show them.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub data_root: Option<String>,
     /// sha256 over the evaluated sample ids.
     pub file_list_hash: String,
     /// Number of cells (image, variant).
     pub cells: usize,
     /// Attack spec, verbatim (physical attacks: the dataset kind).
     pub attack: String,
+    /// The attack spec file (its folder resolves relative font paths), when one was given.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub attack_path: Option<String>,
+    /// The model's input size in pixels.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub image_size: Option<u32>,
     /// Scoring mode.
     pub mode: String,
     /// Label set name and hash.
