@@ -112,6 +112,7 @@ fn provenance(random: bool, started: &str, finished: &str) -> Provenance {
         batch_size: 4,
         threads: 2,
         workers: 2,
+        precision: "fp32".into(),
         libtorch_version: "2.13.0".into(),
         started: started.into(),
         finished: Some(finished.into()),

@@ -147,6 +147,14 @@ pub struct SweepArgs {
     /// Evaluate at most N images (rendered attacks) or N (clean, attacked) pairs (physical).
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Keep only these classes of the dataset (comma-separated class names or WordNet ids, as
+    /// the dataset labels them), before --shuffle and --limit.
+    #[arg(long)]
+    pub classes: Option<String>,
+    /// Image-tower arithmetic: `fp32` (default) or `bf16` (faster on CPUs with AVX512-BF16;
+    /// the text classifier stays fp32).
+    #[arg(long, default_value = "fp32")]
+    pub precision: String,
     /// Shuffle the pairs (with --seed) before --limit.
     #[arg(long)]
     pub shuffle: bool,

@@ -31,7 +31,13 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
     }
     let descriptor_text = std::fs::read_to_string(&args.dataset)
         .with_context(|| args.dataset.display().to_string())?;
-    let samples = descriptor.samples(&root)?;
+    let precision = crate::sweep::Precision::parse(&args.precision).ok_or_else(|| {
+        anyhow::anyhow!("--precision: `{}` is not one of fp32, bf16", args.precision)
+    })?;
+    let mut samples = descriptor.samples(&root)?;
+    if let Some(list) = &args.classes {
+        samples = filter_classes(samples, list, &args.dataset)?;
+    }
     // A bad spec is rejected here, before any work.
     let spec = match &args.attacks {
         Some(p) => Some((
@@ -131,7 +137,7 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
             c.true_label = Some(labels.classes[i].name.clone());
         }
     }
-    let m = open_model(&args.model)?;
+    let mut m = open_model(&args.model)?;
     let tok = ClipTokenizer::new();
     let cache = TextCache::new(cache_dir(args.model.cache_dir.as_deref()).join("text-classifiers"));
     let (classifier, _) = cache.load_or_build(&m.cache_id(), &m.model, &tok, labels, templates)?;
@@ -176,6 +182,7 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
         batch_size: args.batch_size,
         threads: tch::get_num_threads(),
         workers: args.workers,
+        precision: precision.name().into(),
         libtorch_version: LIBTORCH_VERSION.into(),
         started: now_rfc3339(),
         finished: None,
@@ -187,7 +194,12 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
         workers: args.workers.max(1),
         resume: args.resume,
         progress: !args.quiet,
+        precision,
     };
+    if precision == crate::sweep::Precision::Bf16 {
+        // After the fp32 text classifier: only the image tower runs in bfloat16.
+        m.model.var_store_mut().bfloat16();
+    }
     if !args.json {
         eprintln!("{}", m.banner_line());
     }
@@ -226,4 +238,47 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Keeps the samples whose class (label or WordNet id) is in the comma-separated `list`;
+/// a class that matches no sample is an error naming it.
+fn filter_classes(
+    samples: Vec<crate::dataset::descriptor::Sample>,
+    list: &str,
+    dataset: &std::path::Path,
+) -> Result<Vec<crate::dataset::descriptor::Sample>> {
+    let wanted: Vec<String> = list
+        .split(',')
+        .map(|c| c.trim().to_lowercase())
+        .filter(|c| !c.is_empty())
+        .collect();
+    if wanted.is_empty() {
+        bail!("--classes: empty list");
+    }
+    let class_of = |s: &crate::dataset::descriptor::Sample| {
+        [s.label.as_deref(), s.wnid.as_deref()]
+            .into_iter()
+            .flatten()
+            .map(|c| c.to_lowercase())
+            .collect::<Vec<_>>()
+    };
+    let missing: Vec<&String> = wanted
+        .iter()
+        .filter(|w| !samples.iter().any(|s| class_of(s).contains(w)))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "{}: --classes: no sample of class {}",
+            dataset.display(),
+            missing
+                .iter()
+                .map(|m| format!("`{m}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(samples
+        .into_iter()
+        .filter(|s| class_of(s).iter().any(|c| wanted.contains(c)))
+        .collect())
 }

@@ -182,7 +182,17 @@ impl ClipModel {
 
     /// Image embeddings with taps and interventions (see [`probe`]).
     pub fn encode_image_probed(&self, images: &Tensor, probe: &mut Probe) -> Tensor {
-        let images = images.to_device(self.device()).to_kind(Kind::Float);
+        self.encode_image_in(images, Kind::Float, probe)
+    }
+
+    /// Image embeddings computed in `kind` (e.g. `BFloat16`), returned in that kind. The weights
+    /// must already be in `kind` (`var_store_mut().bfloat16()`); the caller converts back.
+    pub fn encode_image_as(&self, images: &Tensor, kind: Kind) -> Tensor {
+        self.encode_image_in(images, kind, &mut Probe::none())
+    }
+
+    fn encode_image_in(&self, images: &Tensor, kind: Kind, probe: &mut Probe) -> Tensor {
+        let images = images.to_device(self.device()).to_kind(kind);
         match &self.visual {
             Visual::Vit(v) => v.forward(&images, probe),
             Visual::ResNet(r) => r.forward(&images, probe),

@@ -158,6 +158,49 @@ pub struct SweepSettings {
     pub resume: bool,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Arithmetic of the image tower.
+    pub precision: Precision,
+}
+
+/// The image tower's arithmetic in a sweep. `Bf16` runs the image encoder in bfloat16 (a copy of
+/// the weights; the text classifier stays fp32) and returns fp32 features; never the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// fp32 (the reference).
+    #[default]
+    Fp32,
+    /// bfloat16 image tower.
+    Bf16,
+}
+
+impl Precision {
+    /// Parses `--precision`.
+    pub fn parse(s: &str) -> Option<Precision> {
+        match s {
+            "fp32" => Some(Precision::Fp32),
+            "bf16" => Some(Precision::Bf16),
+            _ => None,
+        }
+    }
+
+    /// The name recorded in provenance.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// Image features (fp32) at this precision; for `Bf16` the model's weights must already be
+    /// bfloat16 (`var_store_mut().bfloat16()`, after the fp32 text classifier is built).
+    pub fn encode_image(self, model: &ClipModel, images: &Tensor) -> Tensor {
+        match self {
+            Precision::Fp32 => model.encode_image(images),
+            Precision::Bf16 => model
+                .encode_image_as(images, Kind::BFloat16)
+                .to_kind(Kind::Float),
+        }
+    }
 }
 
 /// What a finished sweep reports (`summary.json`).
@@ -227,14 +270,17 @@ struct ImageJob {
     render: Option<(std::sync::Arc<crate::attack::Variant>, u64)>,
 }
 
-/// Decodes and preprocesses `jobs` on `workers` threads, sending results through a bounded
-/// queue in any order; the caller reorders by `index`.
+/// Decodes, renders and preprocesses `jobs` (in the order given) on `workers` threads that
+/// run ahead of the model: results go through a queue bounded at `ahead` images, so decoding
+/// waits when the model is behind and memory stays flat. Results arrive in any order; the caller
+/// reorders by `index`. Dropping the receiver stops the workers.
 fn prepare_images(
     jobs: Vec<(usize, ImageJob)>,
     n_px: u32,
     workers: usize,
+    ahead: usize,
 ) -> std::sync::mpsc::Receiver<Prepared> {
-    let (tx, rx) = sync_channel::<Prepared>(workers * 4);
+    let (tx, rx) = sync_channel::<Prepared>(ahead.max(1));
     let jobs = std::sync::Arc::new(std::sync::Mutex::new(jobs.into_iter()));
     for _ in 0..workers.max(1) {
         let tx = tx.clone();
@@ -371,11 +417,12 @@ pub fn run_physical(
     let n_px = model.image_resolution() as u32;
     let bar = crate::progress::bar(cells.len() as u64, settings.progress);
     bar.set_position(done.len() as u64);
-    // Every distinct photo, in first-use order, encoded in fixed image batches: the batch an
+    // Every distinct image, in first-use order, encoded in fixed image batches: the batch an
     // image falls in never depends on where a run was resumed, so the floating-point results
     // (and the summary) are identical to an uninterrupted run's.
     let mut images: Vec<ImageJob> = Vec::new();
     let mut image_index: HashMap<String, usize> = HashMap::new();
+    let mut cell_images: Vec<[usize; 2]> = Vec::with_capacity(cells.len());
     for c in cells {
         let clean = (
             c.clean.id.clone(),
@@ -391,60 +438,91 @@ pub fn run_physical(
                 render: c.render.clone(),
             },
         );
-        for (key, job) in [clean, attacked] {
-            if let std::collections::hash_map::Entry::Vacant(slot) = image_index.entry(key) {
-                slot.insert(images.len());
+        let mut pair = [0; 2];
+        for (slot, (key, job)) in [clean, attacked].into_iter().enumerate() {
+            pair[slot] = *image_index.entry(key).or_insert_with(|| {
                 images.push(job);
-            }
+                images.len() - 1
+            });
+        }
+        cell_images.push(pair);
+    }
+    drop(image_index);
+    let start = done.len();
+    // How many remaining cells still need each image: a feature is dropped after its last use,
+    // so memory holds only what is in flight, whatever the dataset's size.
+    let mut uses = vec![0u32; images.len()];
+    for pair in &cell_images[start..] {
+        for &i in pair {
+            uses[i] += 1;
         }
     }
     let image_batch = settings.batch_size * 2;
+    let mut needed: Vec<usize> = (0..images.len())
+        .filter(|&i| uses[i] > 0)
+        .map(|i| i / image_batch)
+        .collect();
+    needed.dedup();
+    let jobs: Vec<(usize, ImageJob)> = needed
+        .iter()
+        .flat_map(|&ib| ib * image_batch..((ib + 1) * image_batch).min(images.len()))
+        .map(|i| (i, images[i].clone()))
+        .collect();
+    drop(images);
+    let prepared = prepare_images(jobs, n_px, settings.workers, image_batch * 2);
+    let mut waiting: HashMap<usize, Prepared> = HashMap::new();
     let mut features: HashMap<usize, Result<(Tensor, f64), String>> = HashMap::new();
+    let mut next_cell = start;
+    let mut lines = String::new();
     let _guard = tch::no_grad_guard();
-    for (b, batch) in cells
-        .chunks(settings.batch_size)
-        .enumerate()
-        .skip(done.len() / settings.batch_size)
-    {
-        let base = b * settings.batch_size;
-        let mut needed: Vec<usize> = batch
-            .iter()
-            .flat_map(|c| [image_index[&c.clean.id], image_index[&c.attacked_key()]])
-            .filter(|i| !features.contains_key(i))
-            .map(|i| i / image_batch)
-            .collect();
-        needed.sort_unstable();
-        needed.dedup();
-        for ib in needed {
-            let range = ib * image_batch..((ib + 1) * image_batch).min(images.len());
-            let jobs: Vec<(usize, ImageJob)> =
-                range.clone().map(|i| (i, images[i].clone())).collect();
-            let mut prepared: Vec<Prepared> = prepare_images(jobs, n_px, settings.workers)
-                .into_iter()
-                .collect();
-            prepared.sort_by_key(|p| p.index);
-            let good: Vec<&Prepared> = prepared.iter().filter(|p| p.result.is_ok()).collect();
-            if !good.is_empty() {
-                let batch_t = Tensor::stack(
-                    &good
-                        .iter()
-                        .map(|p| p.result.as_ref().unwrap().0.shallow_clone())
-                        .collect::<Vec<_>>(),
-                    0,
-                );
-                let f = model.encode_image(&batch_t).to_device(tch::Device::Cpu);
-                for (i, p) in good.iter().enumerate() {
+    for ib in needed {
+        let range = ib * image_batch..((ib + 1) * image_batch).min(uses.len());
+        // Gather this image batch from the queue (later images wait in `waiting`).
+        let mut batch: Vec<Prepared> = Vec::with_capacity(range.len());
+        for i in range.clone() {
+            loop {
+                if let Some(p) = waiting.remove(&i) {
+                    batch.push(p);
+                    break;
+                }
+                let p = prepared
+                    .recv()
+                    .map_err(|_| io_err(out, "image workers stopped"))?;
+                waiting.insert(p.index, p);
+            }
+        }
+        let good: Vec<&Prepared> = batch.iter().filter(|p| p.result.is_ok()).collect();
+        if !good.is_empty() {
+            let batch_t = Tensor::stack(
+                &good
+                    .iter()
+                    .map(|p| p.result.as_ref().unwrap().0.shallow_clone())
+                    .collect::<Vec<_>>(),
+                0,
+            );
+            let f = settings
+                .precision
+                .encode_image(model, &batch_t)
+                .to_device(tch::Device::Cpu);
+            for (i, p) in good.iter().enumerate() {
+                if uses[p.index] > 0 {
                     features.insert(p.index, Ok((f.get(i as i64), p.result.as_ref().unwrap().1)));
                 }
             }
-            for p in prepared.iter().filter(|p| p.result.is_err()) {
+        }
+        for p in batch.iter().filter(|p| p.result.is_err()) {
+            if uses[p.index] > 0 {
                 features.insert(p.index, Err(p.result.as_ref().unwrap_err().clone()));
             }
         }
-        let mut lines = String::new();
-        for (j, c) in batch.iter().enumerate() {
-            let clean = &features[&image_index[&c.clean.id]];
-            let attacked = &features[&image_index[&c.attacked_key()]];
+        drop(batch);
+        // Score every cell whose images are ready, in order; write whole cell batches.
+        while next_cell < cells.len() {
+            let [ci, ai] = cell_images[next_cell];
+            let (Some(clean), Some(attacked)) = (features.get(&ci), features.get(&ai)) else {
+                break;
+            };
+            let c = &cells[next_cell];
             let rec = match (clean, attacked) {
                 (Ok((cf, _)), Ok((af, l0))) => score(c, cf, af, classifier, settings.mode, *l0),
                 (Err(e), _) | (_, Err(e)) => Record {
@@ -457,17 +535,27 @@ pub fn run_physical(
                     ..Record::default()
                 },
             };
-            debug_assert_eq!(base + j, done.len());
+            for i in [ci, ai] {
+                uses[i] -= 1;
+                if uses[i] == 0 {
+                    features.remove(&i);
+                }
+            }
             lines.push_str(&rec.to_json_line());
             lines.push('\n');
             done.push(rec);
+            next_cell += 1;
+            if next_cell % settings.batch_size == 0 || next_cell == cells.len() {
+                file.write_all(lines.as_bytes())
+                    .map_err(|e| io_err(&records_path, e))?;
+                file.flush().map_err(|e| io_err(&records_path, e))?;
+                file.sync_data().map_err(|e| io_err(&records_path, e))?;
+                lines.clear();
+                bar.set_position(done.len() as u64);
+            }
         }
-        file.write_all(lines.as_bytes())
-            .map_err(|e| io_err(&records_path, e))?;
-        file.flush().map_err(|e| io_err(&records_path, e))?;
-        file.sync_data().map_err(|e| io_err(&records_path, e))?;
-        bar.set_position(done.len() as u64);
     }
+    debug_assert_eq!(next_cell, cells.len());
     bar.finish_and_clear();
     let summary = SweepSummary {
         warning: provenance.random_weights.then(|| provenance.banner()),

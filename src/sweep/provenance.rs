@@ -62,6 +62,9 @@ pub struct Provenance {
     pub seed: u64,
     /// Cells per batch.
     pub batch_size: usize,
+    /// Image-tower arithmetic (`fp32`, or `bf16` when asked for).
+    #[serde(default = "default_precision")]
+    pub precision: String,
     /// libtorch intra-op threads.
     pub threads: i32,
     /// Preprocessing worker threads.
@@ -73,6 +76,10 @@ pub struct Provenance {
     /// End time (UTC, RFC 3339), once finished.
     #[serde(default)]
     pub finished: Option<String>,
+}
+
+fn default_precision() -> String {
+    "fp32".into()
 }
 
 /// Current UTC time as RFC 3339 (seconds).
@@ -128,7 +135,7 @@ impl Provenance {
         let text = std::fs::read_to_string(path).map_err(|e| super::io_err(path, e))?;
         let old: Provenance = serde_json::from_str(&text)
             .map_err(|e| super::io_err(path, format!("unreadable provenance: {e}")))?;
-        let fields: [(&str, &String, &String); 9] = [
+        let fields: [(&str, &String, &String); 10] = [
             ("model", &old.model_id, &self.model_id),
             ("dataset", &old.dataset_descriptor, &self.dataset_descriptor),
             (
@@ -141,6 +148,7 @@ impl Provenance {
             ("label set", &old.labels_hash, &self.labels_hash),
             ("template set", &old.templates_hash, &self.templates_hash),
             ("seed", &old.seed.to_string(), &self.seed.to_string()),
+            ("precision", &old.precision, &self.precision),
             (
                 "batch size",
                 &old.batch_size.to_string(),
