@@ -147,6 +147,9 @@ pub struct SweepArgs {
     /// Evaluate at most N images (rendered attacks) or N (clean, attacked) pairs (physical).
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Only the spec's variants with this name (`*` matches any run of characters); repeatable.
+    #[arg(long)]
+    pub variant: Vec<String>,
     /// Keep only these classes of the dataset (comma-separated class names or WordNet ids, as
     /// the dataset labels them), before --shuffle and --limit.
     #[arg(long)]

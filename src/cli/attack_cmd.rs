@@ -279,7 +279,8 @@ fn parse_box(s: &str) -> Result<ObjectBox> {
 }
 
 /// `*` matches any run of characters; everything else literally.
-fn glob(pat: &str, s: &str) -> bool {
+/// `*` matches any run of characters; everything else literally.
+pub(crate) fn glob(pat: &str, s: &str) -> bool {
     let parts: Vec<&str> = pat.split('*').collect();
     if parts.len() == 1 {
         return pat == s;

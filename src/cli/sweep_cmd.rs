@@ -40,10 +40,30 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
     }
     // A bad spec is rejected here, before any work.
     let spec = match &args.attacks {
-        Some(p) => Some((
-            crate::attack::AttackSpec::load(p)?,
-            std::fs::read_to_string(p).with_context(|| p.display().to_string())?,
-        )),
+        Some(p) => {
+            let mut spec = crate::attack::AttackSpec::load(p)?;
+            if !args.variant.is_empty() {
+                spec.variants.retain(|v| {
+                    args.variant
+                        .iter()
+                        .any(|pat| super::attack_cmd::glob(pat, &v.name))
+                });
+                if spec.variants.is_empty() {
+                    bail!(
+                        "{}: --variant {}: matches no variant of the spec",
+                        p.display(),
+                        args.variant.join(", ")
+                    );
+                }
+            }
+            Some((
+                spec,
+                std::fs::read_to_string(p).with_context(|| p.display().to_string())?,
+            ))
+        }
+        None if !args.variant.is_empty() => {
+            bail!("--variant: only with --attacks (physical datasets have no spec variants)")
+        }
         None => None,
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
@@ -183,6 +203,7 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
         threads: tch::get_num_threads(),
         workers: args.workers,
         precision: precision.name().into(),
+        variant_filter: args.variant.join(","),
         libtorch_version: LIBTORCH_VERSION.into(),
         started: now_rfc3339(),
         finished: None,

@@ -469,6 +469,8 @@ pub fn run_physical(
         .map(|i| (i, images[i].clone()))
         .collect();
     drop(images);
+    let encoded_total = jobs.len();
+    let clock = std::time::Instant::now();
     let prepared = prepare_images(jobs, n_px, settings.workers, image_batch * 2);
     let mut waiting: HashMap<usize, Prepared> = HashMap::new();
     let mut features: HashMap<usize, Result<(Tensor, f64), String>> = HashMap::new();
@@ -556,6 +558,11 @@ pub fn run_physical(
         }
     }
     debug_assert_eq!(next_cell, cells.len());
+    let secs = clock.elapsed().as_secs_f64();
+    eprintln!(
+        "[sweep] {encoded_total} images read, attacked and encoded in {secs:.1} s ({:.2} images/s)",
+        encoded_total as f64 / secs.max(1e-9)
+    );
     bar.finish_and_clear();
     let summary = SweepSummary {
         warning: provenance.random_weights.then(|| provenance.banner()),

@@ -62,6 +62,9 @@ pub struct Provenance {
     pub seed: u64,
     /// Cells per batch.
     pub batch_size: usize,
+    /// `--variant` patterns (comma-joined; empty: every variant of the spec).
+    #[serde(default)]
+    pub variant_filter: String,
     /// Image-tower arithmetic (`fp32`, or `bf16` when asked for).
     #[serde(default = "default_precision")]
     pub precision: String,
@@ -135,7 +138,7 @@ impl Provenance {
         let text = std::fs::read_to_string(path).map_err(|e| super::io_err(path, e))?;
         let old: Provenance = serde_json::from_str(&text)
             .map_err(|e| super::io_err(path, format!("unreadable provenance: {e}")))?;
-        let fields: [(&str, &String, &String); 10] = [
+        let fields: [(&str, &String, &String); 11] = [
             ("model", &old.model_id, &self.model_id),
             ("dataset", &old.dataset_descriptor, &self.dataset_descriptor),
             (
@@ -149,6 +152,7 @@ impl Provenance {
             ("template set", &old.templates_hash, &self.templates_hash),
             ("seed", &old.seed.to_string(), &self.seed.to_string()),
             ("precision", &old.precision, &self.precision),
+            ("variant filter", &old.variant_filter, &self.variant_filter),
             (
                 "batch size",
                 &old.batch_size.to_string(),
