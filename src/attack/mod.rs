@@ -58,7 +58,9 @@ pub mod render;
 pub mod spec;
 
 pub use fonts::{FontBook, FontError};
-pub use render::{render, render_for_model, ModelRender, ObjectBox, Rendered};
+pub use render::{
+    render, render_for_model, render_for_model_with_input, ModelRender, ObjectBox, Rendered,
+};
 pub use spec::{AttackSpec, Layer, SpecError, Stage, Variant};
 
 use std::path::{Path, PathBuf};

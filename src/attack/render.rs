@@ -125,6 +125,19 @@ pub fn render_for_model(
         };
     }
     let clean_input = crate::preprocess::resize_and_crop(source, n_px);
+    render_for_model_with_input(source, clean_input, variant, seed, object_box)
+}
+
+/// [`render_for_model`] with the clean model input already made (`resize_and_crop(source,
+/// n_px)`), so that many variants of one image share one decode and one resize.
+pub fn render_for_model_with_input(
+    source: &RgbImage,
+    clean_input: RgbImage,
+    variant: &Variant,
+    seed: u64,
+    object_box: Option<ObjectBox>,
+) -> ModelRender {
+    let n_px = clean_input.width();
     match variant.stage {
         Stage::Source => {
             let rendered = render(source, variant, seed, object_box);

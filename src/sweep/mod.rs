@@ -20,6 +20,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 
+use image::RgbImage;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -285,23 +286,49 @@ fn prepare_images(
     for _ in 0..workers.max(1) {
         let tx = tx.clone();
         let jobs = jobs.clone();
-        std::thread::spawn(move || loop {
-            let next = jobs.lock().expect("job queue").next();
-            let Some((index, job)) = next else { break };
-            let result = crate::dataset::load_rgb(&job.sample.path)
-                .map(|img| match &job.render {
-                    None => (crate::preprocess::preprocess(&img, n_px), 0.0),
-                    Some((variant, seed)) => {
-                        let r = crate::attack::render_for_model(&img, variant, n_px, *seed, None);
-                        (
-                            crate::preprocess::to_normalized_tensor(&r.attacked_input),
-                            r.rendered.l0_fraction,
-                        )
-                    }
-                })
-                .map_err(|e| e.to_string());
-            if tx.send(Prepared { index, result }).is_err() {
-                break;
+        std::thread::spawn(move || {
+            // The last photo this worker decoded and its clean model input: the variants of
+            // one image come one after another, so each photo is decoded and resized once.
+            let mut last: Option<(PathBuf, Result<(RgbImage, RgbImage), String>)> = None;
+            loop {
+                let next = jobs.lock().expect("job queue").next();
+                let Some((index, job)) = next else { break };
+                if last
+                    .as_ref()
+                    .map(|(p, _)| p != &job.sample.path)
+                    .unwrap_or(true)
+                {
+                    let decoded = crate::dataset::load_rgb(&job.sample.path)
+                        .map(|img| {
+                            let input = crate::preprocess::resize_and_crop(&img, n_px);
+                            (img, input)
+                        })
+                        .map_err(|e| e.to_string());
+                    last = Some((job.sample.path.clone(), decoded));
+                }
+                let decoded = &last.as_ref().expect("just set").1;
+                let result = decoded
+                    .as_ref()
+                    .map_err(Clone::clone)
+                    .map(|(img, input)| match &job.render {
+                        None => (crate::preprocess::to_normalized_tensor(input), 0.0),
+                        Some((variant, seed)) => {
+                            let r = crate::attack::render_for_model_with_input(
+                                img,
+                                input.clone(),
+                                variant,
+                                *seed,
+                                None,
+                            );
+                            (
+                                crate::preprocess::to_normalized_tensor(&r.attacked_input),
+                                r.rendered.l0_fraction,
+                            )
+                        }
+                    });
+                if tx.send(Prepared { index, result }).is_err() {
+                    break;
+                }
             }
         });
     }
