@@ -328,3 +328,170 @@ fn rendered_attacks_make_one_record_per_image_and_variant() {
     );
     assert!(!out2.exists(), "work started despite a bad spec");
 }
+
+/// `--classes` keeps the named classes, `--variant` the matching variants; both are checked
+/// before any work, and the physical pairs keep their clean photo's id in the records.
+#[test]
+fn class_and_variant_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let desc = make_dataset(dir.path(), 3, &["iPod", "pizza"]);
+    let out = dir.path().join("classes");
+    let o = typoclip(&[
+        "sweep",
+        "--model",
+        &model(),
+        "--dataset",
+        desc.to_str().unwrap(),
+        "--classes",
+        "thing1,THING2",
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let records = std::fs::read_to_string(out.join("records.jsonl")).unwrap();
+    let recs: Vec<typoclip::records::Record> = records
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs.len(), 4, "2 objects x 2 words");
+    for r in &recs {
+        assert!(r.sample_id.starts_with("thing1-") || r.sample_id.starts_with("thing2-"));
+        let clean = r
+            .clean_id
+            .as_deref()
+            .expect("physical pairs name their clean photo");
+        assert!(clean.ends_with("-blank.png"), "{clean}");
+        assert_eq!(clean.split('-').next(), r.sample_id.split('-').next());
+    }
+    let o = typoclip(&[
+        "sweep",
+        "--model",
+        &model(),
+        "--dataset",
+        desc.to_str().unwrap(),
+        "--classes",
+        "thing1,unicorn",
+        "--out",
+        dir.path().join("bad").to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("`unicorn`"));
+
+    // Rendered attacks: only the variants asked for.
+    let out = dir.path().join("variants");
+    let spec = common::repo().join("attacks/sweep-size.toml");
+    let o = typoclip(&[
+        "sweep",
+        "--model",
+        &model(),
+        "--dataset",
+        desc.to_str().unwrap(),
+        "--attacks",
+        spec.to_str().unwrap(),
+        "--variant",
+        "size/size_frac=0.4",
+        "--variant",
+        "size/size_frac=0.0*",
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<&str> = summary["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["variant"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "size/size_frac=0.02",
+            "size/size_frac=0.04",
+            "size/size_frac=0.06",
+            "size/size_frac=0.08",
+            "size/size_frac=0.4"
+        ]
+    );
+    let o = typoclip(&[
+        "sweep",
+        "--model",
+        &model(),
+        "--dataset",
+        desc.to_str().unwrap(),
+        "--attacks",
+        spec.to_str().unwrap(),
+        "--variant",
+        "nothing*",
+        "--out",
+        dir.path().join("none").to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("matches no variant"));
+}
+
+/// `--precision bf16` runs the image tower in bfloat16: recorded in provenance, refused on
+/// resume of an fp32 run, and its probabilities stay close to fp32's.
+#[test]
+fn bf16_precision_is_recorded_and_close_to_fp32() {
+    let dir = tempfile::tempdir().unwrap();
+    let desc = make_dataset(dir.path(), 2, &["iPod"]);
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = vec![
+            "sweep",
+            "--model",
+            "random:RN50",
+            "--dataset",
+            desc.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+            "--labels",
+            "dataset",
+        ];
+        args.extend(extra);
+        let o = typoclip(&args);
+        (o, out)
+    };
+    let (o, fp32) = run("fp32", &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (o, bf16) = run("bf16", &["--precision", "bf16"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let prov: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bf16.join("provenance.json")).unwrap())
+            .unwrap();
+    assert_eq!(prov["precision"], "bf16");
+    let read = |d: &Path| -> Vec<typoclip::records::Record> {
+        std::fs::read_to_string(d.join("records.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (a, b) = (read(&fp32), read(&bf16));
+    assert_eq!(a.len(), b.len());
+    let mut max_diff = 0f32;
+    for (x, y) in a.iter().zip(&b).filter(|(x, _)| x.is_ok()) {
+        assert!(y.is_ok());
+        for (p, q) in [
+            (x.p_true_clean, y.p_true_clean),
+            (x.p_target_attacked, y.p_target_attacked),
+        ] {
+            max_diff = max_diff.max((p.unwrap() - q.unwrap()).abs());
+        }
+    }
+    assert!(
+        max_diff > 0.0,
+        "bf16 gave bit-identical probabilities: not applied?"
+    );
+    assert!(max_diff < 0.05, "bf16 probabilities differ by {max_diff}");
+    let (o, _) = run("fp32", &["--precision", "bf16", "--resume"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("precision differs"));
+}
