@@ -3,11 +3,13 @@
 //! CLIP runs natively on libtorch through `tch`, loaded from the real checkpoint formats. The
 //! pipeline stages are separate modules, each testable alone:
 //! [`model`] (CLIP towers, checkpoint loading, taps), [`tokenizer`] (CLIP BPE),
-//! [`preprocess`] (CLIP's resize/crop/normalise), [`dataset`] (reading images), [`cli`].
+//! [`preprocess`] (CLIP's resize/crop/normalise), [`dataset`] (reading images), [`defense`]
+//! (mitigations as plug-ins at four hooks), [`cli`].
 
 pub mod attack;
 pub mod cli;
 pub mod dataset;
+pub mod defense;
 pub mod metrics;
 pub mod model;
 pub mod npy;

@@ -111,6 +111,9 @@ pub enum Command {
     },
     /// Draw an attack spec's variants onto images: PNGs and a contact sheet in --out.
     Render(crate::cli::attack_cmd::RenderArgs),
+    /// Fit a learned defense (projection, heads, prefix) on a calibration set of rendered
+    /// words; writes an artifact for `sweep --defense NAME:file=ARTIFACT`.
+    Fit(crate::cli::fit_cmd::FitArgs),
 }
 
 /// `typoclip sweep`.
@@ -164,4 +167,9 @@ pub struct SweepArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// A defense, `name[:key=value,…]` (repeatable; applied by stage — prompt, image, model,
+    /// score — then in the order given): prompt, prefix, blur, downscale, jpeg, median, mask,
+    /// heads, flip, interpolate, projection. See `src/defense/`.
+    #[arg(long = "defense")]
+    pub defense: Vec<String>,
 }

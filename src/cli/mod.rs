@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod attack_cmd;
+pub mod fit_cmd;
 pub mod models_cmd;
 pub mod resolve;
 pub mod sweep_cmd;
@@ -167,6 +168,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Sweep(args) => sweep_cmd::run_sweep(args),
+        Command::Fit(args) => fit_cmd::run_fit(args),
         Command::Tokenize {
             text,
             context_length,

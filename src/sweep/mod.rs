@@ -147,6 +147,9 @@ pub struct SweepSettings {
     pub resume: bool,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Defenses applied at their hooks (image: before normalisation; model and score: at
+    /// encoding). Empty: the plain pipeline.
+    pub defenses: std::sync::Arc<crate::defense::DefenseStack>,
 }
 
 /// What a finished sweep reports.
@@ -222,22 +225,36 @@ fn prepare_images(
     jobs: Vec<(usize, ImageJob)>,
     n_px: u32,
     workers: usize,
+    defenses: std::sync::Arc<crate::defense::DefenseStack>,
 ) -> std::sync::mpsc::Receiver<Prepared> {
     let (tx, rx) = sync_channel::<Prepared>(workers * 4);
     let jobs = std::sync::Arc::new(std::sync::Mutex::new(jobs.into_iter()));
     for _ in 0..workers.max(1) {
         let tx = tx.clone();
         let jobs = jobs.clone();
+        let defenses = defenses.clone();
         std::thread::spawn(move || loop {
             let next = jobs.lock().expect("job queue").next();
             let Some((index, job)) = next else { break };
             let result = crate::dataset::load_rgb(&job.sample.path)
                 .map(|img| match &job.render {
-                    None => (crate::preprocess::preprocess(&img, n_px), 0.0),
+                    None => {
+                        let input = crate::preprocess::resize_and_crop(&img, n_px);
+                        let ctx = crate::defense::ImageContext::default();
+                        let input = defenses.transform_image(input, &ctx);
+                        (crate::preprocess::to_normalized_tensor(&input), 0.0)
+                    }
                     Some((variant, seed)) => {
                         let r = crate::attack::render_for_model(&img, variant, n_px, *seed, None);
+                        let mask = defenses
+                            .needs_oracle_mask()
+                            .then(|| crate::defense::mask::oracle_mask(&r));
+                        let ctx = crate::defense::ImageContext {
+                            oracle_mask: mask.as_ref(),
+                        };
+                        let input = defenses.transform_image(r.attacked_input, &ctx);
                         (
-                            crate::preprocess::to_normalized_tensor(&r.attacked_input),
+                            crate::preprocess::to_normalized_tensor(&input),
                             r.rendered.l0_fraction,
                         )
                     }
@@ -407,7 +424,7 @@ pub fn run_physical(
             let range = ib * image_batch..((ib + 1) * image_batch).min(images.len());
             let jobs: Vec<(usize, ImageJob)> =
                 range.clone().map(|i| (i, images[i].clone())).collect();
-            let mut prepared: Vec<Prepared> = prepare_images(jobs, n_px, settings.workers)
+            let mut prepared: Vec<Prepared> = prepare_images(jobs, n_px, settings.workers, settings.defenses.clone())
                 .into_iter()
                 .collect();
             prepared.sort_by_key(|p| p.index);
@@ -420,7 +437,10 @@ pub fn run_physical(
                         .collect::<Vec<_>>(),
                     0,
                 );
-                let f = model.encode_image(&batch_t).to_device(tch::Device::Cpu);
+                let f = settings
+                    .defenses
+                    .encode_images(model, &batch_t)
+                    .to_device(tch::Device::Cpu);
                 for (i, p) in good.iter().enumerate() {
                     features.insert(p.index, Ok((f.get(i as i64), p.result.as_ref().unwrap().1)));
                 }
