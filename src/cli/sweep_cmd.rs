@@ -263,7 +263,11 @@ fn eval_set(cells: &[Cell], spec: Option<&crate::attack::AttackSpec>) -> Result<
         Some(spec) => variant_words_and_fonts(&spec.variants),
         None => Default::default(),
     };
-    words.extend(cells.iter().filter_map(|c| c.target.as_ref().map(|t| t.to_lowercase())));
+    words.extend(
+        cells
+            .iter()
+            .filter_map(|c| c.target.as_ref().map(|t| t.to_lowercase())),
+    );
     Ok(EvalSet {
         images,
         words,

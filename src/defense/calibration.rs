@@ -279,9 +279,8 @@ pub fn build_calibration_set(
     for (i, s) in samples.iter().enumerate() {
         let path = s.path.display().to_string();
         let img = crate::dataset::load_rgb(&s.path).map_err(|e| err(&path, e.to_string()))?;
-        hashes.push(
-            crate::model::load::sha256_file(&s.path).map_err(|e| err(&path, e.to_string()))?,
-        );
+        hashes
+            .push(crate::model::load::sha256_file(&s.path).map_err(|e| err(&path, e.to_string()))?);
         clean.push(crate::preprocess::preprocess(&img, n_px));
         labels.push(s.label.clone());
         for v in &spec.variants {

@@ -8,7 +8,9 @@ use tch::{Kind, Tensor};
 
 use super::calibration::CalibrationSet;
 use super::heads::{head_site, HeadScore};
-use crate::model::{l2_normalize, ClipModel, Intervention, InterventionAction, Probe, VisionConfig};
+use crate::model::{
+    l2_normalize, ClipModel, Intervention, InterventionAction, Probe, VisionConfig,
+};
 use crate::tokenizer::ClipTokenizer;
 use crate::zeroshot::{ClassLabel, LabelSet, TemplateSet};
 
@@ -36,12 +38,7 @@ pub fn encode_all(
 /// The classes of a calibration set: every true label and every word, in first-seen order.
 pub fn calibration_classes(set: &CalibrationSet) -> LabelSet {
     let mut names: Vec<String> = Vec::new();
-    for n in set
-        .labels
-        .iter()
-        .flatten()
-        .chain(set.record.words.iter())
-    {
+    for n in set.labels.iter().flatten().chain(set.record.words.iter()) {
         if !names.iter().any(|m| m.eq_ignore_ascii_case(n)) {
             names.push(n.clone());
         }
@@ -238,14 +235,16 @@ pub fn fit_prefix(
         }
     }
     if used.is_empty() {
-        return Err("the calibration images have no class labels (use an image_folder dataset \
+        return Err(
+            "the calibration images have no class labels (use an image_folder dataset \
                     with one folder per class)"
-            .into());
+                .into(),
+        );
     }
     model.var_store_mut().freeze();
     let model = &*model;
-    let attacked = l2_normalize(&encode_all(model, &used, batch_size, &Probe::none))
-        .to_device(model.device());
+    let attacked =
+        l2_normalize(&encode_all(model, &used, batch_size, &Probe::none)).to_device(model.device());
     let truth = Tensor::from_slice(&truth).to_device(model.device());
     let pid = super::prefix::placeholder_id(tokenizer);
     tch::with_grad(|| {

@@ -47,9 +47,11 @@ impl HeadAblation {
         let file = PathBuf::from(p.string("file", None)?);
         let (a, sha256) = Artifact::read(&file, "heads")?;
         let list: Vec<HeadScore> =
-            serde_json::from_value(a.data["heads"].clone()).map_err(|e| DefenseError::Artifact {
-                path: file.display().to_string(),
-                message: format!("data.heads: {e}"),
+            serde_json::from_value(a.data["heads"].clone()).map_err(|e| {
+                DefenseError::Artifact {
+                    path: file.display().to_string(),
+                    message: format!("data.heads: {e}"),
+                }
             })?;
         let k = p.usize("k", 4.min(list.len()), 0, list.len())?;
         let heads: Vec<(usize, usize)> = list.iter().take(k).map(|h| (h.layer, h.head)).collect();

@@ -25,10 +25,11 @@ impl Interpolate {
     pub fn build(p: &mut Params) -> Result<Box<dyn Defense>, DefenseError> {
         let with = PathBuf::from(p.string("with", None)?);
         let alpha = p.f64("alpha", 0.5, 0.0, 1.0)?;
-        let sha256 = crate::model::load::sha256_file(&with).map_err(|e| DefenseError::Artifact {
-            path: with.display().to_string(),
-            message: format!("cannot read the checkpoint to interpolate with: {e}"),
-        })?;
+        let sha256 =
+            crate::model::load::sha256_file(&with).map_err(|e| DefenseError::Artifact {
+                path: with.display().to_string(),
+                message: format!("cannot read the checkpoint to interpolate with: {e}"),
+            })?;
         p.note("with_sha256", serde_json::json!(sha256));
         Ok(Box::new(Interpolate {
             with,

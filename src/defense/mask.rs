@@ -253,7 +253,12 @@ pub fn detect_text(image: &RgbImage, threshold: u8) -> GrayImage {
         let fill = c.area as f32 / (bw * bh);
         let n = c.widths.len() as f32;
         let mean = c.widths.iter().sum::<f32>() / n;
-        let var = c.widths.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+        let var = c
+            .widths
+            .iter()
+            .map(|v| (v - mean) * (v - mean))
+            .sum::<f32>()
+            / n;
         let stroke = 2.0 * mean;
         let letter_like = bh >= 4.0
             && bh <= 0.5 * min_side
@@ -279,7 +284,11 @@ mod tests {
 
     fn smooth(w: u32, h: u32) -> RgbImage {
         RgbImage::from_fn(w, h, |x, y| {
-            image::Rgb([(60 + x * 2) as u8, (80 + y * 2) as u8, (100 + (x + y)) as u8])
+            image::Rgb([
+                (60 + x * 2) as u8,
+                (80 + y * 2) as u8,
+                (100 + (x + y)) as u8,
+            ])
         })
     }
 
@@ -323,7 +332,10 @@ mod tests {
     fn detector_finds_drawn_text_and_ignores_smooth_images() {
         let clean = smooth(96, 96);
         assert_eq!(
-            detect_text(&clean, 40).pixels().filter(|p| p[0] > 0).count(),
+            detect_text(&clean, 40)
+                .pixels()
+                .filter(|p| p[0] > 0)
+                .count(),
             0
         );
         let spec = crate::attack::AttackSpec::parse(

@@ -225,7 +225,11 @@ impl Params {
             )));
         }
         let mut given = BTreeMap::new();
-        for part in rest.unwrap_or("").split(',').filter(|p| !p.trim().is_empty()) {
+        for part in rest
+            .unwrap_or("")
+            .split(',')
+            .filter(|p| !p.trim().is_empty())
+        {
             let Some((k, v)) = part.split_once('=') else {
                 return Err(err(format!("parameter `{part}` is not key=value")));
             };
@@ -311,10 +315,7 @@ impl Params {
     ) -> Result<String, DefenseError> {
         let v = self.raw(key).unwrap_or(default).to_string();
         if !choices.contains(&v.as_str()) {
-            return Err(self.error(format!(
-                "{key}: `{v}` is not one of {}",
-                choices.join(", ")
-            )));
+            return Err(self.error(format!("{key}: `{v}` is not one of {}", choices.join(", "))));
         }
         self.record.insert(key.into(), serde_json::json!(v));
         Ok(v)
@@ -689,16 +690,24 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.starts_with("--defense sharpen:amount=2: unknown defense `sharpen`"));
         assert!(msg.contains("blur") && !msg.contains('\n'), "{msg}");
-        let e = DefenseStack::parse(&["blur:sigmx=1"]).unwrap_err().to_string();
+        let e = DefenseStack::parse(&["blur:sigmx=1"])
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             e,
             "--defense blur:sigmx=1: unknown parameter `sigmx` for blur (it takes: sigma)"
         );
-        let e = DefenseStack::parse(&["blur:sigma=abc"]).unwrap_err().to_string();
+        let e = DefenseStack::parse(&["blur:sigma=abc"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("sigma: `abc` is not a number"), "{e}");
-        let e = DefenseStack::parse(&["blur:sigma=-1"]).unwrap_err().to_string();
+        let e = DefenseStack::parse(&["blur:sigma=-1"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("outside"), "{e}");
-        let e = DefenseStack::parse(&["blur:sigma"]).unwrap_err().to_string();
+        let e = DefenseStack::parse(&["blur:sigma"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not key=value"), "{e}");
         let e = DefenseStack::parse(&["blur:sigma=1,sigma=2"])
             .unwrap_err()

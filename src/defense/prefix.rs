@@ -38,7 +38,10 @@ pub fn encode_with_prefix(
 ) -> Tensor {
     let ctx = model.config().text.context_length as usize;
     let pid = placeholder_id(tokenizer);
-    let rows: Vec<Vec<i64>> = prompts.iter().map(|p| tokenizer.encode_row(p, ctx)).collect();
+    let rows: Vec<Vec<i64>> = prompts
+        .iter()
+        .map(|p| tokenizer.encode_row(p, ctx))
+        .collect();
     let width = rows.iter().map(Vec::len).max().unwrap_or(1);
     let ids = pad_rows(&rows, width).to_device(model.device());
     let mut embedded = model.embed_tokens(&ids);
@@ -57,7 +60,11 @@ pub fn encode_with_prefix(
     }
     let eot: Vec<i64> = rows
         .iter()
-        .map(|r| r.iter().position(|&t| t == END_OF_TEXT).unwrap_or(r.len() - 1) as i64)
+        .map(|r| {
+            r.iter()
+                .position(|&t| t == END_OF_TEXT)
+                .unwrap_or(r.len() - 1) as i64
+        })
         .collect();
     model.encode_text_embedded(&embedded, &Tensor::from_slice(&eot), &mut Probe::none())
 }
@@ -117,12 +124,13 @@ impl PrefixDefense {
     pub fn build(p: &mut Params) -> Result<Box<dyn Defense>, DefenseError> {
         let file = PathBuf::from(p.string("file", None)?);
         let (a, sha256) = Artifact::read(&file, "prefix")?;
-        let embedding: Vec<f32> = serde_json::from_value(a.data["embedding"].clone()).map_err(
-            |e| DefenseError::Artifact {
-                path: file.display().to_string(),
-                message: format!("data.embedding: {e}"),
-            },
-        )?;
+        let embedding: Vec<f32> =
+            serde_json::from_value(a.data["embedding"].clone()).map_err(|e| {
+                DefenseError::Artifact {
+                    path: file.display().to_string(),
+                    message: format!("data.embedding: {e}"),
+                }
+            })?;
         Ok(Box::new(PrefixDefense {
             embedding,
             fitted: Some(FittedRecord {

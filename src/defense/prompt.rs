@@ -87,11 +87,14 @@ mod tests {
         let t = s.transform_templates(TemplateSet::builtin("single").unwrap());
         assert_eq!(t.templates[0], "a photo of a {}, not text.");
         assert_eq!(t.name, "ignore-text");
-        let s = crate::defense::DefenseStack::parse(&["prompt:set=with-label,mode=append"]).unwrap();
+        let s =
+            crate::defense::DefenseStack::parse(&["prompt:set=with-label,mode=append"]).unwrap();
         let t = s.transform_templates(TemplateSet::builtin("single").unwrap());
         assert_eq!(t.templates.len(), 5);
         assert_eq!(t.templates[0], "a photo of a {}.");
-        assert!(t.templates.contains(&"a photo of a {} with a label on it.".to_string()));
+        assert!(t
+            .templates
+            .contains(&"a photo of a {} with a label on it.".to_string()));
         let e = crate::defense::DefenseStack::parse(&["prompt:set=nope"])
             .unwrap_err()
             .to_string();

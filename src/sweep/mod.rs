@@ -424,9 +424,10 @@ pub fn run_physical(
             let range = ib * image_batch..((ib + 1) * image_batch).min(images.len());
             let jobs: Vec<(usize, ImageJob)> =
                 range.clone().map(|i| (i, images[i].clone())).collect();
-            let mut prepared: Vec<Prepared> = prepare_images(jobs, n_px, settings.workers, settings.defenses.clone())
-                .into_iter()
-                .collect();
+            let mut prepared: Vec<Prepared> =
+                prepare_images(jobs, n_px, settings.workers, settings.defenses.clone())
+                    .into_iter()
+                    .collect();
             prepared.sort_by_key(|p| p.index);
             let good: Vec<&Prepared> = prepared.iter().filter(|p| p.result.is_ok()).collect();
             if !good.is_empty() {
