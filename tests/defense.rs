@@ -744,3 +744,123 @@ fn bad_defenses_are_one_line_errors_before_any_work() {
         "median",
     ]));
 }
+
+#[test]
+fn shipped_bench_plan_is_valid() {
+    let path = common::repo().join("attacks/defense-bench.toml");
+    let plan = typoclip::cli::bench_cmd::load_plan(&path).unwrap();
+    let base = path.parent().unwrap();
+    assert!(base.join(&plan.dataset).is_file());
+    for a in &plan.attacks {
+        typoclip::attack::AttackSpec::load(&base.join(a)).unwrap();
+    }
+    let names: Vec<&str> = plan.defenses.iter().map(|d| d.name.as_str()).collect();
+    for n in [
+        "none",
+        "blur-1",
+        "jpeg-50",
+        "mask-oracle",
+        "projection-4",
+        "heads-4",
+        "prefix",
+    ] {
+        assert!(names.contains(&n), "{n} missing");
+    }
+    // The calibration split shares no word or font with the plan's attacks.
+    let c = plan.calibration.as_ref().unwrap();
+    for a in &plan.attacks {
+        let spec = typoclip::attack::AttackSpec::load(&base.join(a)).unwrap();
+        let (words, fonts) = typoclip::defense::variant_words_and_fonts(&spec.variants);
+        assert!(c.words.iter().all(|w| !words.contains(&w.to_lowercase())));
+        assert!(c.fonts.iter().all(|f| !fonts.contains(f)), "{fonts:?}");
+    }
+    // Comparison plans are not attack specs.
+    let specs = typoclip::attack::spec_files(base).unwrap();
+    assert!(!specs.iter().any(|p| p.ends_with("defense-bench.toml")));
+}
+
+#[test]
+fn bench_runs_every_attack_and_defense_in_one_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let calib = image_folder(dir.path(), "calib", &["apple", "pear"], 1, 6);
+    let eval = image_folder(dir.path(), "eval", &["apple", "pear"], 1, 7);
+    let repo = common::repo();
+    let plan = dir.path().join("plan-bench.toml");
+    std::fs::write(
+        &plan,
+        format!(
+            "description = \"t\"\ndataset = \"{}\"\nattacks = [\"{}\", \"{}\"]\n\
+             [calibration]\ndataset = \"{}\"\nwords = [\"banana\"]\nfonts = [\"mono\"]\n\
+             [[defenses]]\nname = \"none\"\nspecs = []\n\
+             [[defenses]]\nname = \"blur\"\nspecs = [\"blur:sigma=1\"]\n\
+             [[defenses]]\nname = \"proj\"\nspecs = [\"projection:file={{fitted:projection}},k=2\"]\n",
+            eval.display(),
+            repo.join("attacks/ipod-label.toml").display(),
+            repo.join("attacks/dollar-marks.toml").display(),
+            calib.display()
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("bench");
+    let model = tiny().display().to_string();
+    let o = typoclip(&[
+        "bench",
+        plan.to_str().unwrap(),
+        "--model",
+        &model,
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    ok(&o);
+    let index = read_json(&out.join("bench.json"));
+    let runs = index["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 6);
+    for r in runs {
+        let prov = read_json(&Path::new(r["run"].as_str().unwrap()).join("provenance.json"));
+        assert!(prov["finished"].is_string());
+        let n = prov["defenses"].as_array().unwrap().len();
+        assert_eq!(n, r["specs"].as_array().unwrap().len());
+    }
+    assert!(out.join("fitted/projection.json").is_file());
+    assert!(out.join("dollar-marks/proj/summary.json").is_file());
+    // Running it again resumes every run to the same records.
+    let before = std::fs::read(out.join("ipod-label/blur/records.jsonl")).unwrap();
+    ok(&typoclip(&[
+        "bench",
+        plan.to_str().unwrap(),
+        "--model",
+        &model,
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+        "--only",
+        "blur",
+    ]));
+    assert_eq!(
+        std::fs::read(out.join("ipod-label/blur/records.jsonl")).unwrap(),
+        before
+    );
+    // A bad spec in a plan is refused, naming the plan and the entry.
+    let bad = dir.path().join("bad-bench.toml");
+    std::fs::write(
+        &bad,
+        "description = \"t\"\ndataset = \"x.toml\"\nattacks = [\"a.toml\"]\n\
+         [[defenses]]\nname = \"b\"\nspecs = [\"blur:sigmx=1\"]\n",
+    )
+    .unwrap();
+    let o = typoclip(&[
+        "bench",
+        bad.to_str().unwrap(),
+        "--model",
+        &model,
+        "--out",
+        "x",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("bad-bench.toml: defenses.b") && err.contains("sigmx"),
+        "{err}"
+    );
+}

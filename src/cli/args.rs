@@ -114,6 +114,9 @@ pub enum Command {
     /// Fit a learned defense (projection, heads, prefix) on a calibration set of rendered
     /// words; writes an artifact for `sweep --defense NAME:file=ARTIFACT`.
     Fit(crate::cli::fit_cmd::FitArgs),
+    /// Run a comparison plan (`attacks/defense-bench.toml`): fit, then one sweep per
+    /// (attack, defense set) into `--out/<attack>/<defense>`.
+    Bench(crate::cli::bench_cmd::BenchArgs),
 }
 
 /// `typoclip sweep`.
