@@ -196,23 +196,43 @@ pub struct PrefixFit {
     pub losses: Vec<f64>,
 }
 
-/// The two Defense-Prefix losses for a prefix `[W]`: (defense, class-preserving).
-pub fn prefix_losses(
-    model: &ClipModel,
-    tokenizer: &ClipTokenizer,
-    classes: &LabelSet,
-    templates: &TemplateSet,
-    plain: &Tensor,
-    attacked: &Tensor,
-    truth: &Tensor,
-    prefix: &Tensor,
-) -> (Tensor, Tensor) {
-    let w = super::prefix::class_embeddings(model, tokenizer, classes, templates, Some(prefix));
-    let logits = attacked.matmul(&w.transpose(0, 1)) * model.logit_scale_exp();
-    let defense = logits.cross_entropy_for_logits(truth);
-    let cos = (&w * plain).sum_dim_intlist([-1i64].as_slice(), false, Kind::Float);
-    let preserve = cos.neg().g_add_scalar(1.0).mean(Kind::Float);
-    (defense, preserve)
+/// What the Defense-Prefix losses are computed on: the calibration classes and templates, the
+/// plain class embeddings, the attacked images' unit embeddings and their true classes.
+#[derive(Debug)]
+pub struct PrefixProblem<'a> {
+    /// Calibration classes.
+    pub classes: &'a LabelSet,
+    /// Templates (the prefix goes in front of `{}`).
+    pub templates: &'a TemplateSet,
+    /// Unit class embeddings without the prefix `[C, D]`.
+    pub plain: Tensor,
+    /// Unit embeddings of the attacked images `[N, D]`.
+    pub attacked: Tensor,
+    /// True class of each attacked image `[N]`.
+    pub truth: Tensor,
+}
+
+impl PrefixProblem<'_> {
+    /// The two Defense-Prefix losses for a prefix `[W]`: (defense, class-preserving).
+    pub fn losses(
+        &self,
+        model: &ClipModel,
+        tokenizer: &ClipTokenizer,
+        prefix: &Tensor,
+    ) -> (Tensor, Tensor) {
+        let w = super::prefix::class_embeddings(
+            model,
+            tokenizer,
+            self.classes,
+            self.templates,
+            Some(prefix),
+        );
+        let logits = self.attacked.matmul(&w.transpose(0, 1)) * model.logit_scale_exp();
+        let defense = logits.cross_entropy_for_logits(&self.truth);
+        let cos = (&w * &self.plain).sum_dim_intlist([-1i64].as_slice(), false, Kind::Float);
+        let preserve = cos.neg().g_add_scalar(1.0).mean(Kind::Float);
+        (defense, preserve)
+    }
 }
 
 /// Learns a defense prefix on the calibration set (see [`super::prefix`]): the attacked images
@@ -259,15 +279,20 @@ pub fn fit_prefix(
                 .embed_tokens(&Tensor::from_slice(&[pid]).view([1, 1]))
                 .view([-1])
         };
+        let problem = PrefixProblem {
+            classes: &classes,
+            templates,
+            plain,
+            attacked,
+            truth,
+        };
         let prefix = vs.root().var_copy("prefix", &init);
         let mut opt = tch::nn::Adam::default()
             .build(&vs, settings.lr)
             .map_err(|e| e.to_string())?;
         let mut losses = Vec::with_capacity(settings.steps + 1);
         for step in 0..=settings.steps {
-            let (d, p) = prefix_losses(
-                model, tokenizer, &classes, templates, &plain, &attacked, &truth, &prefix,
-            );
+            let (d, p) = problem.losses(model, tokenizer, &prefix);
             let loss = d + p * settings.preserve_weight;
             losses.push(loss.double_value(&[]));
             if step < settings.steps {
