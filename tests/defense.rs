@@ -667,7 +667,11 @@ fn bad_defenses_are_one_line_errors_before_any_work() {
         ("sharpen:amount=2", "unknown defense `sharpen`"),
         ("blur:radius=2", "unknown parameter `radius` for blur"),
         ("jpeg:quality=0", "quality: 0 is outside"),
-        ("projection", "parameter `file` is required"),
+        ("projection:file=", "file: empty value"),
+        (
+            "mask:source=oracle,threshold=9",
+            "applies to source=detector only",
+        ),
         (
             "heads:file=/nonexistent/heads.json",
             "/nonexistent/heads.json",

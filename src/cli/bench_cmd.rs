@@ -231,7 +231,7 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
             lr: 2e-3,
             preserve_weight: 1.0,
             batch_size: args.batch_size,
-            out: artifact,
+            out: Some(artifact),
             quiet: args.quiet,
         })
         .with_context(|| format!("fitting {kind} for {}", args.plan.display()))?;

@@ -68,9 +68,10 @@ pub struct FitArgs {
     /// Images per forward pass.
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
-    /// Artifact file to write (JSON).
+    /// Artifact file to write (JSON); default `results/fitted/KIND.json`, where
+    /// `--defense KIND` looks when given no `file=`.
     #[arg(long)]
-    pub out: PathBuf,
+    pub out: Option<PathBuf>,
     /// No progress output.
     #[arg(long)]
     pub quiet: bool,
@@ -103,6 +104,9 @@ pub fn run_fit(args: FitArgs) -> Result<()> {
     if fonts.is_empty() {
         bail!("--fonts: give at least one calibration font");
     }
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from(crate::defense::calibration::default_artifact(&args.kind))
+    });
     let templates = TemplateSet::resolve(&args.templates)?;
     let (descriptor, mut root) = DatasetDescriptor::load(&args.dataset)?;
     if let Some(r) = &args.data_root {
@@ -220,7 +224,7 @@ pub fn run_fit(args: FitArgs) -> Result<()> {
         fit,
         data,
     };
-    artifact.write(&args.out)?;
+    artifact.write(&out)?;
     println!("{}", m.banner_line());
     println!(
         "fitted {} on {} images × {} words × {} fonts ({} attacked images) → {}",
@@ -229,7 +233,7 @@ pub fn run_fit(args: FitArgs) -> Result<()> {
         set.record.words.len(),
         set.record.fonts.len(),
         set.items.len(),
-        args.out.display()
+        out.display()
     );
     Ok(())
 }

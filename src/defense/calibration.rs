@@ -97,6 +97,12 @@ impl CalibrationRecord {
     }
 }
 
+/// Where `typoclip fit KIND` writes its artifact and `--defense KIND` reads it unless told
+/// otherwise: `results/fitted/KIND.json` (relative to the working directory).
+pub fn default_artifact(kind: &str) -> String {
+    format!("results/fitted/{kind}.json")
+}
+
 /// Format tag of artifact files.
 pub const ARTIFACT_FORMAT: &str = "typoclip-defense-artifact/1";
 

@@ -4,7 +4,8 @@
 //! head of the image tower by how much zeroing it (its output before `out_proj`, through the
 //! model's `….attn.heads` taps) lowers the attack's pull on a calibration set of rendered
 //! attacks; `--defense heads:file=PATH,k=4` zeroes the top `k` heads of that list on every
-//! forward pass. `k = 0` ablates nothing.
+//! forward pass (`heads:k=4` reads `results/fitted/heads.json`, where `fit heads` writes by
+//! default). `k = 0` ablates nothing.
 
 use std::path::PathBuf;
 
@@ -44,7 +45,8 @@ pub struct HeadAblation {
 impl HeadAblation {
     /// `heads:file=PATH,k=4`.
     pub fn build(p: &mut Params) -> Result<Box<dyn Defense>, DefenseError> {
-        let file = PathBuf::from(p.string("file", None)?);
+        let file =
+            PathBuf::from(p.string("file", Some(&super::calibration::default_artifact("heads")))?);
         let (a, sha256) = Artifact::read(&file, "heads")?;
         let list: Vec<HeadScore> =
             serde_json::from_value(a.data["heads"].clone()).map_err(|e| {

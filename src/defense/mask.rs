@@ -57,6 +57,9 @@ impl TextMask {
         let threshold = if source == "detector" {
             p.usize("threshold", 40, 1, 254)? as u8
         } else {
+            if p.spec().contains("threshold=") {
+                return Err(p.error("threshold: applies to source=detector only"));
+            }
             40
         };
         Ok(Box::new(TextMask {

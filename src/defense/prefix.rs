@@ -122,7 +122,10 @@ pub struct PrefixDefense {
 impl PrefixDefense {
     /// `prefix:file=PATH`.
     pub fn build(p: &mut Params) -> Result<Box<dyn Defense>, DefenseError> {
-        let file = PathBuf::from(p.string("file", None)?);
+        let file = PathBuf::from(p.string(
+            "file",
+            Some(&super::calibration::default_artifact("prefix")),
+        )?);
         let (a, sha256) = Artifact::read(&file, "prefix")?;
         let embedding: Vec<f32> =
             serde_json::from_value(a.data["embedding"].clone()).map_err(|e| {

@@ -39,7 +39,10 @@ pub struct Projection {
 impl Projection {
     /// `projection:file=PATH,k=K` (default: every stored direction).
     pub fn build(p: &mut Params) -> Result<Box<dyn Defense>, DefenseError> {
-        let file = PathBuf::from(p.string("file", None)?);
+        let file = PathBuf::from(p.string(
+            "file",
+            Some(&super::calibration::default_artifact("projection")),
+        )?);
         let (a, sha256) = Artifact::read(&file, "projection")?;
         let bad = |m: String| DefenseError::Artifact {
             path: file.display().to_string(),
