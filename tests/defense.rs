@@ -868,3 +868,95 @@ fn bench_runs_every_attack_and_defense_in_one_command() {
         "{err}"
     );
 }
+
+#[test]
+fn learned_projection_fits_and_the_identity_map_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let _g = tch::no_grad_guard();
+        let model = tiny_model();
+        let images = tiny_images();
+        let eye: Vec<Vec<f32>> = (0..64)
+            .map(|i| (0..64).map(|j| (i == j) as i32 as f32).collect())
+            .collect();
+        let ident = dir.path().join("eye.json");
+        write_artifact(&ident, "projection", json!({"dim": 64, "matrix": eye}));
+        let s = DefenseStack::parse(&[format!("projection:file={}", ident.display())]).unwrap();
+        assert!(
+            diff(
+                &s.encode_images(&model, &images),
+                &model.encode_image(&images)
+            ) <= 1e-6
+        );
+        let e = DefenseStack::parse(&[format!("projection:file={},k=2", ident.display())])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("training-free"), "{e}");
+    }
+    let calib = image_folder(dir.path(), "calib", &["apple", "pear"], 2, 8);
+    let eval = image_folder(dir.path(), "eval", &["apple", "pear"], 1, 9);
+    let model = tiny().display().to_string();
+    let art = dir.path().join("learned.json");
+    ok(&typoclip(&[
+        "fit",
+        "projection",
+        "--learned",
+        "--model",
+        &model,
+        "--dataset",
+        calib.to_str().unwrap(),
+        "--words",
+        "banana",
+        "--fonts",
+        "mono",
+        "--steps",
+        "20",
+        "--lr",
+        "0.01",
+        "--preserve-weight",
+        "0.01",
+        "--out",
+        art.to_str().unwrap(),
+        "--quiet",
+    ]));
+    let a = read_json(&art);
+    let before = a["fit"]["loss_before"].as_f64().unwrap();
+    let after = a["fit"]["loss_after"].as_f64().unwrap();
+    assert!(
+        after < before,
+        "learned projection did not lower its loss: {before} → {after}"
+    );
+    assert_eq!(a["data"]["matrix"].as_array().unwrap().len(), 64);
+    let out = dir.path().join("run");
+    ok(&typoclip(&[
+        "sweep",
+        "--model",
+        &model,
+        "--dataset",
+        eval.to_str().unwrap(),
+        "--attacks",
+        common::repo()
+            .join("attacks/ipod-label.toml")
+            .to_str()
+            .unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+        "--defense",
+        &format!("projection:file={}", art.display()),
+    ]));
+    let prov = read_json(&out.join("provenance.json"));
+    assert_eq!(prov["defenses"][0]["params"]["form"], "learned");
+    let o = typoclip(&[
+        "fit",
+        "heads",
+        "--learned",
+        "--model",
+        &model,
+        "--dataset",
+        calib.to_str().unwrap(),
+        "--out",
+        art.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+}

@@ -227,6 +227,7 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
             seed: c.seed,
             templates: "single".into(),
             k: 4,
+            learned: false,
             steps: 100,
             lr: 2e-3,
             preserve_weight: 1.0,

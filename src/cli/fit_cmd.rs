@@ -16,7 +16,9 @@ use super::args::ModelArgs;
 use super::resolve::open_model;
 use crate::dataset::descriptor::DatasetDescriptor;
 use crate::defense::calibration::{build_calibration_set, Artifact, ARTIFACT_FORMAT};
-use crate::defense::fit::{fit_heads, fit_prefix, fit_projection, PrefixSettings};
+use crate::defense::fit::{
+    fit_heads, fit_learned_projection, fit_prefix, fit_projection, PrefixSettings,
+};
 use crate::tokenizer::ClipTokenizer;
 use crate::zeroshot::TemplateSet;
 
@@ -56,6 +58,11 @@ pub struct FitArgs {
     /// projection: number of directions kept.
     #[arg(long, default_value_t = 4)]
     pub k: usize,
+    /// projection: learn a linear map with autograd (needs labelled images; uses --steps,
+    /// --lr and --preserve-weight as the weight of ‖W − I‖²) instead of the training-free
+    /// subspace.
+    #[arg(long)]
+    pub learned: bool,
     /// prefix: optimisation steps.
     #[arg(long, default_value_t = 100)]
     pub steps: usize,
@@ -92,6 +99,9 @@ pub fn run_fit(args: FitArgs) -> Result<()> {
             "fit: `{}` is not one of projection, heads, prefix",
             args.kind
         );
+    }
+    if args.learned && args.kind != "projection" {
+        bail!("--learned: applies to `fit projection` only");
     }
     if args.batch_size == 0 {
         bail!("--batch-size: must be at least 1");
@@ -148,7 +158,37 @@ pub fn run_fit(args: FitArgs) -> Result<()> {
     let mut fit: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     fit.insert("attacked_images".into(), json!(set.items.len()));
     let data = match args.kind.as_str() {
+        "projection" if args.learned => {
+            let settings = PrefixSettings {
+                steps: args.steps,
+                lr: args.lr,
+                preserve_weight: args.preserve_weight,
+            };
+            let r = fit_learned_projection(
+                &m.model,
+                &tok,
+                &set,
+                &templates,
+                &settings,
+                args.batch_size,
+            )
+            .map_err(anyhow::Error::msg)?;
+            fit.insert("form".into(), json!("learned"));
+            fit.insert("templates".into(), json!(templates.name));
+            fit.insert("steps".into(), json!(settings.steps));
+            fit.insert("lr".into(), json!(settings.lr));
+            fit.insert("identity_weight".into(), json!(settings.preserve_weight));
+            fit.insert("loss_before".into(), json!(r.losses.first()));
+            fit.insert("loss_after".into(), json!(r.losses.last()));
+            fit.insert("losses".into(), json!(r.losses));
+            let d = r.matrix.size()[0];
+            let rows: Vec<Vec<f32>> = (0..d)
+                .map(|i| Vec::<f32>::try_from(r.matrix.get(i)).expect("f32"))
+                .collect();
+            json!({"dim": d, "matrix": rows})
+        }
         "projection" => {
+            fit.insert("form".into(), json!("subspace"));
             let (basis, singular) = fit_projection(&m.model, &set, args.k, args.batch_size);
             fit.insert("k".into(), json!(basis.size()[0]));
             fit.insert(

@@ -1,6 +1,7 @@
 //! Fitting the learned defenses on a [`CalibrationSet`] (the computations of `typoclip fit`):
-//! [`fit_projection`] (reading directions), [`fit_heads`] (head scores), [`fit_prefix`]
-//! (defense prefix by gradient descent with tch autograd). Pure functions of the model and the
+//! [`fit_projection`] (reading directions), [`fit_learned_projection`] (a linear map by
+//! gradient descent), [`fit_heads`] (head scores), [`fit_prefix`] (defense prefix by gradient
+//! descent with tch autograd). Pure functions of the model and the
 //! calibration set; the command writes their results as artifacts.
 
 use tch::nn::OptimizerConfig;
@@ -301,6 +302,95 @@ pub fn fit_prefix(
         }
         Ok(PrefixFit {
             embedding: prefix.detach().to_device(tch::Device::Cpu),
+            losses,
+        })
+    })
+}
+
+/// What [`fit_learned_projection`] learned.
+#[derive(Debug)]
+pub struct LearnedProjection {
+    /// The map `W` `[D, D]` (applied as `f ↦ f Wᵀ`).
+    pub matrix: Tensor,
+    /// Total loss before each step and after the last (`steps + 1` values).
+    pub losses: Vec<f64>,
+}
+
+/// Learns the linear projection of [`super::projection`] (learned form) on the calibration set:
+/// cross-entropy of the mapped attacked and clean images against their true class plus
+/// `weight · ‖W − I‖²`. The images must have a known true class.
+pub fn fit_learned_projection(
+    model: &ClipModel,
+    tokenizer: &ClipTokenizer,
+    set: &CalibrationSet,
+    templates: &TemplateSet,
+    settings: &PrefixSettings,
+    batch_size: usize,
+) -> Result<LearnedProjection, String> {
+    let classes = calibration_classes(set);
+    let mut feats = Vec::new();
+    let mut truth = Vec::new();
+    let clean = encode_all(
+        model,
+        &set.clean.iter().collect::<Vec<_>>(),
+        batch_size,
+        &Probe::none,
+    );
+    let attacked = encode_all(
+        model,
+        &set.items.iter().map(|i| &i.attacked).collect::<Vec<_>>(),
+        batch_size,
+        &Probe::none,
+    );
+    for (i, l) in set.labels.iter().enumerate() {
+        if let Some(l) = l {
+            feats.push(clean.get(i as i64));
+            truth.push(classes.index_of_name(l).expect("labels are classes") as i64);
+        }
+    }
+    for (j, it) in set.items.iter().enumerate() {
+        if let Some(l) = &set.labels[it.image] {
+            feats.push(attacked.get(j as i64));
+            truth.push(classes.index_of_name(l).expect("labels are classes") as i64);
+        }
+    }
+    if feats.is_empty() {
+        return Err(
+            "the calibration images have no class labels (use an image_folder dataset \
+                    with one folder per class)"
+                .into(),
+        );
+    }
+    let feats = Tensor::stack(&feats, 0);
+    let truth = Tensor::from_slice(&truth);
+    let text = {
+        let _g = tch::no_grad_guard();
+        crate::zeroshot::class_embeddings(model, tokenizer, &classes, templates, 256)
+            .to_device(tch::Device::Cpu)
+    };
+    let scale = model.logit_scale_exp();
+    let d = model.config().embed_dim;
+    tch::with_grad(|| {
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let eye = Tensor::eye(d, (Kind::Float, tch::Device::Cpu));
+        let w = vs.root().var_copy("matrix", &eye);
+        let mut opt = tch::nn::Adam::default()
+            .build(&vs, settings.lr)
+            .map_err(|e| e.to_string())?;
+        let mut losses = Vec::with_capacity(settings.steps + 1);
+        for step in 0..=settings.steps {
+            let mapped = l2_normalize(&feats.matmul(&w.transpose(0, 1)));
+            let ce =
+                (mapped.matmul(&text.transpose(0, 1)) * scale).cross_entropy_for_logits(&truth);
+            let reg = (&w - &eye).square().sum(Kind::Float);
+            let loss = ce + reg * settings.preserve_weight;
+            losses.push(loss.double_value(&[]));
+            if step < settings.steps {
+                opt.backward_step(&loss);
+            }
+        }
+        Ok(LearnedProjection {
+            matrix: w.detach(),
             losses,
         })
     })

@@ -5,6 +5,12 @@
 //! embedding differences, `typoclip fit projection`), and projected out of every image embedding:
 //! `f ↦ f − (f Uᵀ) U` with `U` `[k, D]` orthonormal. The projection is idempotent; `k = 0` (an
 //! empty subspace) is the identity.
+//!
+//! The learned form (`typoclip fit projection --learned`, Materzynska et al.'s learned linear
+//! projection in a simplified form): a `D × D` map `W`, initialised to the identity and trained
+//! with tch autograd so that the attacked and the clean calibration images, mapped by `W`, are
+//! classified as their true object (cross-entropy against the calibration classes' text
+//! embeddings), with `‖W − I‖²` keeping it near the identity; applied as `f ↦ f Wᵀ`.
 
 use std::path::PathBuf;
 
@@ -32,6 +38,8 @@ pub struct Projection {
     pub k: usize,
     /// Embedding size.
     pub dim: usize,
+    /// The learned form: a row-major `[dim, dim]` map `W` (`f ↦ f Wᵀ`) instead of the basis.
+    pub matrix: Option<Vec<f32>>,
     /// The artifact and its calibration split.
     pub fitted: Option<FittedRecord>,
 }
@@ -51,22 +59,43 @@ impl Projection {
         let dim = a.data["dim"]
             .as_u64()
             .ok_or_else(|| bad("data.dim: missing".into()))? as usize;
+        let fitted = Some(FittedRecord {
+            artifact: file.display().to_string(),
+            sha256: sha256.clone(),
+            calibration: a.calibration.clone(),
+        });
+        p.note("model_id", serde_json::json!(a.calibration.model_id));
+        if !a.data["matrix"].is_null() {
+            if p.spec().contains("k=") {
+                return Err(p.error("k: applies to the training-free (subspace) projection only"));
+            }
+            let rows: Vec<Vec<f32>> = serde_json::from_value(a.data["matrix"].clone())
+                .map_err(|e| bad(format!("data.matrix: {e}")))?;
+            if rows.len() != dim || rows.iter().any(|r| r.len() != dim) {
+                return Err(bad(format!("data.matrix: must be {dim} × {dim}")));
+            }
+            p.note("form", serde_json::json!("learned"));
+            return Ok(Box::new(Projection {
+                basis: Vec::new(),
+                k: 0,
+                dim,
+                matrix: Some(rows.into_iter().flatten().collect()),
+                fitted,
+            }));
+        }
+        p.note("form", serde_json::json!("subspace"));
         let rows: Vec<Vec<f32>> = serde_json::from_value(a.data["basis"].clone())
             .map_err(|e| bad(format!("data.basis: {e}")))?;
         if rows.iter().any(|r| r.len() != dim) {
             return Err(bad(format!("data.basis: every row must have {dim} values")));
         }
         let k = p.usize("k", rows.len(), 0, rows.len())?;
-        p.note("model_id", serde_json::json!(a.calibration.model_id));
         Ok(Box::new(Projection {
             basis: rows.into_iter().take(k).flatten().collect(),
             k,
             dim,
-            fitted: Some(FittedRecord {
-                artifact: file.display().to_string(),
-                sha256,
-                calibration: a.calibration,
-            }),
+            matrix: None,
+            fitted,
         }))
     }
 
@@ -78,7 +107,16 @@ impl Projection {
 
 impl Defense for Projection {
     fn transform_features(&self, features: &Tensor) -> Tensor {
-        project_out(features, &self.basis_tensor())
+        match &self.matrix {
+            Some(m) => {
+                let w = Tensor::from_slice(m)
+                    .view([self.dim as i64, self.dim as i64])
+                    .to_device(features.device())
+                    .to_kind(features.kind());
+                features.matmul(&w.transpose(0, 1))
+            }
+            None => project_out(features, &self.basis_tensor()),
+        }
     }
 
     fn check_model(&self, model: &ClipModel, model_id: &str) -> Result<(), String> {
