@@ -12,6 +12,11 @@
 //! already in the photo and the attacked photo of a scene is compared with its clean
 //! counterpart (SCAM vs NoSCAM / SynthSCAM vs NoSCAM, Distill's `<object>-<text>.jpg` vs
 //! `<object>-blank.jpg`).
+//!
+//! Defenses ([`crate::defense`], `SweepSettings::defenses`) plug in at two points here: the
+//! image hook on each model input before normalisation (with the renderer's mask for rendered
+//! attacks), and the model + score hooks where batches are encoded. With no defense both are
+//! the plain pipeline, bit for bit.
 
 pub mod provenance;
 
