@@ -571,8 +571,19 @@ fn fit_heads_and_prefix_then_sweep_with_them() {
     let h = read_json(&heads);
     let list = h["data"]["heads"].as_array().unwrap();
     assert_eq!(list.len(), 4, "2 layers × 2 heads");
-    let scores: Vec<f64> = list.iter().map(|x| x["score"].as_f64().unwrap()).collect();
-    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+    let keys: Vec<(f64, f64)> = list
+        .iter()
+        .map(|x| {
+            (
+                x["asr_drop"].as_f64().unwrap(),
+                x["score"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        keys.windows(2).all(|w| w[0] >= w[1]),
+        "not ranked by attack-success drop, then P(word) drop: {keys:?}"
+    );
     let prefix = dir.path().join("prefix.json");
     ok(&typoclip(&[
         "fit",

@@ -104,9 +104,9 @@ fn attack_pull(
     (p_word, success as f64 / words.len().max(1) as f64)
 }
 
-/// Scores every head of a ViT image tower: the mean drop of P(word) on the attacked
-/// calibration images when the head alone is zeroed (with the attack success rate it leaves),
-/// sorted best first. Returns the baseline (P(word), ASR) too. `progress` is called after each
+/// Scores every head of a ViT image tower by zeroing it alone on the attacked calibration
+/// images: the drop of the attack success rate and of the mean P(word), sorted best first
+/// (attack-success drop, then P(word) drop). Returns the baseline (P(word), ASR) too. `progress` is called after each
 /// head.
 pub fn fit_heads(
     model: &ClipModel,
@@ -164,14 +164,22 @@ pub fn fit_heads(
                 head: h,
                 score: p0 - p,
                 asr_ablated: asr,
+                asr_drop: asr0 - asr,
             });
             progress(scores.len(), total);
         }
     }
+    // Ranked by how much zeroing the head reduces attack success; ties (frequent on small
+    // calibration sets, where success moves in coarse steps) by the drop of P(word).
     scores.sort_by(|a, b| {
-        b.score
-            .partial_cmp(&a.score)
+        b.asr_drop
+            .partial_cmp(&a.asr_drop)
             .unwrap_or(std::cmp::Ordering::Equal)
+            .then(
+                b.score
+                    .partial_cmp(&a.score)
+                    .unwrap_or(std::cmp::Ordering::Equal),
+            )
             .then((a.layer, a.head).cmp(&(b.layer, b.head)))
     });
     Ok((scores, (p0, asr0)))

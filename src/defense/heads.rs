@@ -2,8 +2,8 @@
 //! (Hufe et al., "Dyslexify: A Mechanistic Defense Against Typographic Attacks in CLIP", 2025):
 //! a few attention heads carry most of the typographic signal. `typoclip fit heads` scores every
 //! head of the image tower by how much zeroing it (its output before `out_proj`, through the
-//! model's `….attn.heads` taps) lowers the attack's pull on a calibration set of rendered
-//! attacks; `--defense heads:file=PATH,k=4` zeroes the top `k` heads of that list on every
+//! model's `….attn.heads` taps) reduces attack success on a calibration set of rendered attacks
+//! (ties broken by the drop of the mean probability of the written word); `--defense heads:file=PATH,k=4` zeroes the top `k` heads of that list on every
 //! forward pass (`heads:k=4` reads `results/fitted/heads.json`, where `fit heads` writes by
 //! default). `k = 0` ablates nothing.
 
@@ -26,6 +26,9 @@ pub struct HeadScore {
     pub score: f64,
     /// Attack success rate on the calibration set with the head zeroed.
     pub asr_ablated: f64,
+    /// Attack success rate without ablation minus `asr_ablated` (the ranking key).
+    #[serde(default)]
+    pub asr_drop: f64,
 }
 
 /// The site of a head's output in the image tower.
