@@ -5,11 +5,13 @@
 //! [`model`] (CLIP towers, checkpoint loading, taps), [`tokenizer`] (CLIP BPE),
 //! [`preprocess`] (CLIP's resize/crop/normalise), [`dataset`] (reading images), [`attack`]
 //! (rendering text overlays), [`sweep`] (the evaluation pipeline), [`metrics`], [`records`],
-//! [`report`] (HTML/Markdown reports and run comparison), [`cli`].
+//! [`defense`] (mitigations as plug-ins at four hooks), [`report`] (HTML/Markdown reports and
+//! run comparison), [`cli`].
 
 pub mod attack;
 pub mod cli;
 pub mod dataset;
+pub mod defense;
 pub mod metrics;
 pub mod model;
 pub mod npy;

@@ -115,6 +115,7 @@ fn provenance(random: bool, started: &str, finished: &str) -> Provenance {
         precision: "fp32".into(),
         variant_filter: String::new(),
         libtorch_version: "2.13.0".into(),
+        defenses: Vec::new(),
         started: started.into(),
         finished: Some(finished.into()),
     }

@@ -65,11 +65,16 @@ pub use spec::{AttackSpec, Layer, SpecError, Stage, Variant};
 
 use std::path::{Path, PathBuf};
 
-/// The `.toml` files of a folder, sorted by name.
+/// The attack specs of a folder (its `.toml` files, sorted by name), without the comparison
+/// plans that live beside them (`*-bench.toml`, e.g. `attacks/defense-bench.toml`).
 pub fn spec_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().ends_with("-bench.toml"))
+        })
         .collect();
     v.sort();
     Ok(v)

@@ -115,6 +115,12 @@ pub enum Command {
     Report(crate::cli::report_cmd::ReportArgs),
     /// Compare runs (models or defenses): comparison.html / .md / .csv.
     Compare(crate::cli::report_cmd::CompareArgs),
+    /// Fit a learned defense (projection, heads, prefix) on a calibration set of rendered
+    /// words; writes an artifact for `sweep --defense NAME:file=ARTIFACT`.
+    Fit(crate::cli::fit_cmd::FitArgs),
+    /// Run a comparison plan (`attacks/defense-bench.toml`): fit, then one sweep per
+    /// (attack, defense set) into `--out/<attack>/<defense>`.
+    Bench(crate::cli::bench_cmd::BenchArgs),
 }
 
 /// `typoclip sweep`.
@@ -179,4 +185,9 @@ pub struct SweepArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// A defense, `name[:key=value,…]` (repeatable; applied by stage — prompt, image, model,
+    /// score — then in the order given): prompt, prefix, blur, downscale, jpeg, median, mask,
+    /// heads, flip, interpolate, projection. See `src/defense/`.
+    #[arg(long = "defense")]
+    pub defense: Vec<String>,
 }

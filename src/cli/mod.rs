@@ -3,6 +3,8 @@
 
 pub mod args;
 pub mod attack_cmd;
+pub mod bench_cmd;
+pub mod fit_cmd;
 pub mod models_cmd;
 pub mod report_cmd;
 pub mod resolve;
@@ -170,6 +172,8 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Sweep(args) => sweep_cmd::run_sweep(args),
+        Command::Fit(args) => fit_cmd::run_fit(args),
+        Command::Bench(args) => bench_cmd::run_bench(args),
         Command::Tokenize {
             text,
             context_length,

@@ -10,8 +10,9 @@ use rand::SeedableRng;
 use super::args::SweepArgs;
 use super::resolve::{cache_dir, open_model};
 use crate::dataset::descriptor::{file_list_hash, DatasetDescriptor};
+use crate::defense::{variant_words_and_fonts, DefenseStack, EvalSet};
 use crate::sweep::provenance::{now_rfc3339, Provenance, LIBTORCH_VERSION};
-use crate::sweep::{physical_cells, rendered_cells, run_physical, EvalMode, SweepSettings};
+use crate::sweep::{physical_cells, rendered_cells, run_physical, Cell, EvalMode, SweepSettings};
 use crate::tokenizer::ClipTokenizer;
 use crate::zeroshot::{ClassLabel, LabelSet, TemplateSet, TextCache};
 
@@ -25,15 +26,20 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size: must be at least 1");
     }
+    let precision = crate::sweep::Precision::parse(&args.precision).ok_or_else(|| {
+        anyhow::anyhow!("--precision: `{}` is not one of fp32, bf16", args.precision)
+    })?;
+    // Bad defenses are refused before any work.
+    let defenses = DefenseStack::parse(&args.defense)?;
+    if precision == crate::sweep::Precision::Bf16 && !defenses.is_empty() {
+        bail!("--precision bf16: not available together with --defense (defenses run in fp32)");
+    }
     let (descriptor, mut root) = DatasetDescriptor::load(&args.dataset)?;
     if let Some(r) = &args.data_root {
         root = r.clone();
     }
     let descriptor_text = std::fs::read_to_string(&args.dataset)
         .with_context(|| args.dataset.display().to_string())?;
-    let precision = crate::sweep::Precision::parse(&args.precision).ok_or_else(|| {
-        anyhow::anyhow!("--precision: `{}` is not one of fp32, bf16", args.precision)
-    })?;
     let mut samples = descriptor.samples(&root)?;
     if let Some(list) = &args.classes {
         samples = filter_classes(samples, list, &args.dataset)?;
@@ -92,6 +98,9 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
             cells
         }
     };
+    if spec.is_none() {
+        defenses.check_physical()?;
+    }
     if cells.is_empty() {
         bail!(
             "{}: dataset `{}` gives nothing to evaluate: no (clean, attacked) photo pairs{}",
@@ -104,7 +113,7 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
             }
         );
     }
-    let templates = TemplateSet::resolve(&args.templates)?;
+    let templates = defenses.transform_templates(TemplateSet::resolve(&args.templates)?);
     let label_spec = args
         .labels
         .clone()
@@ -157,10 +166,21 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
             c.true_label = Some(labels.classes[i].name.clone());
         }
     }
+    if defenses.any_fitted() {
+        defenses.check_disjoint(&eval_set(&cells, spec.as_ref().map(|(s, _)| s))?)?;
+    }
     let mut m = open_model(&args.model)?;
+    defenses.check_model(&m.model, &m.cache_id())?;
+    defenses.adapt_model(&mut m.model)?;
     let tok = ClipTokenizer::new();
     let cache = TextCache::new(cache_dir(args.model.cache_dir.as_deref()).join("text-classifiers"));
-    let (classifier, _) = cache.load_or_build(&m.cache_id(), &m.model, &tok, labels, templates)?;
+    // Defenses that change the text tower's output (weight interpolation) key their own entries.
+    let text_id = match defenses.text_cache_tag() {
+        Some(tag) => format!("{}+{tag}", m.cache_id()),
+        None => m.cache_id(),
+    };
+    let (classifier, _) = cache.load_or_build(&text_id, &m.model, &tok, labels, templates)?;
+    let classifier = defenses.transform_classifier(&m.model, &tok, classifier)?;
     let ids: Vec<_> = cells
         .iter()
         .flat_map(|c| [c.clean.clone(), c.attacked.clone()])
@@ -205,6 +225,7 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
         precision: precision.name().into(),
         variant_filter: args.variant.join(","),
         libtorch_version: LIBTORCH_VERSION.into(),
+        defenses: defenses.records(),
         started: now_rfc3339(),
         finished: None,
     };
@@ -216,6 +237,7 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
         resume: args.resume,
         progress: !args.quiet,
         precision,
+        defenses: std::sync::Arc::new(defenses),
     };
     if precision == crate::sweep::Precision::Bf16 {
         // After the fp32 text classifier: only the image tower runs in bfloat16.
@@ -229,6 +251,14 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
         println!("{}", m.banner_line());
+        if !provenance.defenses.is_empty() {
+            let specs: Vec<&str> = provenance
+                .defenses
+                .iter()
+                .map(|d| d.spec.as_str())
+                .collect();
+            println!("defenses (in application order): {}", specs.join(", "));
+        }
         println!(
             "{} records ({} errors) in {}",
             summary.records,
@@ -302,4 +332,34 @@ fn filter_classes(
         .into_iter()
         .filter(|s| class_of(s).iter().any(|c| wanted.contains(c)))
         .collect())
+}
+
+/// What the evaluation shows, for the calibration disjointness check of fitted defenses: the
+/// content hash of every image, the words (rendered texts and targets, or the words written in
+/// the photos) and the fonts (rendered attacks only).
+fn eval_set(cells: &[Cell], spec: Option<&crate::attack::AttackSpec>) -> Result<EvalSet> {
+    let mut seen = BTreeSet::new();
+    let mut images = Vec::new();
+    for s in cells.iter().flat_map(|c| [&c.clean, &c.attacked]) {
+        if seen.insert(s.path.clone()) {
+            // Unreadable files become error records later; they cannot leak calibration images.
+            if let Ok(h) = crate::model::load::sha256_file(&s.path) {
+                images.push((s.id.clone(), h));
+            }
+        }
+    }
+    let (mut words, fonts) = match spec {
+        Some(spec) => variant_words_and_fonts(&spec.variants),
+        None => Default::default(),
+    };
+    words.extend(
+        cells
+            .iter()
+            .filter_map(|c| c.target.as_ref().map(|t| t.to_lowercase())),
+    );
+    Ok(EvalSet {
+        images,
+        words,
+        fonts,
+    })
 }

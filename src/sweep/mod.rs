@@ -12,6 +12,11 @@
 //! already in the photo and the attacked photo of a scene is compared with its clean
 //! counterpart (SCAM vs NoSCAM / SynthSCAM vs NoSCAM, Distill's `<object>-<text>.jpg` vs
 //! `<object>-blank.jpg`).
+//!
+//! Defenses ([`crate::defense`], `SweepSettings::defenses`) plug in at two points here: the
+//! image hook on each model input before normalisation (with the renderer's mask for rendered
+//! attacks), and the model + score hooks where batches are encoded. With no defense both are
+//! the plain pipeline, bit for bit.
 
 pub mod provenance;
 
@@ -161,6 +166,9 @@ pub struct SweepSettings {
     pub progress: bool,
     /// Arithmetic of the image tower.
     pub precision: Precision,
+    /// Defenses applied at their hooks (image: before normalisation; model and score: at
+    /// encoding). Empty: the plain pipeline.
+    pub defenses: std::sync::Arc<crate::defense::DefenseStack>,
 }
 
 /// The image tower's arithmetic in a sweep. `Bf16` runs the image encoder in bfloat16 (a copy of
@@ -280,12 +288,14 @@ fn prepare_images(
     n_px: u32,
     workers: usize,
     ahead: usize,
+    defenses: std::sync::Arc<crate::defense::DefenseStack>,
 ) -> std::sync::mpsc::Receiver<Prepared> {
     let (tx, rx) = sync_channel::<Prepared>(ahead.max(1));
     let jobs = std::sync::Arc::new(std::sync::Mutex::new(jobs.into_iter()));
     for _ in 0..workers.max(1) {
         let tx = tx.clone();
         let jobs = jobs.clone();
+        let defenses = defenses.clone();
         std::thread::spawn(move || {
             // The last photo this worker decoded and its clean model input: the variants of
             // one image come one after another, so each photo is decoded and resized once.
@@ -311,7 +321,11 @@ fn prepare_images(
                     .as_ref()
                     .map_err(Clone::clone)
                     .map(|(img, input)| match &job.render {
-                        None => (crate::preprocess::to_normalized_tensor(input), 0.0),
+                        None => {
+                            let ctx = crate::defense::ImageContext::default();
+                            let input = defenses.transform_image(input.clone(), &ctx);
+                            (crate::preprocess::to_normalized_tensor(&input), 0.0)
+                        }
                         Some((variant, seed)) => {
                             let r = crate::attack::render_for_model_with_input(
                                 img,
@@ -320,10 +334,15 @@ fn prepare_images(
                                 *seed,
                                 None,
                             );
-                            (
-                                crate::preprocess::to_normalized_tensor(&r.attacked_input),
-                                r.rendered.l0_fraction,
-                            )
+                            let mask = defenses
+                                .needs_oracle_mask()
+                                .then(|| crate::defense::mask::oracle_mask(&r));
+                            let ctx = crate::defense::ImageContext {
+                                oracle_mask: mask.as_ref(),
+                            };
+                            let l0 = r.rendered.l0_fraction;
+                            let input = defenses.transform_image(r.attacked_input, &ctx);
+                            (crate::preprocess::to_normalized_tensor(&input), l0)
                         }
                     });
                 if tx.send(Prepared { index, result }).is_err() {
@@ -498,7 +517,13 @@ pub fn run_physical(
     drop(images);
     let encoded_total = jobs.len();
     let clock = std::time::Instant::now();
-    let prepared = prepare_images(jobs, n_px, settings.workers, image_batch * 2);
+    let prepared = prepare_images(
+        jobs,
+        n_px,
+        settings.workers,
+        image_batch * 2,
+        settings.defenses.clone(),
+    );
     let mut waiting: HashMap<usize, Prepared> = HashMap::new();
     let mut features: HashMap<usize, Result<(Tensor, f64), String>> = HashMap::new();
     let mut next_cell = start;
@@ -529,10 +554,12 @@ pub fn run_physical(
                     .collect::<Vec<_>>(),
                 0,
             );
-            let f = settings
-                .precision
-                .encode_image(model, &batch_t)
-                .to_device(tch::Device::Cpu);
+            let f = if settings.defenses.is_empty() {
+                settings.precision.encode_image(model, &batch_t)
+            } else {
+                settings.defenses.encode_images(model, &batch_t)
+            }
+            .to_device(tch::Device::Cpu);
             for (i, p) in good.iter().enumerate() {
                 if uses[p.index] > 0 {
                     features.insert(p.index, Ok((f.get(i as i64), p.result.as_ref().unwrap().1)));

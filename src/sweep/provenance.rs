@@ -1,7 +1,8 @@
 //! `provenance.json`: everything needed to know what a run was and to refuse resuming it with
 //! different inputs — typoclip version and commit, model (spec, sha256, random-weights flag),
 //! dataset (descriptor verbatim, file-list hash), label and template sets (hashes), seeds,
-//! threads, batch size, libtorch version, start and end times.
+//! threads, batch size, libtorch version, the defenses (with their parameters and, for fitted
+//! ones, artifact and calibration split), start and end times.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -74,6 +75,9 @@ pub struct Provenance {
     pub workers: usize,
     /// libtorch version.
     pub libtorch_version: String,
+    /// The defenses, in application order (empty: none); see [`crate::defense::DefenseRecord`].
+    #[serde(default)]
+    pub defenses: Vec<crate::defense::DefenseRecord>,
     /// Start time (UTC, RFC 3339).
     pub started: String,
     /// End time (UTC, RFC 3339), once finished.
@@ -138,7 +142,16 @@ impl Provenance {
         let text = std::fs::read_to_string(path).map_err(|e| super::io_err(path, e))?;
         let old: Provenance = serde_json::from_str(&text)
             .map_err(|e| super::io_err(path, format!("unreadable provenance: {e}")))?;
-        let fields: [(&str, &String, &String); 11] = [
+        let defenses = |p: &Provenance| {
+            let specs: Vec<&str> = p.defenses.iter().map(|d| d.spec.as_str()).collect();
+            format!(
+                "[{}] {}",
+                specs.join(" "),
+                serde_json::to_string(&p.defenses).expect("serialisable")
+            )
+        };
+        let (old_defenses, new_defenses) = (defenses(&old), defenses(self));
+        let fields: [(&str, &String, &String); 12] = [
             ("model", &old.model_id, &self.model_id),
             ("dataset", &old.dataset_descriptor, &self.dataset_descriptor),
             (
@@ -158,6 +171,7 @@ impl Provenance {
                 &old.batch_size.to_string(),
                 &self.batch_size.to_string(),
             ),
+            ("defenses", &old_defenses, &new_defenses),
         ];
         for (what, before, now) in fields {
             if before != now {
