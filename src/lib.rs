@@ -3,7 +3,8 @@
 //! CLIP runs natively on libtorch through `tch`, loaded from the real checkpoint formats. The
 //! pipeline stages are separate modules, each testable alone:
 //! [`model`] (CLIP towers, checkpoint loading, taps), [`tokenizer`] (CLIP BPE),
-//! [`preprocess`] (CLIP's resize/crop/normalise), [`dataset`] (reading images), [`cli`].
+//! [`preprocess`] (CLIP's resize/crop/normalise), [`dataset`] (reading images), [`probe`]
+//! (neuron activations, concept arithmetic, Stroop, linear probes), [`cli`].
 
 pub mod attack;
 pub mod cli;
@@ -12,6 +13,7 @@ pub mod metrics;
 pub mod model;
 pub mod npy;
 pub mod preprocess;
+pub mod probe;
 pub mod progress;
 pub mod records;
 pub mod registry;

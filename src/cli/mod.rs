@@ -4,6 +4,7 @@
 pub mod args;
 pub mod attack_cmd;
 pub mod models_cmd;
+pub mod probe_cmd;
 pub mod resolve;
 pub mod sweep_cmd;
 
@@ -210,6 +211,10 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Attacks { command } => attack_cmd::run_attacks(command),
         Command::Render(args) => attack_cmd::run_render(args),
+        Command::Neurons(args) => probe_cmd::run_neurons(args),
+        Command::Concepts(args) => probe_cmd::run_concepts(args),
+        Command::Stroop(args) => probe_cmd::run_stroop(args),
+        Command::Probe { command } => probe_cmd::run_probe(command),
     }
 }
 

@@ -131,7 +131,37 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
             c.true_label = Some(labels.classes[i].name.clone());
         }
     }
+    let linear_probe = match &args.probe {
+        Some(p) => Some((crate::probe::linear::LinearProbe::load(p)?, p)),
+        None => None,
+    };
     let m = open_model(&args.model)?;
+    let probe_note = match &linear_probe {
+        Some((probe, path)) => {
+            if probe.model_id != m.cache_id() {
+                bail!(
+                    "{}: model_id: the probe was fitted on `{}` ({}), this sweep uses `{}` ({})",
+                    path.display(),
+                    probe.model,
+                    probe.model_id,
+                    m.spec,
+                    m.cache_id()
+                );
+            }
+            if probe.dim() as i64 != m.model.config().embed_dim {
+                bail!(
+                    "{}: weight: rows of {} for embeddings of {}",
+                    path.display(),
+                    probe.dim(),
+                    m.model.config().embed_dim
+                );
+            }
+            let sha = crate::model::load::sha256_file(path)
+                .with_context(|| format!("{}: cannot read", path.display()))?;
+            Some(format!("{} (sha256 {sha})", path.display()))
+        }
+        None => None,
+    };
     let tok = ClipTokenizer::new();
     let cache = TextCache::new(cache_dir(args.model.cache_dir.as_deref()).join("text-classifiers"));
     let (classifier, _) = cache.load_or_build(&m.cache_id(), &m.model, &tok, labels, templates)?;
@@ -169,6 +199,7 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
         libtorch_version: LIBTORCH_VERSION.into(),
         started: now_rfc3339(),
         finished: None,
+        linear_probe: probe_note,
     };
     let settings = SweepSettings {
         out_dir: args.out.clone(),
@@ -177,6 +208,7 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
         workers: args.workers.max(1),
         resume: args.resume,
         progress: !args.quiet,
+        linear_probe: linear_probe.map(|(p, _)| std::sync::Arc::new(p)),
     };
     if !args.json {
         eprintln!("{}", m.banner_line());

@@ -147,6 +147,9 @@ pub struct SweepSettings {
     pub resume: bool,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// An extra scorer (`sweep --probe`): a linear probe whose top-5 go into the records and
+    /// whose metrics go into `summary_probe.json` / `summary_probe.csv`.
+    pub linear_probe: Option<std::sync::Arc<crate::probe::linear::LinearProbe>>,
 }
 
 /// What a finished sweep reports.
@@ -316,6 +319,8 @@ fn score(
         target_rank_attacked: rank,
         l0,
         error: None,
+        probe_clean_top5: Vec::new(),
+        probe_attacked_top5: Vec::new(),
     }
 }
 
@@ -386,6 +391,17 @@ pub fn run_physical(
             }
         }
     }
+    // The probe's class names in the zero-shot label set's spelling where the WordNet ids agree,
+    // so true labels and targets compare across the two scorers.
+    let probe_labels = settings.linear_probe.as_ref().map(|p| {
+        let mut l = p.label_set();
+        for c in l.classes.iter_mut() {
+            if let Some(i) = c.wnid.as_deref().and_then(|w| classifier.labels.index_of_wnid(w)) {
+                c.name = classifier.labels.classes[i].name.clone();
+            }
+        }
+        l
+    });
     let image_batch = settings.batch_size * 2;
     let mut features: HashMap<usize, Result<(Tensor, f64), String>> = HashMap::new();
     let _guard = tch::no_grad_guard();
@@ -434,7 +450,15 @@ pub fn run_physical(
             let clean = &features[&image_index[&c.clean.id]];
             let attacked = &features[&image_index[&c.attacked_key()]];
             let rec = match (clean, attacked) {
-                (Ok((cf, _)), Ok((af, l0))) => score(c, cf, af, classifier, settings.mode, *l0),
+                (Ok((cf, _)), Ok((af, l0))) => {
+                    let mut rec = score(c, cf, af, classifier, settings.mode, *l0);
+                    if let (Some(p), Some(labels)) = (&settings.linear_probe, &probe_labels) {
+                        let probs = p.probs(&Tensor::stack(&[cf, af], 0));
+                        rec.probe_clean_top5 = top5(&probs.get(0), labels);
+                        rec.probe_attacked_top5 = top5(&probs.get(1), labels);
+                    }
+                    rec
+                }
                 (Err(e), _) | (_, Err(e)) => Record {
                     sample_id: c.attacked.id.clone(),
                     variant: c.variant.clone(),
@@ -463,6 +487,16 @@ pub fn run_physical(
         variants: summarize(&done),
     };
     write_summary(out, &summary)?;
+    if settings.linear_probe.is_some() {
+        let view: Vec<Record> = done.iter().filter_map(Record::linear_probe_view).collect();
+        let probe_summary = SweepSummary {
+            warning: summary.warning.clone(),
+            records: view.len(),
+            errors: view.iter().filter(|r| r.error.is_some()).count(),
+            variants: summarize(&view),
+        };
+        write_summary_named(out, "summary_probe", &probe_summary)?;
+    }
     let mut finished = provenance.clone();
     finished.finish();
     finished.write(&out.join("provenance.json"))?;
@@ -491,8 +525,17 @@ fn fmt_rate(r: &Option<crate::metrics::Rate>) -> [String; 4] {
 /// Writes `summary.json` and `summary.csv` (atomically; the CSV's first line is the
 /// random-weights banner when it applies).
 pub fn write_summary(out: &Path, summary: &SweepSummary) -> Result<(), SweepError> {
+    write_summary_named(out, "summary", summary)
+}
+
+/// As [`write_summary`], into `<stem>.json` and `<stem>.csv`.
+pub fn write_summary_named(
+    out: &Path,
+    stem: &str,
+    summary: &SweepSummary,
+) -> Result<(), SweepError> {
     write_atomic(
-        &out.join("summary.json"),
+        &out.join(format!("{stem}.json")),
         &serde_json::to_vec_pretty(summary).expect("serialisable"),
     )?;
     let mut csv = String::new();
@@ -552,5 +595,5 @@ pub fn write_summary(out: &Path, summary: &SweepSummary) -> Result<(), SweepErro
         csv.push_str(&row.join(","));
         csv.push('\n');
     }
-    write_atomic(&out.join("summary.csv"), csv.as_bytes())
+    write_atomic(&out.join(format!("{stem}.csv")), csv.as_bytes())
 }
