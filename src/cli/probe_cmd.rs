@@ -74,7 +74,11 @@ impl DatasetSelection {
             samples.truncate(n);
         }
         if samples.is_empty() {
-            bail!("{}: dataset `{}` has no images", path.display(), descriptor.name);
+            bail!(
+                "{}: dataset `{}` has no images",
+                path.display(),
+                descriptor.name
+            );
         }
         Ok(Some((descriptor.name, samples)))
     }
@@ -433,7 +437,8 @@ pub fn run_neurons(args: NeuronsArgs) -> Result<()> {
         }
     }
     if let Some(dir) = &args.out {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create", dir.display()))?;
         let mut csv = format!("{banner}\nimage");
         for u in &units {
             csv.push_str(&format!(",unit_{u}"));
@@ -609,8 +614,13 @@ pub fn run_concepts(args: ConceptsArgs) -> Result<()> {
         let names: Vec<String> = terms.iter().map(|t| t.concept.clone()).collect();
         let emb = concepts::concept_embeddings(&m.model, &tok, &names, &concept_templates);
         let v = concepts::combine(terms, &emb)?;
-        let (clf, _) =
-            cache.load_or_build(&m.cache_id(), &m.model, &tok, labels.clone(), templates.clone())?;
+        let (clf, _) = cache.load_or_build(
+            &m.cache_id(),
+            &m.model,
+            &tok,
+            labels.clone(),
+            templates.clone(),
+        )?;
         report.terms = terms
             .iter()
             .map(|t| Weighted {
@@ -644,7 +654,9 @@ pub fn run_concepts(args: ConceptsArgs) -> Result<()> {
         let x = crate::model::l2_normalize(&encode_files(&m, std::slice::from_ref(image))?)
             .squeeze_dim(0);
         let d = concepts::decompose(&x, &dict, args.sparsity)?;
-        let mut order: Vec<usize> = (0..d.weights.len()).filter(|&i| d.weights[i] > 0.0).collect();
+        let mut order: Vec<usize> = (0..d.weights.len())
+            .filter(|&i| d.weights[i] > 0.0)
+            .collect();
         order.sort_by(|&a, &b| d.weights[b].total_cmp(&d.weights[a]).then(a.cmp(&b)));
         report.decomposition = Some(DecompositionReport {
             image: image.display().to_string(),
@@ -743,12 +755,15 @@ pub fn run_stroop(args: StroopArgs) -> Result<()> {
     }
     let published: Option<serde_json::Value> = match &args.published {
         Some(p) => {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?;
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("{}: cannot read", p.display()))?;
             let v: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", p.display()))?;
             if v.get("output").and_then(|o| o.as_object()).is_none() {
-                bail!("{}: output: missing (expected the article's stroop_experiment.json)", p.display());
+                bail!(
+                    "{}: output: missing (expected the article's stroop_experiment.json)",
+                    p.display()
+                );
             }
             Some(v)
         }
@@ -766,12 +781,15 @@ pub fn run_stroop(args: StroopArgs) -> Result<()> {
     let (n_inc, read_word, named_ink) = stroop::incongruent_summary(&rows);
     let banner = m.banner_line();
     if let Some(dir) = &args.out {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create", dir.display()))?;
         for ((w, i), img) in pairs.iter().zip(&images) {
             let p = dir.join(format!("{w}-{i}.png"));
-            img.save(&p).with_context(|| format!("{}: cannot write", p.display()))?;
+            img.save(&p)
+                .with_context(|| format!("{}: cannot write", p.display()))?;
         }
-        let mut csv = format!("{banner}\nword,ink,p_ink,p_word,top1,published_p_ink,published_p_word\n");
+        let mut csv =
+            format!("{banner}\nword,ink,p_ink,p_word,top1,published_p_ink,published_p_word\n");
         let opt = |v: Option<f64>| v.map(|v| format!("{v:.6}")).unwrap_or_default();
         for r in &rows {
             csv.push_str(&format!(
@@ -837,7 +855,10 @@ pub fn run_stroop(args: StroopArgs) -> Result<()> {
     );
     for r in &rows {
         let pubcols = if published.is_some() {
-            let f = |v: Option<f64>| v.map(|v| format!("{v:>11.4}")).unwrap_or(format!("{:>11}", "-"));
+            let f = |v: Option<f64>| {
+                v.map(|v| format!("{v:>11.4}"))
+                    .unwrap_or(format!("{:>11}", "-"))
+            };
             format!("  {} {}", f(r.published_p_ink), f(r.published_p_word))
         } else {
             String::new()

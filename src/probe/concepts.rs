@@ -257,7 +257,11 @@ fn nnls_gram(g: &[Vec<f64>], c: &[f64], k: usize) -> Vec<f64> {
 /// small). A singular sub-system (duplicate concepts) gets a tiny ridge.
 fn solve_sub(g: &[Vec<f64>], c: &[f64], p: &[usize]) -> Vec<f64> {
     let n = p.len();
-    let scale = p.iter().map(|&i| g[i][i]).fold(0.0f64, f64::max).max(1e-300);
+    let scale = p
+        .iter()
+        .map(|&i| g[i][i])
+        .fold(0.0f64, f64::max)
+        .max(1e-300);
     let mut m: Vec<Vec<f64>> = p
         .iter()
         .enumerate()
@@ -328,12 +332,17 @@ mod tests {
         let v = combine(&terms, &e).unwrap();
         let s = std::f64::consts::FRAC_1_SQRT_2;
         assert!((f64::try_from(v.get(0)).unwrap() - s).abs() < 1e-6);
-        let cands = Tensor::from_slice(&[0.0f32, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0]).view([3, 3]);
+        let cands =
+            Tensor::from_slice(&[0.0f32, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0]).view([3, 3]);
         let r = rank(&v, &cands, 2);
         assert_eq!(r[0].0, 1);
         assert!((r[0].1 - 1.0).abs() < 1e-6);
         assert_eq!(r[1].0, 2);
-        assert!(combine(&parse_expression("a - a").unwrap(), &e.narrow(0, 0, 1).repeat([2, 1])).is_err());
+        assert!(combine(
+            &parse_expression("a - a").unwrap(),
+            &e.narrow(0, 0, 1).repeat([2, 1])
+        )
+        .is_err());
     }
 
     #[test]

@@ -135,9 +135,7 @@ pub fn fit_logistic(
         )));
     }
     let c = n_classes as i64;
-    let onehot = Tensor::from_slice(y)
-        .one_hot(c)
-        .to_kind(Kind::Double);
+    let onehot = Tensor::from_slice(y).one_hot(c).to_kind(Kind::Double);
     let obj = Objective {
         x,
         onehot,
@@ -324,9 +322,8 @@ impl LinearProbe {
 
     /// Probabilities `[N, C]` (f32, CPU) for raw image embeddings `[N, D]` (normalised here).
     pub fn probs(&self, image_features: &Tensor) -> Tensor {
-        let x = crate::model::l2_normalize(
-            &image_features.to_device(Device::Cpu).to_kind(Kind::Float),
-        );
+        let x =
+            crate::model::l2_normalize(&image_features.to_device(Device::Cpu).to_kind(Kind::Float));
         let rows: Vec<Tensor> = self.weight.iter().map(|r| Tensor::from_slice(r)).collect();
         let w = Tensor::stack(&rows, 0);
         let b = Tensor::from_slice(&self.bias);
@@ -365,7 +362,11 @@ impl LinearProbe {
         if self.bias.len() != self.classes.len() {
             return Err(bad(
                 "bias",
-                format!("{} entries for {} classes", self.bias.len(), self.classes.len()),
+                format!(
+                    "{} entries for {} classes",
+                    self.bias.len(),
+                    self.classes.len()
+                ),
             ));
         }
         Ok(())
@@ -446,8 +447,7 @@ mod tests {
         let w = fit.weight.copy().set_requires_grad(true);
         let b = fit.bias.copy().set_requires_grad(true);
         let onehot = Tensor::from_slice(&y).one_hot(3).to_kind(Kind::Double);
-        let loss = -(logits(&x, &w, &b).log_softmax(-1, Kind::Double) * onehot)
-            .sum(Kind::Double)
+        let loss = -(logits(&x, &w, &b).log_softmax(-1, Kind::Double) * onehot).sum(Kind::Double)
             / 60.0
             + w.square().sum(Kind::Double) * (0.5 * s.l2);
         loss.backward();

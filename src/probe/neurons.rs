@@ -42,7 +42,10 @@ pub struct LayerSite {
 
 /// Resolves a `--layer` value for a model (see the module docs for the accepted names; the full
 /// site name is accepted too).
-pub fn resolve_layer(config: &crate::model::ClipConfig, layer: &str) -> Result<LayerSite, ProbeError> {
+pub fn resolve_layer(
+    config: &crate::model::ClipConfig,
+    layer: &str,
+) -> Result<LayerSite, ProbeError> {
     let l = layer.trim().trim_start_matches("visual.");
     let bad = |why: String| ProbeError::Site(format!("--layer {layer}: {why}"));
     match &config.vision {
@@ -57,7 +60,10 @@ pub fn resolve_layer(config: &crate::model::ClipConfig, layer: &str) -> Result<L
                 });
             }
             let rest = l.strip_prefix("layer").ok_or_else(|| {
-                bad("a ModifiedResNet layer is layerS, layerS.M (S = 1..4) or attnpool.input".into())
+                bad(
+                    "a ModifiedResNet layer is layerS, layerS.M (S = 1..4) or attnpool.input"
+                        .into(),
+                )
             })?;
             let (s, m) = match rest.split_once('.') {
                 Some((s, m)) => (s, Some(m)),
@@ -76,9 +82,7 @@ pub fn resolve_layer(config: &crate::model::ClipConfig, layer: &str) -> Result<L
                         .parse()
                         .ok()
                         .filter(|m| (0..blocks).contains(m))
-                        .ok_or_else(|| {
-                            bad(format!("stage {s} has blocks 0..{}", blocks - 1))
-                        })?;
+                        .ok_or_else(|| bad(format!("stage {s} has blocks 0..{}", blocks - 1)))?;
                     format!("visual.layer{s}.{m}")
                 }
             };
@@ -89,7 +93,9 @@ pub fn resolve_layer(config: &crate::model::ClipConfig, layer: &str) -> Result<L
             })
         }
         VisionConfig::VisionTransformer { width, layers, .. } => {
-            let l = l.trim_start_matches("transformer.").trim_start_matches("resblocks.");
+            let l = l
+                .trim_start_matches("transformer.")
+                .trim_start_matches("resblocks.");
             let (n, sub) = match l.split_once('.') {
                 Some((n, sub)) => (n, Some(sub)),
                 None => (l, None),
@@ -131,7 +137,8 @@ pub fn pool(activation: &Tensor, layout: SiteLayout) -> Tensor {
         SiteLayout::Channels => a.mean_dim([2i64, 3].as_slice(), false, Kind::Float),
         SiteLayout::Tokens => {
             let l = a.size()[1];
-            a.narrow(1, 1, l - 1).mean_dim([1i64].as_slice(), false, Kind::Float)
+            a.narrow(1, 1, l - 1)
+                .mean_dim([1i64].as_slice(), false, Kind::Float)
         }
     }
 }
@@ -165,7 +172,11 @@ pub fn top_activating(acts: &Tensor, unit: i64, k: usize) -> Vec<(usize, f64)> {
     let col = Vec::<f32>::try_from(acts.select(1, unit).contiguous()).expect("f32");
     let mut order: Vec<usize> = (0..col.len()).collect();
     order.sort_by(|&a, &b| col[b].total_cmp(&col[a]).then(a.cmp(&b)));
-    order.into_iter().take(k).map(|i| (i, col[i] as f64)).collect()
+    order
+        .into_iter()
+        .take(k)
+        .map(|i| (i, col[i] as f64))
+        .collect()
 }
 
 /// The `k` units with the largest variance across the rows of `acts [N, U]` (the units that
@@ -218,11 +229,11 @@ pub fn activation_change(clean: &Tensor, attacked: &Tensor, units: &[i64]) -> Ve
     } else {
         vec![0.0; cm.len()]
     };
-    let up = Vec::<f64>::try_from(
-        a.gt_tensor(&c)
-            .to_kind(Kind::Double)
-            .mean_dim([0i64].as_slice(), false, Kind::Double),
-    )
+    let up = Vec::<f64>::try_from(a.gt_tensor(&c).to_kind(Kind::Double).mean_dim(
+        [0i64].as_slice(),
+        false,
+        Kind::Double,
+    ))
     .expect("f64");
     let mut rows: Vec<UnitChange> = all
         .into_iter()
@@ -239,7 +250,11 @@ pub fn activation_change(clean: &Tensor, attacked: &Tensor, units: &[i64]) -> Ve
             }
         })
         .collect();
-    rows.sort_by(|x, y| y.mean_change.total_cmp(&x.mean_change).then(x.unit.cmp(&y.unit)));
+    rows.sort_by(|x, y| {
+        y.mean_change
+            .total_cmp(&x.mean_change)
+            .then(x.unit.cmp(&y.unit))
+    });
     rows
 }
 
@@ -291,7 +306,12 @@ pub fn thumbnail_data_uri(img: &RgbImage) -> String {
 /// A self-contained HTML page (inline CSS, thumbnails as data URIs, nothing fetched). Its first
 /// line is `<!-- {first_line} -->` (the random-weights banner when it applies), repeated
 /// visibly at the top of the page.
-pub fn contact_sheet_html(first_line: &str, title: &str, notes: &[String], rows: &[SheetRow]) -> String {
+pub fn contact_sheet_html(
+    first_line: &str,
+    title: &str,
+    notes: &[String],
+    rows: &[SheetRow],
+) -> String {
     use html_escape::encode_text as esc;
     let mut s = String::new();
     s.push_str(&format!("<!-- {} -->\n", first_line.replace("--", "- -")));
@@ -311,7 +331,10 @@ pub fn contact_sheet_html(first_line: &str, title: &str, notes: &[String], rows:
         s.push_str(&format!("<p>{}</p>\n", esc(n)));
     }
     for row in rows {
-        s.push_str(&format!("<h2>{}</h2>\n<div class=\"row\">\n", esc(&row.title)));
+        s.push_str(&format!(
+            "<h2>{}</h2>\n<div class=\"row\">\n",
+            esc(&row.title)
+        ));
         for e in &row.entries {
             s.push_str(&format!(
                 "<figure><img src=\"{}\" alt=\"{}\"><figcaption>{}</figcaption></figure>\n",
@@ -344,9 +367,18 @@ mod tests {
         let mlp = resolve_layer(&vit, "resblocks.11.mlp").unwrap();
         assert_eq!(
             (mlp.site.as_str(), mlp.units, mlp.layout),
-            ("visual.transformer.resblocks.11.mlp.c_fc", 3072, SiteLayout::Tokens)
+            (
+                "visual.transformer.resblocks.11.mlp.c_fc",
+                3072,
+                SiteLayout::Tokens
+            )
         );
-        assert_eq!(resolve_layer(&vit, "visual.transformer.resblocks.3").unwrap().units, 768);
+        assert_eq!(
+            resolve_layer(&vit, "visual.transformer.resblocks.3")
+                .unwrap()
+                .units,
+            768
+        );
         assert!(resolve_layer(&vit, "resblocks.12").is_err());
         assert!(resolve_layer(&vit, "resblocks.1.attn").is_err());
     }
@@ -354,7 +386,10 @@ mod tests {
     #[test]
     fn pooling_excludes_the_class_token() {
         let x = Tensor::from_slice(&[100.0f32, 1.0, 3.0]).view([1, 3, 1]);
-        assert_eq!(f64::try_from(pool(&x, SiteLayout::Tokens).get(0).get(0)).unwrap(), 2.0);
+        assert_eq!(
+            f64::try_from(pool(&x, SiteLayout::Tokens).get(0).get(0)).unwrap(),
+            2.0
+        );
         let y = Tensor::arange(8, (Kind::Float, tch::Device::Cpu)).view([1, 2, 2, 2]);
         let p = Vec::<f32>::try_from(pool(&y, SiteLayout::Channels).get(0)).unwrap();
         assert_eq!(p, vec![1.5, 5.5]);
@@ -393,8 +428,16 @@ mod tests {
         assert!(html.contains("data:image/png;base64,"));
         assert!(html.contains("unit &lt;7&gt;"));
         assert!(!html.contains("http://") && !html.contains("https://"));
-        let b64 = html.split("base64,").nth(1).unwrap().split('"').next().unwrap();
-        let png = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+        let b64 = html
+            .split("base64,")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
         let back = image::load_from_memory(&png).unwrap();
         assert_eq!((back.width(), back.height()), (128, 85));
     }

@@ -106,7 +106,9 @@ pub fn colour_classifier(
     };
     let templates = TemplateSet::parse("stroop", STROOP_TEMPLATE)
         .map_err(|e| ProbeError::Invalid(e.to_string()))?;
-    Ok(ZeroShotClassifier::build(model, tokenizer, labels, templates))
+    Ok(ZeroShotClassifier::build(
+        model, tokenizer, labels, templates,
+    ))
 }
 
 /// Runs the experiment: renders each pair, encodes the stimuli in batches and scores them.

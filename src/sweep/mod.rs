@@ -396,7 +396,11 @@ pub fn run_physical(
     let probe_labels = settings.linear_probe.as_ref().map(|p| {
         let mut l = p.label_set();
         for c in l.classes.iter_mut() {
-            if let Some(i) = c.wnid.as_deref().and_then(|w| classifier.labels.index_of_wnid(w)) {
+            if let Some(i) = c
+                .wnid
+                .as_deref()
+                .and_then(|w| classifier.labels.index_of_wnid(w))
+            {
                 c.name = classifier.labels.classes[i].name.clone();
             }
         }
