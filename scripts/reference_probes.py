@@ -11,8 +11,8 @@ Writes into --out:
                                 excluded)
   concepts.safetensors + concepts.json   concept arithmetic on tiny-vit: unit concept
                                 embeddings (bare-word template), the weighted sum normalised,
-                                label embeddings ("a photo of a {}."), cosines; an image
-                                embedding decomposed by scipy.optimize.nnls over the labels
+                                label embeddings ("a photo of a {}."), cosines; a mixture
+                                of label and image embeddings decomposed by scipy.optimize.nnls
   logistic.safetensors + logistic.json   scikit-learn LogisticRegression (lbfgs, multinomial,
                                 L2) on synthetic features: coef, intercept, predict_proba
 """
@@ -91,10 +91,13 @@ def concepts(model, images, out_dir):
         lab = norm(model.encode_text(tokenizer([f"a photo of a {c}." for c in labels])).double(), dim=-1)
         cos = lab @ v
         x = norm(model.encode_image(images[:1]).double(), dim=-1)[0]
-    weights, rnorm = nnls(lab.numpy().T, x.numpy(), maxiter=10000)
+    # A random image embedding points away from every label here (random weights), which would
+    # make the decomposition trivially zero: decompose a mixture with positive and negative parts.
+    target = norm(0.6 * lab[2] + 0.3 * lab[7] - 0.4 * lab[4] + 0.2 * x, dim=-1)
+    weights, rnorm = nnls(lab.numpy().T, target.numpy(), maxiter=10000)
     save_file({"concept_embeddings": emb.contiguous(), "vector": v.contiguous(),
                "label_embeddings": lab.contiguous(), "label_cosines": cos.contiguous(),
-               "image_embedding": x.contiguous(),
+               "image_embedding": x.contiguous(), "nnls_target": target.contiguous(),
                "nnls_weights": torch.from_numpy(weights).contiguous()},
               os.path.join(out_dir, "concepts.safetensors"))
     with open(os.path.join(out_dir, "concepts.json"), "w") as f:

@@ -184,13 +184,13 @@ fn concept_arithmetic_equals_python() {
 #[test]
 fn decomposition_equals_scipy_nnls() {
     let t = read_tensors(&fixtures().join("concepts.safetensors"));
-    let d = concepts::decompose(&t["image_embedding"], &t["label_embeddings"], 0.0).unwrap();
+    let d = concepts::decompose(&t["nnls_target"], &t["label_embeddings"], 0.0).unwrap();
     let want = Vec::<f64>::try_from(&t["nnls_weights"]).unwrap();
     for (i, (a, b)) in d.weights.iter().zip(&want).enumerate() {
         assert!((a - b).abs() < 1e-6, "weight {i}: {a} vs scipy {b}");
     }
     assert!(want.iter().any(|&w| w > 0.0) && want.contains(&0.0));
-    // And the embeddings typoclip computes itself give the same decomposition's support.
+    // And the image embedding typoclip computes is the one the reference used.
     let _g = tch::no_grad_guard();
     let m = model("tiny-vit");
     let io = read_tensors(&fixtures().join("tiny-vit.probes.safetensors"));
@@ -638,7 +638,7 @@ fn probe_fit_then_sweep_reports_probe_metrics() {
 
     let run = dir.path().join("run");
     let spec = common::repo().join("attacks/ipod-label.toml");
-    stdout(&typoclip(&[
+    let text = stdout(&typoclip(&[
         "sweep",
         "--model",
         model,
@@ -652,6 +652,7 @@ fn probe_fit_then_sweep_reports_probe_metrics() {
         probe.to_str().unwrap(),
         "--quiet",
     ]));
+    assert!(text.contains("  linear probe: ipod"), "{text}");
     let records = std::fs::read_to_string(run.join("records.jsonl")).unwrap();
     assert_eq!(records.lines().count(), 18);
     let loaded = typoclip::probe::linear::LinearProbe::load(&probe).unwrap();
@@ -678,6 +679,9 @@ fn probe_fit_then_sweep_reports_probe_metrics() {
         .count();
     assert_eq!(v["clean_accuracy"]["k"], correct as u64);
     assert!(run.join("summary_probe.csv").exists());
+    let zs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(zs["linear_probe"][0], *v);
     let prov = std::fs::read_to_string(run.join("provenance.json")).unwrap();
     assert!(prov.contains("\"linear_probe\""));
     // A probe fitted on another model is refused before any work.

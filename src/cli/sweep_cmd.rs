@@ -224,27 +224,31 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
             summary.errors,
             args.out.display()
         );
-        for v in &summary.variants {
-            let pct = |r: &Option<crate::metrics::Rate>| {
-                r.map(|r| {
-                    format!(
-                        "{:.1}% [{:.1}, {:.1}]",
-                        100.0 * r.value,
-                        100.0 * r.lo,
-                        100.0 * r.hi
-                    )
-                })
-                .unwrap_or_else(|| "-".into())
-            };
-            println!(
-                "  {:<12} n={:<5} clean acc {}  attacked acc {}  changed to target {}  ASR {}",
-                v.variant,
-                v.records - v.errors,
-                pct(&v.clean_accuracy),
-                pct(&v.attacked_accuracy),
-                pct(&v.fraction_changed_to),
-                pct(&v.attack_success_rate)
-            );
+        let pct = |r: &Option<crate::metrics::Rate>| {
+            r.map(|r| {
+                format!(
+                    "{:.1}% [{:.1}, {:.1}]",
+                    100.0 * r.value,
+                    100.0 * r.lo,
+                    100.0 * r.hi
+                )
+            })
+            .unwrap_or_else(|| "-".into())
+        };
+        let scorers = std::iter::once(("", &summary.variants))
+            .chain(summary.linear_probe.as_ref().map(|v| ("linear probe: ", v)));
+        for (scorer, variants) in scorers {
+            for v in variants {
+                println!(
+                    "  {scorer}{:<12} n={:<5} clean acc {}  attacked acc {}  changed to target {}  ASR {}",
+                    v.variant,
+                    v.records - v.errors,
+                    pct(&v.clean_accuracy),
+                    pct(&v.attacked_accuracy),
+                    pct(&v.fraction_changed_to),
+                    pct(&v.attack_success_rate)
+                );
+            }
         }
     }
     Ok(())

@@ -164,6 +164,10 @@ pub struct SweepSummary {
     pub errors: usize,
     /// Per-variant metrics.
     pub variants: Vec<VariantSummary>,
+    /// With `--probe`: the same metrics for the linear probe's predictions (also written to
+    /// `summary_probe.json` / `summary_probe.csv`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub linear_probe: Option<Vec<VariantSummary>>,
 }
 
 /// Errors that stop a sweep before or during work (bad images do not: they become records).
@@ -484,20 +488,26 @@ pub fn run_physical(
         bar.set_position(done.len() as u64);
     }
     bar.finish_and_clear();
+    let warning = provenance.random_weights.then(|| provenance.banner());
+    let probe_view: Option<Vec<Record>> = settings
+        .linear_probe
+        .as_ref()
+        .map(|_| done.iter().filter_map(Record::linear_probe_view).collect());
     let summary = SweepSummary {
-        warning: provenance.random_weights.then(|| provenance.banner()),
+        warning: warning.clone(),
         records: done.len(),
         errors: done.iter().filter(|r| r.error.is_some()).count(),
         variants: summarize(&done),
+        linear_probe: probe_view.as_deref().map(summarize),
     };
     write_summary(out, &summary)?;
-    if settings.linear_probe.is_some() {
-        let view: Vec<Record> = done.iter().filter_map(Record::linear_probe_view).collect();
+    if let Some(view) = &probe_view {
         let probe_summary = SweepSummary {
-            warning: summary.warning.clone(),
+            warning,
             records: view.len(),
             errors: view.iter().filter(|r| r.error.is_some()).count(),
-            variants: summarize(&view),
+            variants: summarize(view),
+            linear_probe: None,
         };
         write_summary_named(out, "summary_probe", &probe_summary)?;
     }
