@@ -285,10 +285,9 @@ fn stroop_stimuli_are_the_word_in_the_ink() {
                 .filter(|&c| ink[c] < 200)
                 .map(|c| (1.0 - lin(p.0[c])) / (1.0 - lin(ink[c])))
                 .collect();
-            for c in 0..3 {
-                let (lo, hi) = (ink[c].min(255), 255);
+            for (v, i) in p.0.iter().zip(ink) {
                 assert!(
-                    (lo..=hi).contains(&p.0[c]),
+                    (i..=255).contains(v),
                     "{word}/{ink_name}: {p:?} outside white..ink"
                 );
             }

@@ -277,14 +277,12 @@ fn solve_sub(g: &[Vec<f64>], c: &[f64], p: &[usize]) -> Vec<f64> {
             .max_by(|&a, &b| m[a][col].abs().total_cmp(&m[b][col].abs()))
             .expect("non-empty");
         m.swap(col, piv);
-        let d = m[col][col];
-        for r in 0..n {
-            if r != col {
-                let f = m[r][col] / d;
-                if f != 0.0 {
-                    for k2 in col..=n {
-                        m[r][k2] -= f * m[col][k2];
-                    }
+        let pivot_row = m[col].clone();
+        for (r, row) in m.iter_mut().enumerate() {
+            let f = row[col] / pivot_row[col];
+            if r != col && f != 0.0 {
+                for (x, p) in row.iter_mut().zip(&pivot_row).skip(col) {
+                    *x -= f * p;
                 }
             }
         }
