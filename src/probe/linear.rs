@@ -307,6 +307,25 @@ pub struct LinearProbe {
     pub bias: Vec<f32>,
 }
 
+/// A probe's weights as tensors (CPU, f32).
+#[derive(Debug)]
+pub struct ProbeScorer {
+    /// `[D, C]`.
+    weight_t: Tensor,
+    /// `[C]`.
+    bias: Tensor,
+}
+
+impl ProbeScorer {
+    /// Probabilities `[N, C]` (f32, CPU) for raw image embeddings `[N, D]` (normalised here,
+    /// as the features the probe was fitted on).
+    pub fn probs(&self, image_features: &Tensor) -> Tensor {
+        let x =
+            crate::model::l2_normalize(&image_features.to_device(Device::Cpu).to_kind(Kind::Float));
+        (x.matmul(&self.weight_t) + &self.bias).softmax(-1, Kind::Float)
+    }
+}
+
 /// The format tag of [`LinearProbe`] files.
 pub const PROBE_FORMAT: &str = "typoclip-linear-probe-v1";
 /// The feature description of probes fitted by typoclip.
@@ -320,14 +339,18 @@ impl LinearProbe {
         self.bias = Vec::<f32>::try_from(fit.bias.to_kind(Kind::Float)).expect("f32 vector");
     }
 
+    /// The weights as tensors, for scoring many images.
+    pub fn scorer(&self) -> ProbeScorer {
+        let rows: Vec<Tensor> = self.weight.iter().map(|r| Tensor::from_slice(r)).collect();
+        ProbeScorer {
+            weight_t: Tensor::stack(&rows, 0).transpose(0, 1).contiguous(),
+            bias: Tensor::from_slice(&self.bias),
+        }
+    }
+
     /// Probabilities `[N, C]` (f32, CPU) for raw image embeddings `[N, D]` (normalised here).
     pub fn probs(&self, image_features: &Tensor) -> Tensor {
-        let x =
-            crate::model::l2_normalize(&image_features.to_device(Device::Cpu).to_kind(Kind::Float));
-        let rows: Vec<Tensor> = self.weight.iter().map(|r| Tensor::from_slice(r)).collect();
-        let w = Tensor::stack(&rows, 0);
-        let b = Tensor::from_slice(&self.bias);
-        (x.matmul(&w.transpose(0, 1)) + b).softmax(-1, Kind::Float)
+        self.scorer().probs(image_features)
     }
 
     /// Checks shapes and the format tag; `origin` names the file in errors.

@@ -397,7 +397,7 @@ pub fn run_physical(
     }
     // The probe's class names in the zero-shot label set's spelling where the WordNet ids agree,
     // so true labels and targets compare across the two scorers.
-    let probe_labels = settings.linear_probe.as_ref().map(|p| {
+    let probe_scorer = settings.linear_probe.as_ref().map(|p| {
         let mut l = p.label_set();
         for c in l.classes.iter_mut() {
             if let Some(i) = c
@@ -408,7 +408,7 @@ pub fn run_physical(
                 c.name = classifier.labels.classes[i].name.clone();
             }
         }
-        l
+        (p.scorer(), l)
     });
     let image_batch = settings.batch_size * 2;
     let mut features: HashMap<usize, Result<(Tensor, f64), String>> = HashMap::new();
@@ -460,8 +460,8 @@ pub fn run_physical(
             let rec = match (clean, attacked) {
                 (Ok((cf, _)), Ok((af, l0))) => {
                     let mut rec = score(c, cf, af, classifier, settings.mode, *l0);
-                    if let (Some(p), Some(labels)) = (&settings.linear_probe, &probe_labels) {
-                        let probs = p.probs(&Tensor::stack(&[cf, af], 0));
+                    if let Some((scorer, labels)) = &probe_scorer {
+                        let probs = scorer.probs(&Tensor::stack(&[cf, af], 0));
                         rec.probe_clean_top5 = top5(&probs.get(0), labels);
                         rec.probe_attacked_top5 = top5(&probs.get(1), labels);
                     }
