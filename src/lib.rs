@@ -5,8 +5,9 @@
 //! [`model`] (CLIP towers, checkpoint loading, taps), [`tokenizer`] (CLIP BPE),
 //! [`preprocess`] (CLIP's resize/crop/normalise), [`dataset`] (reading images), [`attack`]
 //! (rendering text overlays), [`sweep`] (the evaluation pipeline), [`metrics`], [`records`],
-//! [`defense`] (mitigations as plug-ins at four hooks), [`report`] (HTML/Markdown reports and
-//! run comparison), [`cli`].
+//! [`defense`] (mitigations as plug-ins at four hooks), [`probe`] (neuron activations, concept
+//! arithmetic, Stroop, linear probes), [`report`] (HTML/Markdown reports and run comparison),
+//! [`cli`].
 
 pub mod attack;
 pub mod cli;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod model;
 pub mod npy;
 pub mod preprocess;
+pub mod probe;
 pub mod progress;
 pub mod records;
 pub mod registry;

@@ -56,6 +56,12 @@ pub struct Record {
     /// Why this sample could not be evaluated (corrupt image, …); other fields are then empty.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
+    /// Top-5 of the sweep's linear probe (`--probe`) on the clean image; empty without one.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub probe_clean_top5: Vec<Scored>,
+    /// Top-5 of the linear probe on the attacked image.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub probe_attacked_top5: Vec<Scored>,
 }
 
 impl Record {
@@ -72,6 +78,26 @@ impl Record {
     /// True when the record holds predictions (not an error).
     pub fn is_ok(&self) -> bool {
         self.error.is_none() && !self.clean_top5.is_empty() && !self.attacked_top5.is_empty()
+    }
+
+    /// The same outcome as the linear probe saw it: its top-5 in place of the zero-shot ones
+    /// (probabilities of the true class / target and the target rank are zero-shot-only and
+    /// left out). `None` when the record has no probe predictions.
+    pub fn linear_probe_view(&self) -> Option<Record> {
+        if self.probe_clean_top5.is_empty() && self.error.is_none() {
+            return None;
+        }
+        Some(Record {
+            sample_id: self.sample_id.clone(),
+            variant: self.variant.clone(),
+            true_label: self.true_label.clone(),
+            target: self.target.clone(),
+            clean_top5: self.probe_clean_top5.clone(),
+            attacked_top5: self.probe_attacked_top5.clone(),
+            l0: self.l0,
+            error: self.error.clone(),
+            ..Record::default()
+        })
     }
 
     /// One JSON line (no trailing newline).

@@ -137,6 +137,7 @@ fn write_run(dir: &Path, prov: &Provenance, recs: &[Record], with_summary: bool)
             records: recs.len(),
             errors: recs.iter().filter(|r| r.error.is_some()).count(),
             variants: summarize(recs),
+            linear_probe: None,
         };
         std::fs::write(
             dir.join("summary.json"),

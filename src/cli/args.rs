@@ -121,6 +121,19 @@ pub enum Command {
     /// Run a comparison plan (`attacks/defense-bench.toml`): fit, then one sweep per
     /// (attack, defense set) into `--out/<attack>/<defense>`.
     Bench(crate::cli::bench_cmd::BenchArgs),
+    /// Spatially pooled activations of image-tower units; top-activating images (HTML contact
+    /// sheet); activation change per unit under an attack.
+    Neurons(crate::cli::probe_cmd::NeuronsArgs),
+    /// Arithmetic over text embeddings (`finance + toys`): nearest labels / images; `--image`
+    /// decomposes an image as a sparse non-negative combination of concepts.
+    Concepts(crate::cli::probe_cmd::ConceptsArgs),
+    /// The Stroop experiment: colour words in other ink colours, P(ink) vs P(word).
+    Stroop(crate::cli::probe_cmd::StroopArgs),
+    /// Linear probes on frozen image embeddings: `fit`.
+    Probe {
+        #[command(subcommand)]
+        command: crate::cli::probe_cmd::ProbeCommand,
+    },
 }
 
 /// `typoclip sweep`.
@@ -190,4 +203,8 @@ pub struct SweepArgs {
     /// heads, flip, interpolate, projection. See `src/defense/`.
     #[arg(long = "defense")]
     pub defense: Vec<String>,
+    /// A linear probe (`typoclip probe fit`) fitted on this model: its top-5 go into the records
+    /// (`probe_clean_top5`, `probe_attacked_top5`) and its metrics into `summary_probe.json/csv`.
+    #[arg(long)]
+    pub probe: Option<PathBuf>,
 }

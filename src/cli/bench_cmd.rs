@@ -289,6 +289,7 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
                 variant: Vec::new(),
                 classes: None,
                 precision: "fp32".into(),
+                probe: None,
             })
             .with_context(|| format!("{stem} × {}", d.name))?;
             runs.push(BenchRun {

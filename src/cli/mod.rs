@@ -6,6 +6,7 @@ pub mod attack_cmd;
 pub mod bench_cmd;
 pub mod fit_cmd;
 pub mod models_cmd;
+pub mod probe_cmd;
 pub mod report_cmd;
 pub mod resolve;
 pub mod sweep_cmd;
@@ -217,6 +218,10 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Attacks { command } => attack_cmd::run_attacks(command),
         Command::Render(args) => attack_cmd::run_render(args),
+        Command::Neurons(args) => probe_cmd::run_neurons(args),
+        Command::Concepts(args) => probe_cmd::run_concepts(args),
+        Command::Stroop(args) => probe_cmd::run_stroop(args),
+        Command::Probe { command } => probe_cmd::run_probe(command),
     }
 }
 

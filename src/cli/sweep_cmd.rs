@@ -169,9 +169,39 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
     if defenses.any_fitted() {
         defenses.check_disjoint(&eval_set(&cells, spec.as_ref().map(|(s, _)| s))?)?;
     }
+    let linear_probe = match &args.probe {
+        Some(p) => Some((crate::probe::linear::LinearProbe::load(p)?, p)),
+        None => None,
+    };
     let mut m = open_model(&args.model)?;
     defenses.check_model(&m.model, &m.cache_id())?;
     defenses.adapt_model(&mut m.model)?;
+    let probe_note = match &linear_probe {
+        Some((probe, path)) => {
+            if probe.model_id != m.cache_id() {
+                bail!(
+                    "{}: model_id: the probe was fitted on `{}` ({}), this sweep uses `{}` ({})",
+                    path.display(),
+                    probe.model,
+                    probe.model_id,
+                    m.spec,
+                    m.cache_id()
+                );
+            }
+            if probe.dim() as i64 != m.model.config().embed_dim {
+                bail!(
+                    "{}: weight: rows of {} for embeddings of {}",
+                    path.display(),
+                    probe.dim(),
+                    m.model.config().embed_dim
+                );
+            }
+            let sha = crate::model::load::sha256_file(path)
+                .with_context(|| format!("{}: cannot read", path.display()))?;
+            Some(format!("{} (sha256 {sha})", path.display()))
+        }
+        None => None,
+    };
     let tok = ClipTokenizer::new();
     let cache = TextCache::new(cache_dir(args.model.cache_dir.as_deref()).join("text-classifiers"));
     // Defenses that change the text tower's output (weight interpolation) key their own entries.
@@ -228,6 +258,7 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
         defenses: defenses.records(),
         started: now_rfc3339(),
         finished: None,
+        linear_probe: probe_note,
     };
     let settings = SweepSettings {
         out_dir: args.out.clone(),
@@ -238,6 +269,7 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
         progress: !args.quiet,
         precision,
         defenses: std::sync::Arc::new(defenses),
+        linear_probe: linear_probe.map(|(p, _)| std::sync::Arc::new(p)),
     };
     if precision == crate::sweep::Precision::Bf16 {
         // After the fp32 text classifier: only the image tower runs in bfloat16.
@@ -265,27 +297,31 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
             summary.errors,
             args.out.display()
         );
-        for v in &summary.variants {
-            let pct = |r: &Option<crate::metrics::Rate>| {
-                r.map(|r| {
-                    format!(
-                        "{:.1}% [{:.1}, {:.1}]",
-                        100.0 * r.value,
-                        100.0 * r.lo,
-                        100.0 * r.hi
-                    )
-                })
-                .unwrap_or_else(|| "-".into())
-            };
-            println!(
-                "  {:<12} n={:<5} clean acc {}  attacked acc {}  changed to target {}  ASR {}",
-                v.variant,
-                v.records - v.errors,
-                pct(&v.clean_accuracy),
-                pct(&v.attacked_accuracy),
-                pct(&v.fraction_changed_to),
-                pct(&v.attack_success_rate)
-            );
+        let pct = |r: &Option<crate::metrics::Rate>| {
+            r.map(|r| {
+                format!(
+                    "{:.1}% [{:.1}, {:.1}]",
+                    100.0 * r.value,
+                    100.0 * r.lo,
+                    100.0 * r.hi
+                )
+            })
+            .unwrap_or_else(|| "-".into())
+        };
+        let scorers = std::iter::once(("", &summary.variants))
+            .chain(summary.linear_probe.as_ref().map(|v| ("linear probe: ", v)));
+        for (scorer, variants) in scorers {
+            for v in variants {
+                println!(
+                    "  {scorer}{:<12} n={:<5} clean acc {}  attacked acc {}  changed to target {}  ASR {}",
+                    v.variant,
+                    v.records - v.errors,
+                    pct(&v.clean_accuracy),
+                    pct(&v.attacked_accuracy),
+                    pct(&v.fraction_changed_to),
+                    pct(&v.attack_success_rate)
+                );
+            }
         }
     }
     Ok(())

@@ -78,6 +78,7 @@ impl RunData {
                     records: records.len(),
                     errors: records.iter().filter(|r| r.error.is_some()).count(),
                     variants: summarize(&records),
+                    linear_probe: None,
                 },
                 true,
             )

@@ -169,6 +169,9 @@ pub struct SweepSettings {
     /// Defenses applied at their hooks (image: before normalisation; model and score: at
     /// encoding). Empty: the plain pipeline.
     pub defenses: std::sync::Arc<crate::defense::DefenseStack>,
+    /// An extra scorer (`sweep --probe`): a linear probe whose top-5 go into the records and
+    /// whose metrics go into `summary_probe.json` / `summary_probe.csv`.
+    pub linear_probe: Option<std::sync::Arc<crate::probe::linear::LinearProbe>>,
 }
 
 /// The image tower's arithmetic in a sweep. `Bf16` runs the image encoder in bfloat16 (a copy of
@@ -224,6 +227,10 @@ pub struct SweepSummary {
     pub errors: usize,
     /// Per-variant metrics.
     pub variants: Vec<VariantSummary>,
+    /// With `--probe`: the same metrics for the linear probe's predictions (also written to
+    /// `summary_probe.json` / `summary_probe.csv`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub linear_probe: Option<Vec<VariantSummary>>,
 }
 
 /// Errors that stop a sweep before or during work (bad images do not: they become records).
@@ -420,6 +427,8 @@ fn score(
         target_rank_attacked: rank,
         l0,
         error: None,
+        probe_clean_top5: Vec::new(),
+        probe_attacked_top5: Vec::new(),
     }
 }
 
@@ -503,6 +512,21 @@ pub fn run_physical(
             uses[i] += 1;
         }
     }
+    // The probe's class names in the zero-shot label set's spelling where the WordNet ids agree,
+    // so true labels and targets compare across the two scorers.
+    let probe_scorer = settings.linear_probe.as_ref().map(|p| {
+        let mut l = p.label_set();
+        for c in l.classes.iter_mut() {
+            if let Some(i) = c
+                .wnid
+                .as_deref()
+                .and_then(|w| classifier.labels.index_of_wnid(w))
+            {
+                c.name = classifier.labels.classes[i].name.clone();
+            }
+        }
+        (p.scorer(), l)
+    });
     let image_batch = settings.batch_size * 2;
     let mut needed: Vec<usize> = (0..images.len())
         .filter(|&i| uses[i] > 0)
@@ -580,7 +604,15 @@ pub fn run_physical(
             };
             let c = &cells[next_cell];
             let rec = match (clean, attacked) {
-                (Ok((cf, _)), Ok((af, l0))) => score(c, cf, af, classifier, settings.mode, *l0),
+                (Ok((cf, _)), Ok((af, l0))) => {
+                    let mut rec = score(c, cf, af, classifier, settings.mode, *l0);
+                    if let Some((scorer, labels)) = &probe_scorer {
+                        let probs = scorer.probs(&Tensor::stack(&[cf, af], 0));
+                        rec.probe_clean_top5 = top5(&probs.get(0), labels);
+                        rec.probe_attacked_top5 = top5(&probs.get(1), labels);
+                    }
+                    rec
+                }
                 (Err(e), _) | (_, Err(e)) => Record {
                     sample_id: c.attacked.id.clone(),
                     clean_id: c.clean_id(),
@@ -618,13 +650,29 @@ pub fn run_physical(
         encoded_total as f64 / secs.max(1e-9)
     );
     bar.finish_and_clear();
+    let warning = provenance.random_weights.then(|| provenance.banner());
+    let probe_view: Option<Vec<Record>> = settings
+        .linear_probe
+        .as_ref()
+        .map(|_| done.iter().filter_map(Record::linear_probe_view).collect());
     let summary = SweepSummary {
-        warning: provenance.random_weights.then(|| provenance.banner()),
+        warning: warning.clone(),
         records: done.len(),
         errors: done.iter().filter(|r| r.error.is_some()).count(),
         variants: summarize(&done),
+        linear_probe: probe_view.as_deref().map(summarize),
     };
     write_summary(out, &summary)?;
+    if let Some(view) = &probe_view {
+        let probe_summary = SweepSummary {
+            warning,
+            records: view.len(),
+            errors: view.iter().filter(|r| r.error.is_some()).count(),
+            variants: summarize(view),
+            linear_probe: None,
+        };
+        write_summary_named(out, "summary_probe", &probe_summary)?;
+    }
     let mut finished = provenance.clone();
     finished.finish();
     finished.write(&out.join("provenance.json"))?;
@@ -653,8 +701,17 @@ fn fmt_rate(r: &Option<crate::metrics::Rate>) -> [String; 4] {
 /// Writes `summary.json` and `summary.csv` (atomically; the CSV's first line is the
 /// random-weights banner when it applies).
 pub fn write_summary(out: &Path, summary: &SweepSummary) -> Result<(), SweepError> {
+    write_summary_named(out, "summary", summary)
+}
+
+/// As [`write_summary`], into `<stem>.json` and `<stem>.csv`.
+pub fn write_summary_named(
+    out: &Path,
+    stem: &str,
+    summary: &SweepSummary,
+) -> Result<(), SweepError> {
     write_atomic(
-        &out.join("summary.json"),
+        &out.join(format!("{stem}.json")),
         &serde_json::to_vec_pretty(summary).expect("serialisable"),
     )?;
     let mut csv = String::new();
@@ -714,5 +771,5 @@ pub fn write_summary(out: &Path, summary: &SweepSummary) -> Result<(), SweepErro
         csv.push_str(&row.join(","));
         csv.push('\n');
     }
-    write_atomic(&out.join("summary.csv"), csv.as_bytes())
+    write_atomic(&out.join(format!("{stem}.csv")), csv.as_bytes())
 }

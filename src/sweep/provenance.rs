@@ -83,6 +83,9 @@ pub struct Provenance {
     /// End time (UTC, RFC 3339), once finished.
     #[serde(default)]
     pub finished: Option<String>,
+    /// The linear probe scored beside zero-shot (`--probe`): its file and sha256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linear_probe: Option<String>,
 }
 
 fn default_precision() -> String {
@@ -173,7 +176,13 @@ impl Provenance {
             ),
             ("defenses", &old_defenses, &new_defenses),
         ];
-        for (what, before, now) in fields {
+        let none = String::from("none");
+        let probe_field = (
+            "linear probe",
+            old.linear_probe.as_ref().unwrap_or(&none),
+            self.linear_probe.as_ref().unwrap_or(&none),
+        );
+        for (what, before, now) in fields.into_iter().chain([probe_field]) {
             if before != now {
                 let short = |s: &str| {
                     if s.len() > 40 {
