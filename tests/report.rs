@@ -116,6 +116,7 @@ fn provenance(random: bool, started: &str, finished: &str) -> Provenance {
         variant_filter: String::new(),
         libtorch_version: "2.13.0".into(),
         defenses: Vec::new(),
+        linear_probe: None,
         started: started.into(),
         finished: Some(finished.into()),
     }

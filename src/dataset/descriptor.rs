@@ -128,7 +128,7 @@ impl DatasetDescriptor {
 
     /// Validates descriptor text; `path` names it in errors and anchors a relative data folder.
     pub fn parse(text: &str, path: &Path) -> Result<(DatasetDescriptor, PathBuf), DatasetError> {
-        let d: DatasetDescriptor = toml::from_str(&text).map_err(|e| {
+        let d: DatasetDescriptor = toml::from_str(text).map_err(|e| {
             let (line, col) = e
                 .span()
                 .map(|s| {

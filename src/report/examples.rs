@@ -40,7 +40,7 @@ fn mix(s: &str, seed: u64) -> u64 {
 
 /// Up to `per_outcome` successes and as many failures, chosen by a seeded hash of
 /// (sample, variant) so the same run always shows the same examples.
-pub fn pick<'a>(records: &'a [Record], per_outcome: usize, seed: u64) -> Vec<&'a Record> {
+pub fn pick(records: &[Record], per_outcome: usize, seed: u64) -> Vec<&Record> {
     let mut ok: Vec<&Record> = records.iter().filter(|r| r.is_ok()).collect();
     ok.sort_by_key(|r| mix(&format!("{}#{}", r.sample_id, r.variant), seed));
     let succ = ok.iter().filter(|r| is_success(r)).take(per_outcome);

@@ -273,6 +273,9 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> SweepError {
     }
 }
 
+/// A decoded photo and its clean model input, or why it could not be read.
+type Decoded = Result<(RgbImage, RgbImage), String>;
+
 struct Prepared {
     index: usize,
     /// Preprocessed image and the attack's L0 fraction (0 for photos as they are).
@@ -306,7 +309,7 @@ fn prepare_images(
         std::thread::spawn(move || {
             // The last photo this worker decoded and its clean model input: the variants of
             // one image come one after another, so each photo is decoded and resized once.
-            let mut last: Option<(PathBuf, Result<(RgbImage, RgbImage), String>)> = None;
+            let mut last: Option<(PathBuf, Decoded)> = None;
             loop {
                 let next = jobs.lock().expect("job queue").next();
                 let Some((index, job)) = next else { break };
@@ -633,7 +636,7 @@ pub fn run_physical(
             lines.push('\n');
             done.push(rec);
             next_cell += 1;
-            if next_cell % settings.batch_size == 0 || next_cell == cells.len() {
+            if next_cell.is_multiple_of(settings.batch_size) || next_cell == cells.len() {
                 file.write_all(lines.as_bytes())
                     .map_err(|e| io_err(&records_path, e))?;
                 file.flush().map_err(|e| io_err(&records_path, e))?;
