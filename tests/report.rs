@@ -393,6 +393,30 @@ fn compare_ranks_runs_with_paired_tests_and_refuses_mismatches() {
         &records(true, false),
         true,
     );
+    // The defended run used a fitted defense: compare says on what it was fitted.
+    let prov_path = def.join("provenance.json");
+    let mut prov: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&prov_path).unwrap()).unwrap();
+    prov["defenses"] = serde_json::json!([{
+        "spec": "projection:k=2",
+        "name": "projection",
+        "hook": "score",
+        "params": {"k": 2},
+        "fitted": {
+            "artifact": "results/fitted/projection.json",
+            "sha256": "ab".repeat(32),
+            "calibration": {
+                "dataset": "calib-set",
+                "images": ["a.png", "b.png"],
+                "images_sha256": ["00", "11"],
+                "words": ["banana", "violin"],
+                "fonts": ["mono"],
+                "seed": 7,
+                "model_id": "test"
+            }
+        }
+    }]);
+    std::fs::write(&prov_path, serde_json::to_vec_pretty(&prov).unwrap()).unwrap();
     let out = run_typoclip(
         &[
             "compare",
@@ -437,6 +461,21 @@ fn compare_ranks_runs_with_paired_tests_and_refuses_mismatches() {
     let html = std::fs::read_to_string(out_dir.join("comparison.html")).unwrap();
     let doc = Html::parse_document(&html);
     assert_eq!(doc.select(&sel("table.leaderboard tbody tr")).count(), 2);
+    let fitted = doc
+        .select(&sel("table.fitted"))
+        .next()
+        .expect("fitted defenses table")
+        .text()
+        .collect::<String>();
+    for needle in [
+        "projection:k=2",
+        "calib-set: 2 images",
+        "banana, violin",
+        "mono",
+    ] {
+        assert!(fitted.contains(needle), "{needle} not in `{fitted}`");
+    }
+    assert!(col(&rows[1], "defenses").contains("projection:k=2"));
     assert!(std::fs::read_to_string(out_dir.join("comparison.md"))
         .unwrap()
         .starts_with("random weights"));

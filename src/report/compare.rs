@@ -231,6 +231,8 @@ pub struct Row {
     pub random: bool,
     /// What differs from the baseline (forced comparisons).
     pub differs: Vec<String>,
+    /// Fitted defenses (spec, artifact and calibration split).
+    pub fitted: Vec<(String, crate::defense::FittedRecord)>,
 }
 
 fn diff(a: Option<Rate>, b: Option<Rate>) -> Option<f64> {
@@ -301,6 +303,12 @@ pub fn leaderboard(dirs: &[PathBuf], opts: &CompareOptions) -> Result<Vec<Row>, 
                 .flatten(),
             random: run.provenance.random_weights,
             differs,
+            fitted: run
+                .provenance
+                .defenses
+                .iter()
+                .filter_map(|d| d.fitted.clone().map(|f| (d.spec.clone(), f)))
+                .collect(),
             metrics: m,
         });
     }
@@ -459,6 +467,55 @@ pub fn comparison_document(rows: &[Row]) -> Result<Document, ReportError> {
         title: "Leaderboard".into(),
         blocks,
     }];
+    let fitted_rows: Vec<Vec<Cell>> = rows
+        .iter()
+        .flat_map(|r| {
+            r.fitted.iter().map(move |(spec, f)| {
+                let c = &f.calibration;
+                vec![
+                    Cell::text(&r.name),
+                    Cell::text(spec),
+                    Cell::text(format!(
+                        "{} ({})",
+                        f.artifact,
+                        f.sha256.get(..12).unwrap_or(&f.sha256)
+                    )),
+                    Cell::text(format!("{}: {} images", c.dataset, c.images.len())),
+                    Cell::text(c.words.join(", ")),
+                    Cell::text(c.fonts.join(", ")),
+                    Cell::text(c.seed.to_string()),
+                ]
+            })
+        })
+        .collect();
+    if !fitted_rows.is_empty() {
+        sections.push(Section {
+            id: "fitted".into(),
+            title: "Fitted defenses and their calibration splits".into(),
+            blocks: vec![
+                Block::Para(
+                    "Learned defenses were fitted on these calibration splits; typoclip refuses \
+                     a sweep whose images, words or fonts overlap them."
+                        .into(),
+                ),
+                Block::Table(Table {
+                    headers: [
+                        "run",
+                        "defense",
+                        "artifact",
+                        "calibration images",
+                        "words",
+                        "fonts",
+                        "seed",
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                    rows: fitted_rows,
+                    class: "fitted".into(),
+                }),
+            ],
+        });
+    }
     if !notes.is_empty() {
         sections.push(Section {
             id: "differences".into(),

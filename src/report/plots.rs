@@ -198,7 +198,7 @@ mod tests {
         let svg = bar_chart("t", "rate", &items).unwrap();
         assert!(svg.contains("<svg"));
         assert!(svg.trim_end().ends_with("</svg>"));
-        assert!(svg.contains(">a<") && svg.contains(">b<"));
+        assert!(svg.contains(">\na\n</text>") && svg.contains(">\nb\n</text>"));
     }
 
     #[test]

@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::document::{Block, Cell, Table};
+use super::rate_cell;
 use super::run::RunData;
-use crate::metrics::{summarize_variant, Rate};
+use crate::metrics::summarize_variant;
 use crate::records::Record;
 
 /// The published data, compiled in.
@@ -98,21 +99,6 @@ impl DistillReference {
 
 fn pct(v: f64) -> Cell {
     Cell::number(format!("{:.1}%", 100.0 * v), v)
-}
-
-fn rate_cell(r: Option<Rate>) -> Cell {
-    match r {
-        Some(r) => Cell::number(
-            format!(
-                "{:.1}% [{:.1}, {:.1}]",
-                100.0 * r.value,
-                100.0 * r.lo,
-                100.0 * r.hi
-            ),
-            r.value,
-        ),
-        None => Cell::none(),
-    }
 }
 
 fn top1(list: &[(f64, String)]) -> Option<&(f64, String)> {
