@@ -605,15 +605,15 @@ pub fn build_report(run: &RunData, opts: &ReportOptions) -> Result<Document, Rep
     })
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename.
+/// Writes `bytes` to `path` atomically ([`crate::sweep::write_atomic`]), as a report error.
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
-    let tmp = path.with_extension("tmp");
-    let fail = |p: &Path, e: std::io::Error| ReportError::Write {
-        path: p.display().to_string(),
-        message: e.to_string(),
-    };
-    std::fs::write(&tmp, bytes).map_err(|e| fail(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| fail(path, e))
+    crate::sweep::write_atomic(path, bytes).map_err(|e| match e {
+        crate::sweep::SweepError::Io { path, message } => ReportError::Write { path, message },
+        other => ReportError::Write {
+            path: path.display().to_string(),
+            message: other.to_string(),
+        },
+    })
 }
 
 /// `typoclip report`: writes `report.html` and `report.md` into the run folder; returns their

@@ -683,7 +683,7 @@ pub fn run_physical(
 }
 
 /// Writes a file through a temporary sibling and a rename, so readers never see half of it.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SweepError> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SweepError> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).map_err(|e| io_err(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
