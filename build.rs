@@ -16,6 +16,7 @@ fn main() {
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/refs/heads");
     println!("cargo:rerun-if-changed=csrc/jit_shim.cpp");
+    println!("cargo:rerun-if-changed=csrc/onednn_shim.cpp");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let lib_dir = std::env::var("DEP_TCH_LIBTORCH_LIB")
         .expect("torch-sys did not export its libtorch lib dir (DEP_TCH_LIBTORCH_LIB)");
@@ -34,6 +35,7 @@ fn main() {
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("csrc/jit_shim.cpp")
+        .file("csrc/onednn_shim.cpp")
         .compile("typoclip_jit_shim");
     println!("cargo:rustc-link-search=native={}", lib_dir.display());
     println!("cargo:rustc-link-lib=dylib=torch_cpu");

@@ -10,6 +10,7 @@ use tch::{Device, Kind, Tensor};
 use typoclip::model::{ClipConfig, ClipModel};
 
 fn main() {
+    typoclip::model::kernels::retain_freed_memory();
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))

@@ -11,6 +11,7 @@ use typoclip::tokenizer::ClipTokenizer;
 use typoclip::zeroshot::{encode_prompts, encode_prompts_padded, LabelSet, TemplateSet};
 
 fn main() {
+    typoclip::model::kernels::retain_freed_memory();
     let classes: usize = std::env::var("TYPOCLIP_BENCH_CLASSES")
         .ok()
         .and_then(|s| s.parse().ok())

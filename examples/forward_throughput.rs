@@ -11,6 +11,7 @@ use typoclip::model::config::ClipConfig;
 use typoclip::model::ClipModel;
 
 fn main() {
+    typoclip::model::kernels::retain_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let arch = args.get(1).map(String::as_str).unwrap_or("ViT-B-32");
     let batch: i64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(32);

@@ -30,6 +30,7 @@ pub const EXIT_USAGE: u8 = 2;
 
 /// Parses `std::env::args`, runs, and returns the process exit code.
 pub fn main_exit_code() -> std::process::ExitCode {
+    crate::model::kernels::retain_freed_memory();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod jit;
+pub mod kernels;
 pub mod load;
 pub mod pickle;
 pub mod probe;

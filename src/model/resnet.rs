@@ -5,6 +5,7 @@
 
 use tch::{nn, Tensor};
 
+use super::kernels;
 use super::probe::Probe;
 use super::transformer::{param, split_heads, Linear};
 
@@ -254,7 +255,12 @@ impl ModifiedResNet {
     }
 
     pub(crate) fn forward(&self, images: &Tensor, probe: &mut Probe) -> Tensor {
-        let x = self.bn1.forward(&self.conv1.forward(images)).relu();
+        let images = if kernels::uses_onednn(images) {
+            kernels::channels_last(images)
+        } else {
+            images.shallow_clone()
+        };
+        let x = self.bn1.forward(&self.conv1.forward(&images)).relu();
         let x = self.bn2.forward(&self.conv2.forward(&x)).relu();
         let x = self.bn3.forward(&self.conv3.forward(&x)).relu();
         let mut x = avg_pool(&x, 2);

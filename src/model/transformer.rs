@@ -4,6 +4,7 @@
 
 use tch::{nn, Tensor};
 
+use super::kernels;
 use super::probe::Probe;
 
 /// Creates a trainable parameter at `p / name`, normal(0, std) initialised.
@@ -56,7 +57,12 @@ impl Linear {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, Some(&self.bias))
+        kernels::linear(x, &self.weight, Some(&self.bias))
+    }
+
+    /// `residual + forward(x)`, the add fused into the kernel where it can be.
+    pub(crate) fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Tensor {
+        kernels::linear_add(x, &self.weight, Some(&self.bias), residual)
     }
 }
 
@@ -94,10 +100,17 @@ impl MultiheadAttention {
         }
     }
 
-    /// Self-attention over `[B, L, W]`; `causal` masks future tokens (text tower).
-    fn forward(&self, x: &Tensor, causal: bool, site: &str, probe: &mut Probe) -> Tensor {
+    /// `residual` + self-attention over `x` `[B, L, W]`; `causal` masks future tokens (text tower).
+    fn forward_add(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        causal: bool,
+        site: &str,
+        probe: &mut Probe,
+    ) -> Tensor {
         let (b, l, w) = x.size3().expect("[B, L, W]");
-        if !causal && !probe.touches(site) && !x.requires_grad() {
+        if !causal && !probe.touches(site) && !x.requires_grad() && !kernels::uses_onednn(x) {
             // libtorch's fused kernel (what nn.MultiheadAttention runs in eval under no_grad).
             let (out, _) = Tensor::internal_native_multi_head_attention(
                 x,
@@ -114,9 +127,9 @@ impl MultiheadAttention {
                 false,
                 None,
             );
-            return out;
+            return residual + out;
         }
-        let qkv = x.linear(&self.in_proj_weight, Some(&self.in_proj_bias));
+        let qkv = kernels::linear(x, &self.in_proj_weight, Some(&self.in_proj_bias));
         let parts = qkv.chunk(3, -1);
         let (q, k, v) = (
             split_heads(&parts[0], self.heads),
@@ -135,7 +148,7 @@ impl MultiheadAttention {
         );
         let heads = probe.site(site, heads, 1);
         let merged = heads.transpose(1, 2).reshape([b, l, w]);
-        self.out_proj.forward(&merged)
+        self.out_proj.forward_add(&merged, residual)
     }
 }
 
@@ -200,13 +213,12 @@ impl Transformer {
     pub(crate) fn forward(&self, x: &Tensor, causal: bool, probe: &mut Probe) -> Tensor {
         let mut x = x.shallow_clone();
         for (block, [name, heads, mlp]) in self.resblocks.iter().zip(&self.sites) {
-            x = &x
-                + block
-                    .attn
-                    .forward(&block.ln_1.forward(&x), causal, heads, probe);
+            x = block
+                .attn
+                .forward_add(&block.ln_1.forward(&x), &x, causal, heads, probe);
             let hidden = quick_gelu(&block.mlp.c_fc.forward(&block.ln_2.forward(&x)));
             let hidden = probe.site(mlp, hidden, -1);
-            x = &x + block.mlp.c_proj.forward(&hidden);
+            x = block.mlp.c_proj.forward_add(&hidden, &x);
             x = probe.site(name, x, -1);
         }
         x

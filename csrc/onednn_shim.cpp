@@ -1,0 +1,125 @@
+// typoclip: oneDNN's fused linear (`mkldnn::_linear_pointwise`) for CPU fp32 inference.
+//
+// libtorch's `at::linear` runs fp32 CPU matrix products through MKL's sgemm. On AMD CPUs (what
+// these VMs are) oneDNN's JIT sgemm is markedly faster at CLIP's shapes, and PyTorch ships it as
+// the `mkldnn::_linear_pointwise` operator (what TorchInductor's CPU backend calls). It is not
+// part of tch's generated API, so it is reached here through the dispatcher.
+#include <torch/torch.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <cstring>
+#include <malloc.h>
+#include <optional>
+#include <string>
+
+namespace {
+
+const c10::OperatorHandle *linear_pointwise() {
+  static const std::optional<c10::OperatorHandle> op =
+      c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""});
+  return op ? &*op : nullptr;
+}
+
+const c10::OperatorHandle *linear_pointwise_binary() {
+  static const std::optional<c10::OperatorHandle> op =
+      c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", "binary"});
+  return op ? &*op : nullptr;
+}
+
+char *dup_str(const std::string &s) {
+  char *out = static_cast<char *>(malloc(s.size() + 1));
+  if (out) memcpy(out, s.c_str(), s.size() + 1);
+  return out;
+}
+
+bool eligible(const at::Tensor &x, const at::Tensor &w, const at::Tensor *b) {
+  if (!x.device().is_cpu() || x.scalar_type() != at::kFloat || w.scalar_type() != at::kFloat) {
+    return false;
+  }
+  if (!w.device().is_cpu() || (b && (!b->device().is_cpu() || b->scalar_type() != at::kFloat))) {
+    return false;
+  }
+  // The oneDNN operator has no autograd formula: only when no gradient is being recorded.
+  if (at::GradMode::is_enabled() &&
+      (x.requires_grad() || w.requires_grad() || (b && b->requires_grad()))) {
+    return false;
+  }
+  return x.dim() >= 2 && x.size(-1) == w.size(1);
+}
+
+}  // namespace
+
+extern "C" {
+
+// 1 when this libtorch has the oneDNN linear operators.
+int typoclip_onednn_linear_available() {
+  return linear_pointwise() != nullptr && linear_pointwise_binary() != nullptr;
+}
+
+// `x @ w.T + b` (+ `residual` when given, fused into the same kernel), through oneDNN when
+// `use_onednn` is set and the call is eligible (CPU, fp32, no gradient recorded), else through
+// `at::linear`. Returns a heap-allocated `at::Tensor*` owned by the caller, or null with *err set
+// to a malloc'd message. *used_onednn tells which path ran.
+void *typoclip_linear(const at::Tensor *x, const at::Tensor *w, const at::Tensor *b,
+                      const at::Tensor *residual, int use_onednn, int *used_onednn, char **err) {
+  try {
+    *used_onednn = 0;
+    at::Tensor out;
+    if (use_onednn && typoclip_onednn_linear_available() && eligible(*x, *w, b) &&
+        (!residual || (residual->device().is_cpu() && residual->scalar_type() == at::kFloat))) {
+      torch::jit::Stack stack;
+      stack.emplace_back(*x);
+      if (residual) {
+        at::Tensor other = residual->expand(
+            [&] {
+              auto sizes = x->sizes().vec();
+              sizes.back() = w->size(0);
+              return sizes;
+            }()).contiguous();
+        stack.emplace_back(other);
+        stack.emplace_back(*w);
+        stack.emplace_back(b ? c10::IValue(*b) : c10::IValue());
+        stack.emplace_back(std::string("add"));
+        linear_pointwise_binary()->callBoxed(&stack);
+      } else {
+        stack.emplace_back(*w);
+        stack.emplace_back(b ? c10::IValue(*b) : c10::IValue());
+        stack.emplace_back(std::string("none"));
+        stack.emplace_back(c10::List<std::optional<at::Scalar>>());
+        stack.emplace_back(c10::IValue());
+        linear_pointwise()->callBoxed(&stack);
+      }
+      out = stack.at(0).toTensor();
+      *used_onednn = 1;
+    } else {
+      out = b ? at::linear(*x, *w, *b) : at::linear(*x, *w);
+      if (residual) out = out + *residual;
+    }
+    return new at::Tensor(std::move(out));
+  } catch (const std::exception &e) {
+    if (err) *err = dup_str(e.what());
+    return nullptr;
+  }
+}
+
+// `x` copied (where needed) into channels-last memory format (NHWC strides, same logical NCHW
+// shape): oneDNN's convolutions run natively on it instead of reordering every activation.
+void *typoclip_channels_last(const at::Tensor *x, char **err) {
+  try {
+    return new at::Tensor(x->contiguous(at::MemoryFormat::ChannelsLast));
+  } catch (const std::exception &e) {
+    if (err) *err = dup_str(e.what());
+    return nullptr;
+  }
+}
+
+// glibc serves every allocation over 32 MiB with a fresh mmap and returns it to the kernel on
+// free, so each large activation of a batched forward pass is page-faulted and zeroed anew (at
+// batch 32 the ResNet towers spend a third of their time there). Keeping freed memory in the
+// heap lets the next forward pass reuse it. Returns 1 when glibc took both settings.
+int typoclip_retain_freed_memory() {
+  int ok = mallopt(M_MMAP_MAX, 0);
+  ok &= mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  return ok ? 1 : 0;
+}
+
+}  // extern "C"

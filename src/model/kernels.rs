@@ -1,0 +1,237 @@
+//! Which CPU kernels the towers' matrix products run on.
+//!
+//! Every `Linear` of every tower (and the fused `in_proj` of the attention blocks) goes through
+//! [`linear`]. On the CPU in fp32 with no gradient recorded it calls oneDNN's
+//! `mkldnn::_linear_pointwise` through the C++ shim in `csrc/onednn_shim.cpp`; otherwise (CUDA,
+//! bf16, fitting with gradients, or [`set_cpu_linear`]`(CpuLinear::Aten)`) it calls `at::linear`,
+//! libtorch's MKL-backed path that Python open_clip uses. Both compute the same product; they
+//! differ by float rounding only (about 1e-6 relative). `TYPOCLIP_CPU_LINEAR=aten` in the
+//! environment selects the libtorch path for the whole process, for A/B measurements.
+
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
+
+use tch::Tensor;
+
+extern "C" {
+    fn typoclip_onednn_linear_available() -> c_int;
+    fn typoclip_linear(
+        x: *const c_void,
+        w: *const c_void,
+        b: *const c_void,
+        residual: *const c_void,
+        use_onednn: c_int,
+        used_onednn: *mut c_int,
+        err: *mut *mut c_char,
+    ) -> *mut c_void;
+    fn typoclip_channels_last(x: *const c_void, err: *mut *mut c_char) -> *mut c_void;
+    fn typoclip_retain_freed_memory() -> c_int;
+    fn typoclip_free_str(s: *mut c_char);
+}
+
+/// Makes glibc keep freed memory for reuse instead of unmapping every block over 32 MiB, so the
+/// large activations of batched forward passes are not page-faulted and zeroed anew on every
+/// call (worth ~1.5× for ResNets at batch 32 on the 2-core VMs). The same effect as running
+/// Python with `MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824`. Peak RSS is unchanged;
+/// memory is returned to the kernel only at exit or above 1 GiB of free heap. The `typoclip`
+/// binary, the benches and examples call it first thing; returns whether glibc accepted it.
+pub fn retain_freed_memory() -> bool {
+    // SAFETY: `mallopt` with constant arguments, before or between allocations.
+    unsafe { typoclip_retain_freed_memory() != 0 }
+}
+
+/// Takes ownership of a tensor returned by the shim, or panics with its message.
+///
+/// SAFETY: `out` is null or a heap `at::Tensor*` the shim handed over; `err` is null or a
+/// malloc'd NUL-terminated message owned by the caller.
+unsafe fn take(out: *mut c_void, err: *mut c_char, what: &str) -> Tensor {
+    if out.is_null() {
+        let msg = if err.is_null() {
+            "unknown error".to_string()
+        } else {
+            let m = CStr::from_ptr(err).to_string_lossy().into_owned();
+            typoclip_free_str(err);
+            m
+        };
+        // Shapes are fixed by the checkpoint, so this is a programming error, as a shape
+        // mismatch in `Tensor::linear` would be.
+        panic!("{what}: {}", msg.lines().next().unwrap_or(""));
+    }
+    Tensor::from_ptr(out as *mut torch_sys::C_tensor)
+}
+
+/// The kernel family used for fp32 CPU linear layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuLinear {
+    /// oneDNN's JIT sgemm (`mkldnn::_linear_pointwise`), the default where libtorch has it.
+    OneDnn,
+    /// `at::linear` (MKL sgemm), what Python open_clip runs.
+    Aten,
+}
+
+impl CpuLinear {
+    /// The name used in provenance and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            CpuLinear::OneDnn => "onednn",
+            CpuLinear::Aten => "aten",
+        }
+    }
+}
+
+const UNSET: u8 = 0;
+const ONEDNN: u8 = 1;
+const ATEN: u8 = 2;
+static CHOICE: AtomicU8 = AtomicU8::new(UNSET);
+
+fn available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    // SAFETY: a query with no arguments.
+    *AVAILABLE.get_or_init(|| unsafe { typoclip_onednn_linear_available() } != 0)
+}
+
+/// Selects the kernel family for the rest of the process (falls back to `Aten` where this
+/// libtorch has no oneDNN linear).
+pub fn set_cpu_linear(choice: CpuLinear) {
+    let v = match choice {
+        CpuLinear::OneDnn if available() => ONEDNN,
+        _ => ATEN,
+    };
+    CHOICE.store(v, Ordering::Relaxed);
+}
+
+/// The kernel family in use: `TYPOCLIP_CPU_LINEAR` (`onednn` / `aten`) or [`set_cpu_linear`],
+/// else oneDNN where available.
+pub fn cpu_linear() -> CpuLinear {
+    match CHOICE.load(Ordering::Relaxed) {
+        ONEDNN => CpuLinear::OneDnn,
+        ATEN => CpuLinear::Aten,
+        _ => {
+            let wanted = match std::env::var("TYPOCLIP_CPU_LINEAR").as_deref() {
+                Ok("aten") => CpuLinear::Aten,
+                _ => CpuLinear::OneDnn,
+            };
+            set_cpu_linear(wanted);
+            cpu_linear()
+        }
+    }
+}
+
+/// Whether [`linear`] on an input like `x` runs oneDNN (CPU, fp32, oneDNN selected).
+pub(crate) fn uses_onednn(x: &Tensor) -> bool {
+    cpu_linear() == CpuLinear::OneDnn
+        && x.device() == tch::Device::Cpu
+        && x.kind() == tch::Kind::Float
+        && !x.requires_grad()
+}
+
+fn call(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, residual: Option<&Tensor>) -> Tensor {
+    let ptr = |t: Option<&Tensor>| t.map_or(std::ptr::null(), |t| t.as_ptr() as *const c_void);
+    let mut used: c_int = 0;
+    let mut err: *mut c_char = std::ptr::null_mut();
+    // SAFETY: the tensor pointers are live `at::Tensor*` owned by the borrowed tch tensors for
+    // the whole call; the shim returns a new heap `at::Tensor*` that `from_ptr` takes ownership
+    // of, or null with a malloc'd message that is freed once here.
+    unsafe {
+        let out = typoclip_linear(
+            x.as_ptr() as *const c_void,
+            weight.as_ptr() as *const c_void,
+            ptr(bias),
+            ptr(residual),
+            c_int::from(cpu_linear() == CpuLinear::OneDnn),
+            &mut used,
+            &mut err,
+        );
+        take(out, err, "linear")
+    }
+}
+
+/// `x` `[B, C, H, W]` in channels-last memory (NHWC strides; same shape and values). The
+/// ResNet tower feeds its stem with it on the CPU in fp32, so every convolution after it runs
+/// oneDNN's NHWC kernels without reordering activations (what `model.to(memory_format=
+/// torch.channels_last)` does in PyTorch).
+pub(crate) fn channels_last(x: &Tensor) -> Tensor {
+    let mut err: *mut c_char = std::ptr::null_mut();
+    // SAFETY: as in `call`.
+    unsafe {
+        let out = typoclip_channels_last(x.as_ptr() as *const c_void, &mut err);
+        take(out, err, "channels_last")
+    }
+}
+
+/// `x @ weight.T + bias` over the last dimension.
+pub(crate) fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
+    call(x, weight, bias, None)
+}
+
+/// `x @ weight.T + bias + residual`, the residual add fused into the kernel on the oneDNN path.
+pub(crate) fn linear_add(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    residual: &Tensor,
+) -> Tensor {
+    call(x, weight, bias, Some(residual))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b).abs().max().double_value(&[])
+    }
+
+    #[test]
+    fn onednn_linear_equals_aten() {
+        assert!(
+            available(),
+            "this libtorch has no mkldnn::_linear_pointwise"
+        );
+        let _g = tch::no_grad_guard();
+        tch::manual_seed(3);
+        let opts = (Kind::Float, Device::Cpu);
+        let x = Tensor::randn([4, 50, 96], opts);
+        let w = Tensor::randn([160, 96], opts) * 0.1;
+        let b = Tensor::randn([160], opts);
+        let r = Tensor::randn([4, 50, 160], opts);
+        let want = x.linear(&w, Some(&b));
+        // Both paths, whatever the process-wide choice is: call the shim with each.
+        assert!(max_diff(&call(&x, &w, Some(&b), None), &want) < 1e-5);
+        assert!(max_diff(&call(&x, &w, None, None), &x.linear::<Tensor>(&w, None)) < 1e-5);
+        assert!(max_diff(&call(&x, &w, Some(&b), Some(&r)), &(&want + &r)) < 1e-5);
+        // A non-contiguous input (a transposed batch) gives the same rows.
+        let xt = x.transpose(0, 1);
+        assert!(max_diff(&call(&xt, &w, Some(&b), None), &want.transpose(0, 1)) < 1e-5);
+        // A bias broadcast over a residual of a different but broadcastable shape.
+        let r1 = Tensor::randn([160], opts);
+        assert!(max_diff(&call(&x, &w, Some(&b), Some(&r1)), &(&want + &r1)) < 1e-5);
+    }
+
+    #[test]
+    fn channels_last_keeps_shape_and_values() {
+        let x = Tensor::randn([2, 3, 5, 7], (Kind::Float, Device::Cpu));
+        let y = channels_last(&x);
+        assert_eq!(y.size(), x.size());
+        assert_eq!(y.stride(), vec![105, 1, 21, 3]);
+        assert_eq!(max_diff(&x, &y), 0.0);
+    }
+
+    #[test]
+    fn gradients_fall_back_to_aten() {
+        tch::manual_seed(4);
+        let opts = (Kind::Float, Device::Cpu);
+        let x = Tensor::randn([3, 8], opts).set_requires_grad(true);
+        let w = Tensor::randn([5, 8], opts);
+        let y = linear(&x, &w, None);
+        assert!(y.requires_grad(), "the result must stay differentiable");
+        y.sum(Kind::Float).backward();
+        let g = x.grad();
+        let want = w
+            .sum_dim_intlist(0, false, Kind::Float)
+            .expand([3, 8], false);
+        assert!(max_diff(&g, &want) < 1e-6);
+    }
+}

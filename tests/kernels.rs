@@ -1,0 +1,42 @@
+//! The two CPU kernel families for linear layers (oneDNN, the default, and libtorch's `at::linear`,
+//! what Python runs) give the same embeddings at the real ViT-B/32 and RN50 shapes, so the parity
+//! proven against open_clip in `tests/parity.rs` (on the default) holds for both. One test in its
+//! own binary, because the choice is process-wide.
+
+mod common;
+
+use common::max_abs_diff;
+use tch::{Device, Kind, Tensor};
+use typoclip::model::config::ClipConfig;
+use typoclip::model::kernels::{cpu_linear, set_cpu_linear, CpuLinear};
+use typoclip::model::ClipModel;
+
+#[test]
+fn onednn_and_aten_give_the_same_embeddings() {
+    let _g = tch::no_grad_guard();
+    for arch in ["ViT-B-32", "RN50"] {
+        let config = ClipConfig::preset(arch).expect("preset");
+        let model = ClipModel::random(&config, 7, Device::Cpu).expect("model");
+        let r = model.image_resolution();
+        tch::manual_seed(11);
+        let images = Tensor::randn([3, 3, r, r], (Kind::Float, Device::Cpu));
+        let tokens = Tensor::randint(1000, [4, 77], (Kind::Int64, Device::Cpu));
+        set_cpu_linear(CpuLinear::OneDnn);
+        assert_eq!(
+            cpu_linear(),
+            CpuLinear::OneDnn,
+            "this libtorch lacks oneDNN linear"
+        );
+        let (img_dnn, txt_dnn) = (model.encode_image(&images), model.encode_text(&tokens));
+        set_cpu_linear(CpuLinear::Aten);
+        let (img_aten, txt_aten) = (model.encode_image(&images), model.encode_text(&tokens));
+        let d_img = max_abs_diff(&img_dnn, &img_aten);
+        let d_txt = max_abs_diff(&txt_dnn, &txt_aten);
+        eprintln!("{arch}: image {d_img:.2e} text {d_txt:.2e}");
+        assert!(d_img <= 1e-4, "{arch}: image embeddings differ by {d_img}");
+        assert!(d_txt <= 1e-4, "{arch}: text embeddings differ by {d_txt}");
+        // Not vacuous: the embeddings are not all zero and differ between images.
+        assert!(img_dnn.abs().max().double_value(&[]) > 1e-3);
+        assert!(max_abs_diff(&img_dnn.get(0), &img_dnn.get(1)) > 1e-3);
+    }
+}
