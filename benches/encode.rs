@@ -24,13 +24,17 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(4.0);
+    let batches: Vec<i64> = std::env::var("TYPOCLIP_BENCH_BATCHES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|b| b.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 8, 32]);
     let _guard = tch::no_grad_guard();
     for arch in &archs {
         let config =
             ClipConfig::preset(arch).unwrap_or_else(|| panic!("unknown architecture {arch}"));
         let model = ClipModel::random(&config, 0, Device::Cpu).expect("model");
         let r = model.image_resolution();
-        for batch in [1i64, 8, 32] {
+        for &batch in &batches {
             let images = Tensor::randn([batch, 3, r, r], (Kind::Float, Device::Cpu));
             for _ in 0..2 {
                 let _ = model.encode_image(&images);

@@ -112,6 +112,9 @@ void *typoclip_channels_last(const at::Tensor *x, char **err) {
   }
 }
 
+// Whether autograd records operations on this thread (`torch.is_grad_enabled()`).
+int typoclip_grad_enabled() { return at::GradMode::is_enabled() ? 1 : 0; }
+
 // glibc serves every allocation over 32 MiB with a fresh mmap and returns it to the kernel on
 // free, so each large activation of a batched forward pass is page-faulted and zeroed anew (at
 // batch 32 the ResNet towers spend a third of their time there). Keeping freed memory in the

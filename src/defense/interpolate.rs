@@ -67,6 +67,7 @@ impl Defense for Interpolate {
             let mixed = &mine * (1.0 - self.alpha) + t.to_kind(mine.kind()) * self.alpha;
             mine.copy_(&mixed);
         }
+        model.weights_changed();
         Ok(())
     }
 

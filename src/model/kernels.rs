@@ -27,6 +27,7 @@ extern "C" {
     ) -> *mut c_void;
     fn typoclip_channels_last(x: *const c_void, err: *mut *mut c_char) -> *mut c_void;
     fn typoclip_retain_freed_memory() -> c_int;
+    fn typoclip_grad_enabled() -> c_int;
     fn typoclip_free_str(s: *mut c_char);
 }
 
@@ -118,12 +119,21 @@ pub fn cpu_linear() -> CpuLinear {
     }
 }
 
-/// Whether [`linear`] on an input like `x` runs oneDNN (CPU, fp32, oneDNN selected).
+/// Whether autograd is recording on this thread (false inside `tch::no_grad_guard`).
+pub(crate) fn grad_enabled() -> bool {
+    // SAFETY: a query with no arguments.
+    unsafe { typoclip_grad_enabled() != 0 }
+}
+
+/// Whether a forward pass on `x` is CPU fp32 inference with the oneDNN kernels selected and no
+/// gradient recorded — where the towers take their inference-only paths (oneDNN linear,
+/// channels-last, folded BatchNorm).
 pub(crate) fn uses_onednn(x: &Tensor) -> bool {
     cpu_linear() == CpuLinear::OneDnn
         && x.device() == tch::Device::Cpu
         && x.kind() == tch::Kind::Float
         && !x.requires_grad()
+        && !grad_enabled()
 }
 
 fn call(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, residual: Option<&Tensor>) -> Tensor {

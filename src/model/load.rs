@@ -400,6 +400,7 @@ pub fn copy_into(
         let v = vars.get_mut(k).expect("checked above");
         v.f_copy_(&t.to_kind(v.kind()))?;
     }
+    model.weights_changed();
     Ok(())
 }
 

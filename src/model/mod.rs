@@ -73,6 +73,9 @@ pub struct ClipModel {
     visual: Visual,
     text: text::TextTransformer,
     logit_scale: Tensor,
+    /// Bumped by [`ClipModel::weights_changed`]: caches derived from the weights (the ResNet
+    /// tower's folded BatchNorms) are recomputed when it moves.
+    weights_generation: std::sync::atomic::AtomicU64,
 }
 
 impl ClipModel {
@@ -131,6 +134,7 @@ impl ClipModel {
             visual,
             text,
             logit_scale,
+            weights_generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -146,14 +150,25 @@ impl ClipModel {
         &self.config
     }
 
-    /// The variable store holding every parameter under its checkpoint key.
+    /// The variable store holding every parameter under its checkpoint key. Code that edits
+    /// parameters in place through it (`copy_`) must call [`ClipModel::weights_changed`]
+    /// afterwards.
     pub fn var_store(&self) -> &nn::VarStore {
         &self.vs
     }
 
-    /// Mutable access to the variable store (loading, freezing, device moves).
+    /// Mutable access to the variable store (loading, freezing, device moves); counts as a
+    /// change of weights.
     pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
+        self.weights_changed();
         &mut self.vs
+    }
+
+    /// Tells the model its parameters were edited in place, so inference caches derived from
+    /// them (the ResNet tower's BatchNorms folded into its convolutions) are recomputed.
+    pub fn weights_changed(&self) {
+        self.weights_generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// The device the parameters live on.
@@ -196,7 +211,12 @@ impl ClipModel {
         let images = images.to_device(self.device()).to_kind(kind);
         match &self.visual {
             Visual::Vit(v) => v.forward(&images, probe),
-            Visual::ResNet(r) => r.forward(&images, probe),
+            Visual::ResNet(r) => r.forward(
+                &images,
+                probe,
+                self.weights_generation
+                    .load(std::sync::atomic::Ordering::Acquire),
+            ),
         }
     }
 

@@ -3,6 +3,8 @@
 //! attention pool (`visual.attnpool`) instead of global average pooling.
 //! Reference: openai/CLIP `clip/model.py` (`Bottleneck`, `AttentionPool2d`, `ModifiedResNet`).
 
+use std::sync::Mutex;
+
 use tch::{nn, Tensor};
 
 use super::kernels;
@@ -15,6 +17,9 @@ struct Conv {
     weight: Tensor,
     stride: i64,
     padding: i64,
+    /// The eval-mode `BatchNorm` that follows this conv, folded into its weight and a bias,
+    /// tagged with the model's weights generation it was computed from.
+    folded: Mutex<Option<(u64, Tensor, Tensor)>>,
 }
 
 impl Conv {
@@ -24,7 +29,40 @@ impl Conv {
             weight: param(&p, "weight", &[c_out, c_in, k, k], fan_in.powf(-0.5)),
             stride,
             padding,
+            folded: Mutex::new(None),
         }
+    }
+
+    /// `bn(conv(x))`. With `fold = Some(generation)` (CPU fp32 inference) the BatchNorm is
+    /// folded into the conv: `W·s`, bias `β − μ·s` with `s = γ / √(σ² + ε)`, as
+    /// `torch.jit.freeze` does; computed once per weights generation (see
+    /// `ClipModel::weights_changed`). Equal up to float rounding.
+    fn forward_bn(&self, bn: &BatchNorm, x: &Tensor, fold: Option<u64>) -> Tensor {
+        let Some(generation) = fold else {
+            return bn.forward(&self.forward(x));
+        };
+        let (weight, bias) = {
+            let mut cache = self.folded.lock().expect("fold cache");
+            match cache.as_ref() {
+                Some((g, w, b)) if *g == generation => (w.shallow_clone(), b.shallow_clone()),
+                _ => {
+                    let _guard = tch::no_grad_guard();
+                    let s = &bn.weight / (&bn.running_var + BN_EPS).sqrt();
+                    let w = &self.weight * s.view([-1, 1, 1, 1]);
+                    let b = &bn.bias - &bn.running_mean * &s;
+                    *cache = Some((generation, w.shallow_clone(), b.shallow_clone()));
+                    (w, b)
+                }
+            }
+        };
+        x.conv2d(
+            &weight,
+            Some(&bias),
+            [self.stride, self.stride],
+            [self.padding, self.padding],
+            [1, 1],
+            1,
+        )
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
@@ -74,11 +112,14 @@ impl BatchNorm {
             Some(&self.running_var),
             false,
             0.1,
-            1e-5,
+            BN_EPS,
             false,
         )
     }
 }
+
+/// `BatchNorm2d`'s default epsilon, as in the reference.
+const BN_EPS: f64 = 1e-5;
 
 fn avg_pool(x: &Tensor, k: i64) -> Tensor {
     x.avg_pool2d([k, k], [k, k], [0, 0], false, true, None)
@@ -118,15 +159,15 @@ impl Bottleneck {
         }
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let out = self.bn1.forward(&self.conv1.forward(x)).relu();
-        let out = self.bn2.forward(&self.conv2.forward(&out)).relu();
+    fn forward(&self, x: &Tensor, fold: Option<u64>) -> Tensor {
+        let out = self.conv1.forward_bn(&self.bn1, x, fold).relu();
+        let out = self.conv2.forward_bn(&self.bn2, &out, fold).relu();
         let out = if self.stride > 1 {
             avg_pool(&out, self.stride)
         } else {
             out
         };
-        let out = self.bn3.forward(&self.conv3.forward(&out));
+        let out = self.conv3.forward_bn(&self.bn3, &out, fold);
         let identity = match &self.downsample {
             Some((conv, bn)) => {
                 let x = if self.stride > 1 {
@@ -134,7 +175,7 @@ impl Bottleneck {
                 } else {
                     x.shallow_clone()
                 };
-                bn.forward(&conv.forward(&x))
+                conv.forward_bn(bn, &x, fold)
             }
             None => x.shallow_clone(),
         };
@@ -254,19 +295,24 @@ impl ModifiedResNet {
         }
     }
 
-    pub(crate) fn forward(&self, images: &Tensor, probe: &mut Probe) -> Tensor {
-        let images = if kernels::uses_onednn(images) {
+    /// `[B, 3, R, R] → [B, output_dim]`. `generation` is the model's weights generation: on the
+    /// CPU in fp32 without gradients, activations run channels-last and every BatchNorm is
+    /// folded into its conv (cached per generation).
+    pub(crate) fn forward(&self, images: &Tensor, probe: &mut Probe, generation: u64) -> Tensor {
+        let inference = kernels::uses_onednn(images);
+        let fold = inference.then_some(generation);
+        let images = if inference {
             kernels::channels_last(images)
         } else {
             images.shallow_clone()
         };
-        let x = self.bn1.forward(&self.conv1.forward(&images)).relu();
-        let x = self.bn2.forward(&self.conv2.forward(&x)).relu();
-        let x = self.bn3.forward(&self.conv3.forward(&x)).relu();
+        let x = self.conv1.forward_bn(&self.bn1, &images, fold).relu();
+        let x = self.conv2.forward_bn(&self.bn2, &x, fold).relu();
+        let x = self.conv3.forward_bn(&self.bn3, &x, fold).relu();
         let mut x = avg_pool(&x, 2);
         for (s, stage) in self.stages.iter().enumerate() {
             for (i, block) in stage.iter().enumerate() {
-                x = block.forward(&x);
+                x = block.forward(&x, fold);
                 x = probe.site(&format!("visual.layer{}.{i}", s + 1), x, 1);
             }
             x = probe.site(&format!("visual.layer{}", s + 1), x, 1);

@@ -66,8 +66,15 @@ impl Linear {
     }
 }
 
+/// `x · σ(1.702 x)`; in inference (no gradient recorded) in place on one buffer.
 fn quick_gelu(x: &Tensor) -> Tensor {
-    x * (x * 1.702).sigmoid()
+    if kernels::grad_enabled() {
+        return x * (x * 1.702).sigmoid();
+    }
+    let mut out = x * 1.702;
+    let _ = out.sigmoid_();
+    let _ = out.g_mul_(x);
+    out
 }
 
 /// Splits `[B, L, H*Dh]` into `[B, H, L, Dh]`.
