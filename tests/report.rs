@@ -110,6 +110,7 @@ fn provenance(random: bool, started: &str, finished: &str) -> Provenance {
         templates_hash: "templates".into(),
         seed: 0,
         batch_size: 4,
+        cpu_kernels: "onednn".into(),
         threads: 2,
         workers: 2,
         precision: "fp32".into(),

@@ -36,9 +36,11 @@ pub struct BenchArgs {
     /// Cells per batch.
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
-    /// Decode/preprocess threads.
-    #[arg(long, default_value_t = 2)]
-    pub workers: usize,
+    /// Decode/render/preprocess threads [default: 1 per 8 CPUs (at least 1) on the CPU, all
+    /// CPUs on CUDA]. On the CPU the forward pass already uses every core, and more workers only
+    /// preempt its threads.
+    #[arg(long)]
+    pub workers: Option<usize>,
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,

@@ -215,6 +215,10 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
         .iter()
         .flat_map(|c| [c.clean.clone(), c.attacked.clone()])
         .collect();
+    let workers = args
+        .workers
+        .unwrap_or_else(|| crate::sweep::default_workers(m.model.device()))
+        .max(1);
     let provenance = Provenance {
         warning: m.random_warning(),
         typoclip_version: env!("CARGO_PKG_VERSION").into(),
@@ -250,8 +254,9 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
         templates_hash: classifier.templates.hash(),
         seed: args.seed,
         batch_size: args.batch_size,
+        cpu_kernels: crate::model::kernels::cpu_linear().name().into(),
         threads: tch::get_num_threads(),
-        workers: args.workers,
+        workers,
         precision: precision.name().into(),
         variant_filter: args.variant.join(","),
         libtorch_version: LIBTORCH_VERSION.into(),
@@ -264,7 +269,7 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
         out_dir: args.out.clone(),
         mode,
         batch_size: args.batch_size,
-        workers: args.workers.max(1),
+        workers,
         resume: args.resume,
         progress: !args.quiet,
         precision,

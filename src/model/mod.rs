@@ -62,7 +62,7 @@ impl ModelError {
 #[derive(Debug)]
 enum Visual {
     Vit(vision::VisionTransformer),
-    ResNet(resnet::ModifiedResNet),
+    ResNet(Box<resnet::ModifiedResNet>),
 }
 
 /// A CLIP model: both towers and `logit_scale`, parameters in one `VarStore`.
@@ -108,14 +108,14 @@ impl ClipModel {
                 layers,
                 width,
                 heads,
-            } => Visual::ResNet(resnet::ModifiedResNet::new(
+            } => Visual::ResNet(Box::new(resnet::ModifiedResNet::new(
                 vp,
                 layers,
                 config.embed_dim,
                 heads,
                 image_resolution,
                 width,
-            )),
+            ))),
         };
         let t = &config.text;
         let text = text::TextTransformer::new(

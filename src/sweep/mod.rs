@@ -289,6 +289,17 @@ struct ImageJob {
     render: Option<(std::sync::Arc<crate::attack::Variant>, u64)>,
 }
 
+/// The default number of image workers for a model on `device`: on the CPU the forward pass
+/// keeps every core busy (libtorch's intra-op threads) and preprocessing costs a few percent of
+/// it, so one worker per 8 CPUs; on CUDA the forward is fast and every CPU prepares images.
+pub fn default_workers(device: tch::Device) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match device {
+        tch::Device::Cpu => (cpus / 8).max(1),
+        _ => cpus,
+    }
+}
+
 /// Decodes, renders and preprocesses `jobs` (in the order given) on `workers` threads that
 /// run ahead of the model: results go through a queue bounded at `ahead` images, so decoding
 /// waits when the model is behind and memory stays flat. Results arrive in any order; the caller

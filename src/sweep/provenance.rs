@@ -69,6 +69,10 @@ pub struct Provenance {
     /// Image-tower arithmetic (`fp32`, or `bf16` when asked for).
     #[serde(default = "default_precision")]
     pub precision: String,
+    /// CPU kernels of the linear layers (`onednn` or `aten`, see
+    /// [`crate::model::kernels`]); runs before this field existed used `aten`.
+    #[serde(default = "default_cpu_kernels")]
+    pub cpu_kernels: String,
     /// libtorch intra-op threads.
     pub threads: i32,
     /// Preprocessing worker threads.
@@ -90,6 +94,10 @@ pub struct Provenance {
 
 fn default_precision() -> String {
     "fp32".into()
+}
+
+fn default_cpu_kernels() -> String {
+    "aten".into()
 }
 
 /// Current UTC time as RFC 3339 (seconds).
@@ -154,7 +162,7 @@ impl Provenance {
             )
         };
         let (old_defenses, new_defenses) = (defenses(&old), defenses(self));
-        let fields: [(&str, &String, &String); 12] = [
+        let fields: [(&str, &String, &String); 13] = [
             ("model", &old.model_id, &self.model_id),
             ("dataset", &old.dataset_descriptor, &self.dataset_descriptor),
             (
@@ -168,6 +176,7 @@ impl Provenance {
             ("template set", &old.templates_hash, &self.templates_hash),
             ("seed", &old.seed.to_string(), &self.seed.to_string()),
             ("precision", &old.precision, &self.precision),
+            ("CPU kernels", &old.cpu_kernels, &self.cpu_kernels),
             ("variant filter", &old.variant_filter, &self.variant_filter),
             (
                 "batch size",
