@@ -192,6 +192,25 @@ fn killed_run_resumes_to_identical_summary() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+
+    // The run used oneDNN's linear kernels (recorded); resuming on libtorch's `at::linear`
+    // would change the last digits of later records, so it is refused too.
+    let provenance = std::fs::read_to_string(cut.join("provenance.json")).unwrap();
+    assert!(
+        provenance.contains("\"cpu_kernels\": \"onednn\""),
+        "{provenance}"
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_typoclip"))
+        .args(&resume)
+        .env("TYPOCLIP_CPU_LINEAR", "aten")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("CPU kernels differs"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 #[test]

@@ -186,9 +186,8 @@ pub struct SweepArgs {
     /// Pairs per batch (also the resume granularity).
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
-    /// Decode/render/preprocess threads [default: 1 per 8 CPUs (at least 1) on the CPU, all
-    /// CPUs on CUDA]. On the CPU the forward pass already uses every core, and more workers only
-    /// preempt its threads.
+    /// Decode/render/preprocess threads [default: one per CPU]. On the CPU they wait while the
+    /// model runs a forward pass, so they never preempt its threads.
     #[arg(long)]
     pub workers: Option<usize>,
     /// Continue an interrupted run in --out.

@@ -217,7 +217,7 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
         .collect();
     let workers = args
         .workers
-        .unwrap_or_else(|| crate::sweep::default_workers(m.model.device()))
+        .unwrap_or_else(crate::sweep::default_workers)
         .max(1);
     let provenance = Provenance {
         warning: m.random_warning(),
