@@ -617,6 +617,8 @@ pub fn run_physical(
         gate.clone(),
     );
     let mut waiting: HashMap<usize, Prepared> = HashMap::new();
+    // Where the main thread's time goes, for the closing timing line.
+    let (mut time_forward, mut time_waiting, mut time_writing) = (0.0f64, 0.0f64, 0.0f64);
     let mut features: HashMap<usize, Result<(Tensor, f64), String>> = HashMap::new();
     let mut next_cell = start;
     let mut lines = String::new();
@@ -625,6 +627,7 @@ pub fn run_physical(
         let range = ib * image_batch..((ib + 1) * image_batch).min(uses.len());
         // Gather this image batch from the queue (later images wait in `waiting`).
         let mut batch: Vec<Prepared> = Vec::with_capacity(range.len());
+        let waited = std::time::Instant::now();
         for i in range.clone() {
             loop {
                 if let Some(p) = waiting.remove(&i) {
@@ -637,6 +640,7 @@ pub fn run_physical(
                 waiting.insert(p.index, p);
             }
         }
+        time_waiting += waited.elapsed().as_secs_f64();
         let good: Vec<&Prepared> = batch.iter().filter(|p| p.result.is_ok()).collect();
         if !good.is_empty() {
             let batch_t = Tensor::stack(
@@ -654,10 +658,12 @@ pub fn run_physical(
                 }
                 .to_device(tch::Device::Cpu)
             };
+            let forward = std::time::Instant::now();
             let f = match &gate {
                 Some(gate) => gate.run(encode),
                 None => encode(),
             };
+            time_forward += forward.elapsed().as_secs_f64();
             for (i, p) in good.iter().enumerate() {
                 if uses[p.index] > 0 {
                     features.insert(p.index, Ok((f.get(i as i64), p.result.as_ref().unwrap().1)));
@@ -708,10 +714,12 @@ pub fn run_physical(
             done.push(rec);
             next_cell += 1;
             if next_cell.is_multiple_of(settings.batch_size) || next_cell == cells.len() {
+                let writing = std::time::Instant::now();
                 file.write_all(lines.as_bytes())
                     .map_err(|e| io_err(&records_path, e))?;
                 file.flush().map_err(|e| io_err(&records_path, e))?;
                 file.sync_data().map_err(|e| io_err(&records_path, e))?;
+                time_writing += writing.elapsed().as_secs_f64();
                 lines.clear();
                 bar.set_position(done.len() as u64);
             }
@@ -720,8 +728,11 @@ pub fn run_physical(
     debug_assert_eq!(next_cell, cells.len());
     let secs = clock.elapsed().as_secs_f64();
     eprintln!(
-        "[sweep] {encoded_total} images read, attacked and encoded in {secs:.1} s ({:.2} images/s)",
-        encoded_total as f64 / secs.max(1e-9)
+        "[sweep] {encoded_total} images read, attacked and encoded in {secs:.1} s ({:.2} images/s; \
+         model {time_forward:.1} s, waiting for images {time_waiting:.1} s, writing records \
+         {time_writing:.1} s, scoring and the rest {:.1} s)",
+        encoded_total as f64 / secs.max(1e-9),
+        secs - time_forward - time_waiting - time_writing
     );
     bar.finish_and_clear();
     let warning = provenance.random_weights.then(|| provenance.banner());
