@@ -40,3 +40,39 @@ fn onednn_and_aten_give_the_same_embeddings() {
         assert!(max_abs_diff(&img_dnn.get(0), &img_dnn.get(1)) > 1e-3);
     }
 }
+
+/// On a machine whose libtorch sees a CUDA device, the towers give the CPU's embeddings there
+/// too (the CUDA path runs libtorch's own kernels). Skips, saying so, where there is none.
+#[test]
+fn cuda_matches_cpu_where_available() {
+    if !tch::Cuda::is_available() {
+        eprintln!("SKIP cuda_matches_cpu_where_available: no CUDA device visible to libtorch");
+        return;
+    }
+    let _g = tch::no_grad_guard();
+    for arch in ["ViT-B-32", "RN50"] {
+        let config = ClipConfig::preset(arch).expect("preset");
+        let cpu = ClipModel::random(&config, 5, Device::Cpu).expect("model");
+        let mut gpu = ClipModel::random(&config, 5, Device::Cpu).expect("model");
+        gpu.var_store_mut().set_device(Device::Cuda(0));
+        let r = cpu.image_resolution();
+        tch::manual_seed(2);
+        let images = Tensor::randn([2, 3, r, r], (Kind::Float, Device::Cpu));
+        let tokens = Tensor::randint(1000, [2, 77], (Kind::Int64, Device::Cpu));
+        let d_img = max_abs_diff(
+            &cpu.encode_image(&images),
+            &gpu.encode_image(&images.to_device(Device::Cuda(0)))
+                .to_device(Device::Cpu),
+        );
+        let d_txt = max_abs_diff(
+            &cpu.encode_text(&tokens),
+            &gpu.encode_text(&tokens.to_device(Device::Cuda(0)))
+                .to_device(Device::Cpu),
+        );
+        eprintln!("{arch} cuda vs cpu: image {d_img:.2e} text {d_txt:.2e}");
+        assert!(
+            d_img <= 1e-3 && d_txt <= 1e-3,
+            "{arch}: CUDA differs by {d_img} / {d_txt}"
+        );
+    }
+}
