@@ -182,15 +182,9 @@ fn killed_run_resumes_to_identical_summary() {
     let mut other = resume.clone();
     let i = other.iter().position(|a| a == "--model").unwrap();
     other[i + 1] = "random:RN50".into();
-    let o = Command::new(env!("CARGO_BIN_EXE_typoclip"))
-        .args(&other)
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("model differs"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
+    assert_refused(
+        Command::new(env!("CARGO_BIN_EXE_typoclip")).args(&other),
+        "model differs",
     );
 
     // The run used oneDNN's linear kernels (recorded); resuming on libtorch's `at::linear`
@@ -200,17 +194,20 @@ fn killed_run_resumes_to_identical_summary() {
         provenance.contains("\"cpu_kernels\": \"onednn\""),
         "{provenance}"
     );
-    let o = Command::new(env!("CARGO_BIN_EXE_typoclip"))
-        .args(&resume)
-        .env("TYPOCLIP_CPU_LINEAR", "aten")
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("CPU kernels differs"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
+    assert_refused(
+        Command::new(env!("CARGO_BIN_EXE_typoclip"))
+            .args(&resume)
+            .env("TYPOCLIP_CPU_LINEAR", "aten"),
+        "CPU kernels differs",
     );
+}
+
+/// Runs `command`, expecting exit code 2 and `needle` in its stderr.
+fn assert_refused(command: &mut Command, needle: &str) {
+    let o = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(needle), "{stderr}");
 }
 
 #[test]
