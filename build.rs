@@ -17,6 +17,7 @@ fn main() {
     println!("cargo:rerun-if-changed=.git/refs/heads");
     println!("cargo:rerun-if-changed=csrc/jit_shim.cpp");
     println!("cargo:rerun-if-changed=csrc/onednn_shim.cpp");
+    println!("cargo:rerun-if-changed=csrc/shim_common.h");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let lib_dir = std::env::var("DEP_TCH_LIBTORCH_LIB")
         .expect("torch-sys did not export its libtorch lib dir (DEP_TCH_LIBTORCH_LIB)");

@@ -4,18 +4,13 @@
 // the ResNet towers. OpenAI's official `.pt` files also embed CUDA device constants in their graphs,
 // so we load on CPU and only walk the module's tensors.
 #include <torch/script.h>
-#include <cstring>
 #include <string>
+
+#include "shim_common.h"
 
 extern "C" {
 
 typedef void (*typoclip_tensor_cb)(void *ctx, const char *name, void *tensor);
-
-static char *dup_str(const std::string &s) {
-  char *out = static_cast<char *>(malloc(s.size() + 1));
-  if (out) memcpy(out, s.c_str(), s.size() + 1);
-  return out;
-}
 
 // Returns 0 on success; on failure returns 1 and sets *err to a malloc'd message.
 // Each tensor is handed to `cb` as a heap-allocated `torch::Tensor*` that the callee owns.
@@ -30,7 +25,7 @@ int typoclip_jit_named_tensors(const char *path, typoclip_tensor_cb cb, void *ct
     }
     return 0;
   } catch (const std::exception &e) {
-    if (err) *err = dup_str(e.what());
+    if (err) *err = typoclip::dup_str(e.what());
     return 1;
   }
 }

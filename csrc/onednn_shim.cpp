@@ -6,10 +6,11 @@
 // part of tch's generated API, so it is reached here through the dispatcher.
 #include <torch/torch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <cstring>
 #include <malloc.h>
 #include <optional>
 #include <string>
+
+#include "shim_common.h"
 
 namespace {
 
@@ -23,12 +24,6 @@ const c10::OperatorHandle *linear_pointwise_binary() {
   static const std::optional<c10::OperatorHandle> op =
       c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", "binary"});
   return op ? &*op : nullptr;
-}
-
-char *dup_str(const std::string &s) {
-  char *out = static_cast<char *>(malloc(s.size() + 1));
-  if (out) memcpy(out, s.c_str(), s.size() + 1);
-  return out;
 }
 
 bool eligible(const at::Tensor &x, const at::Tensor &w, const at::Tensor *b) {
@@ -58,11 +53,10 @@ int typoclip_onednn_linear_available() {
 // `x @ w.T + b` (+ `residual` when given, fused into the same kernel), through oneDNN when
 // `use_onednn` is set and the call is eligible (CPU, fp32, no gradient recorded), else through
 // `at::linear`. Returns a heap-allocated `at::Tensor*` owned by the caller, or null with *err set
-// to a malloc'd message. *used_onednn tells which path ran.
+// to a malloc'd message.
 void *typoclip_linear(const at::Tensor *x, const at::Tensor *w, const at::Tensor *b,
-                      const at::Tensor *residual, int use_onednn, int *used_onednn, char **err) {
+                      const at::Tensor *residual, int use_onednn, char **err) {
   try {
-    *used_onednn = 0;
     at::Tensor out;
     if (use_onednn && typoclip_onednn_linear_available() && eligible(*x, *w, b) &&
         (!residual || (residual->device().is_cpu() && residual->scalar_type() == at::kFloat))) {
@@ -89,14 +83,13 @@ void *typoclip_linear(const at::Tensor *x, const at::Tensor *w, const at::Tensor
         linear_pointwise()->callBoxed(&stack);
       }
       out = stack.at(0).toTensor();
-      *used_onednn = 1;
     } else {
       out = b ? at::linear(*x, *w, *b) : at::linear(*x, *w);
       if (residual) out = out + *residual;
     }
     return new at::Tensor(std::move(out));
   } catch (const std::exception &e) {
-    if (err) *err = dup_str(e.what());
+    if (err) *err = typoclip::dup_str(e.what());
     return nullptr;
   }
 }
@@ -107,7 +100,7 @@ void *typoclip_channels_last(const at::Tensor *x, char **err) {
   try {
     return new at::Tensor(x->contiguous(at::MemoryFormat::ChannelsLast));
   } catch (const std::exception &e) {
-    if (err) *err = dup_str(e.what());
+    if (err) *err = typoclip::dup_str(e.what());
     return nullptr;
   }
 }

@@ -27,6 +27,18 @@ extern "C" fn collect(ctx: *mut c_void, name: *const c_char, tensor: *mut c_void
     }
 }
 
+/// The message a C++ shim (`csrc/`) returned through its `err` out-parameter, freed.
+///
+/// SAFETY: `err` is null or a malloc'd NUL-terminated string not used after this call.
+pub(crate) unsafe fn shim_message(err: *mut c_char) -> String {
+    if err.is_null() {
+        return "unknown error in libtorch".to_string();
+    }
+    let message = CStr::from_ptr(err).to_string_lossy().into_owned();
+    typoclip_free_str(err);
+    message
+}
+
 /// All named parameters and buffers of the TorchScript module at `path`, loaded on the CPU.
 pub fn named_tensors(path: &Path) -> Result<Vec<(String, Tensor)>, String> {
     let c_path = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
@@ -42,16 +54,8 @@ pub fn named_tensors(path: &Path) -> Result<Vec<(String, Tensor)>, String> {
         )
     };
     if rc != 0 {
-        let msg = if err.is_null() {
-            "unknown TorchScript error".to_string()
-        } else {
-            // SAFETY: the shim returns a malloc'd NUL-terminated string that we free once.
-            unsafe {
-                let m = CStr::from_ptr(err).to_string_lossy().into_owned();
-                typoclip_free_str(err);
-                m
-            }
-        };
+        // SAFETY: the shim sets `err` to null or a malloc'd message, read and freed once here.
+        let msg = unsafe { shim_message(err) };
         // libtorch messages carry a C++ backtrace: keep the first line.
         return Err(msg.lines().next().unwrap_or("").to_string());
     }

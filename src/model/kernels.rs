@@ -8,7 +8,7 @@
 //! differ by float rounding only (about 1e-6 relative). `TYPOCLIP_CPU_LINEAR=aten` in the
 //! environment selects the libtorch path for the whole process, for A/B measurements.
 
-use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ffi::{c_char, c_int, c_void};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
@@ -22,13 +22,11 @@ extern "C" {
         b: *const c_void,
         residual: *const c_void,
         use_onednn: c_int,
-        used_onednn: *mut c_int,
         err: *mut *mut c_char,
     ) -> *mut c_void;
     fn typoclip_channels_last(x: *const c_void, err: *mut *mut c_char) -> *mut c_void;
     fn typoclip_retain_freed_memory() -> c_int;
     fn typoclip_grad_enabled() -> c_int;
-    fn typoclip_free_str(s: *mut c_char);
 }
 
 /// Makes glibc keep freed memory for reuse instead of unmapping every block over 32 MiB, so the
@@ -48,13 +46,7 @@ pub fn retain_freed_memory() -> bool {
 /// malloc'd NUL-terminated message owned by the caller.
 unsafe fn take(out: *mut c_void, err: *mut c_char, what: &str) -> Tensor {
     if out.is_null() {
-        let msg = if err.is_null() {
-            "unknown error".to_string()
-        } else {
-            let m = CStr::from_ptr(err).to_string_lossy().into_owned();
-            typoclip_free_str(err);
-            m
-        };
+        let msg = super::jit::shim_message(err);
         // Shapes are fixed by the checkpoint, so this is a programming error, as a shape
         // mismatch in `Tensor::linear` would be.
         panic!("{what}: {}", msg.lines().next().unwrap_or(""));
@@ -138,7 +130,6 @@ pub(crate) fn uses_onednn(x: &Tensor) -> bool {
 
 fn call(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, residual: Option<&Tensor>) -> Tensor {
     let ptr = |t: Option<&Tensor>| t.map_or(std::ptr::null(), |t| t.as_ptr() as *const c_void);
-    let mut used: c_int = 0;
     let mut err: *mut c_char = std::ptr::null_mut();
     // SAFETY: the tensor pointers are live `at::Tensor*` owned by the borrowed tch tensors for
     // the whole call; the shim returns a new heap `at::Tensor*` that `from_ptr` takes ownership
@@ -150,7 +141,6 @@ fn call(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, residual: Option<&Te
             ptr(bias),
             ptr(residual),
             c_int::from(cpu_linear() == CpuLinear::OneDnn),
-            &mut used,
             &mut err,
         );
         take(out, err, "linear")
