@@ -369,4 +369,30 @@ mod tests {
         // the same function, computed in a different order.
         assert!(f64::try_from((plain - m.encode_image(&img)).abs().max()).unwrap() < 1e-5);
     }
+
+    #[test]
+    fn class_token_shortcut_equals_the_full_last_block() {
+        // `encode_image` runs the last block for the class token alone; recording that block's
+        // residual stream makes it run the whole block. At the ViT-B/32 shapes both must agree.
+        let m =
+            ClipModel::random(&ClipConfig::preset("ViT-B-32").unwrap(), 2, Device::Cpu).unwrap();
+        let _g = tch::no_grad_guard();
+        let img = Tensor::randn([2, 3, 224, 224], (Kind::Float, Device::Cpu));
+        let site = "visual.transformer.resblocks.11";
+        let mut probe = Probe::capture([site]);
+        let full = m.encode_image_probed(&img, &mut probe);
+        assert_eq!(probe.taps()[site].size(), vec![2, 50, 768]);
+        let short = m.encode_image(&img);
+        let scale = f64::try_from(full.abs().max()).unwrap();
+        let diff = f64::try_from((&full - &short).abs().max()).unwrap();
+        assert!(diff <= 1e-5 * scale, "max diff {diff} (scale {scale})");
+        // A change to the last block still reaches the output through the full path.
+        let mut ablate = Probe::none().with_intervention(Intervention {
+            site: "visual.transformer.resblocks.11.mlp.c_fc".into(),
+            unit: 7,
+            action: InterventionAction::Scale(50.0),
+        });
+        let changed = m.encode_image_probed(&img, &mut ablate);
+        assert!(f64::try_from((&full - &changed).abs().max()).unwrap() > 1e-4 * scale);
+    }
 }

@@ -157,6 +157,36 @@ impl MultiheadAttention {
         let merged = heads.transpose(1, 2).reshape([b, l, w]);
         self.out_proj.forward_add(&merged, residual)
     }
+
+    /// `residual` `[B, 1, W]` + the first token's row of non-causal self-attention over `x`
+    /// `[B, L, W]`: the query of token 0 only, the keys and values of every token. Equal to
+    /// `forward_add(x, …)[:, :1]` at a fraction of the cost.
+    fn forward_first_token_add(&self, x: &Tensor, residual: &Tensor) -> Tensor {
+        let (b, _, w) = x.size3().expect("[B, L, W]");
+        let q = kernels::linear(
+            &x.narrow(1, 0, 1),
+            &self.in_proj_weight.narrow(0, 0, w),
+            Some(&self.in_proj_bias.narrow(0, 0, w)),
+        );
+        let kv = kernels::linear(
+            x,
+            &self.in_proj_weight.narrow(0, w, 2 * w),
+            Some(&self.in_proj_bias.narrow(0, w, 2 * w)),
+        );
+        let parts = kv.chunk(2, -1);
+        let heads = Tensor::scaled_dot_product_attention(
+            &split_heads(&q, self.heads),
+            &split_heads(&parts[0], self.heads),
+            &split_heads(&parts[1], self.heads),
+            None::<Tensor>,
+            0.0,
+            false,
+            None,
+            false,
+        );
+        let merged = heads.transpose(1, 2).reshape([b, 1, w]);
+        self.out_proj.forward_add(&merged, residual)
+    }
 }
 
 #[derive(Debug)]
@@ -219,15 +249,46 @@ impl Transformer {
     /// `[B, L, W] → [B, L, W]`.
     pub(crate) fn forward(&self, x: &Tensor, causal: bool, probe: &mut Probe) -> Tensor {
         let mut x = x.shallow_clone();
-        for (block, [name, heads, mlp]) in self.resblocks.iter().zip(&self.sites) {
-            x = block
-                .attn
-                .forward_add(&block.ln_1.forward(&x), &x, causal, heads, probe);
-            let hidden = quick_gelu(&block.mlp.c_fc.forward(&block.ln_2.forward(&x)));
-            let hidden = probe.site(mlp, hidden, -1);
-            x = block.mlp.c_proj.forward_add(&hidden, &x);
-            x = probe.site(name, x, -1);
+        for i in 0..self.resblocks.len() {
+            x = self.block_forward(i, &x, causal, probe);
         }
         x
+    }
+
+    /// The first token's output `[B, W]` of the non-causal stack, equal to
+    /// `forward(x, false, probe)[:, 0]`. Only token 0 of the last block feeds the result, so that
+    /// block computes its query, attention output and MLP for token 0 alone (keys and values still
+    /// come from every token): about 1/14 fewer multiply-adds for ViT-B/32. When a probe records
+    /// or changes a site of the last block, the full pass runs instead.
+    pub(crate) fn forward_first_token(&self, x: &Tensor, probe: &mut Probe) -> Tensor {
+        let Some(last) = self.resblocks.len().checked_sub(1) else {
+            return x.select(1, 0);
+        };
+        if self.sites[last].iter().any(|site| probe.touches(site)) {
+            return self.forward(x, false, probe).select(1, 0);
+        }
+        let mut x = x.shallow_clone();
+        for i in 0..last {
+            x = self.block_forward(i, &x, false, probe);
+        }
+        let block = &self.resblocks[last];
+        let x = block
+            .attn
+            .forward_first_token_add(&block.ln_1.forward(&x), &x.narrow(1, 0, 1));
+        let hidden = quick_gelu(&block.mlp.c_fc.forward(&block.ln_2.forward(&x)));
+        block.mlp.c_proj.forward_add(&hidden, &x).select(1, 0)
+    }
+
+    /// Block `i`: `x + attn(ln_1(x))`, then `+ mlp(ln_2(x))`, through the block's probe sites.
+    fn block_forward(&self, i: usize, x: &Tensor, causal: bool, probe: &mut Probe) -> Tensor {
+        let block = &self.resblocks[i];
+        let [name, heads, mlp] = &self.sites[i];
+        let x = block
+            .attn
+            .forward_add(&block.ln_1.forward(x), x, causal, heads, probe);
+        let hidden = quick_gelu(&block.mlp.c_fc.forward(&block.ln_2.forward(&x)));
+        let hidden = probe.site(mlp, hidden, -1);
+        let x = block.mlp.c_proj.forward_add(&hidden, &x);
+        probe.site(name, x, -1)
     }
 }

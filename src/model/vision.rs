@@ -77,8 +77,8 @@ impl VisionTransformer {
             .expand([b, 1, w], false);
         let x = Tensor::cat(&[cls, x], 1) + &self.positional_embedding;
         let x = self.ln_pre.forward(&x);
-        let x = self.transformer.forward(&x, false, probe);
-        let pooled = self.ln_post.forward(&x.select(1, 0));
+        let class_token = self.transformer.forward_first_token(&x, probe);
+        let pooled = self.ln_post.forward(&class_token);
         pooled.matmul(&self.proj)
     }
 }
