@@ -3,7 +3,8 @@
 the sweep's work serially — decode each image, resize/crop to the model input, draw each of the
 nine Distill words on a white label at the first distill8 position, preprocess, encode in batches
 of 32, zero-shot against the same label set, top-5 — with the same random ViT-B/32 architecture.
-Prints one JSON line. Text features are computed before the timed loop (typoclip reads them from
+Prints one JSON line, with the seconds spent in the model (encode, zero-shot, top-5)
+separately. Text features are computed before the timed loop (typoclip reads them from
 its cache)."""
 import json
 import os
@@ -50,16 +51,19 @@ def main():
         return img.crop((l, t, l + 224, t + 224))
 
     pending, n_images, top5 = [], 0, []
+    model_s = 0.0
 
     def flush():
-        nonlocal pending
+        nonlocal pending, model_s
         if not pending:
             return
+        t = time.time()
         with torch.no_grad():
             f = model.encode_image(torch.stack(pending))
             f = f / f.norm(dim=-1, keepdim=True)
             p = (100.0 * f @ text.T).softmax(dim=-1)
             top5.extend(p.topk(5, dim=-1).indices.tolist())
+        model_s += time.time() - t
         pending = []
 
     t0 = time.time()
@@ -82,7 +86,8 @@ def main():
                 flush()
     flush()
     secs = time.time() - t0
-    print(json.dumps({"images": n_images, "seconds": round(secs, 3), "images_per_s": n_images / secs}))
+    print(json.dumps({"images": n_images, "seconds": round(secs, 3), "images_per_s": n_images / secs,
+                      "model_seconds": round(model_s, 3)}))
 
 
 if __name__ == "__main__":

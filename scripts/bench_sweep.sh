@@ -60,10 +60,12 @@ agree = sum(x == y for x, y in pairs) / len(pairs)
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 print(f"machine: {cpu}, {os.cpu_count()} cores; random ViT-B/32 weights (numbers are speeds, not findings)")
 print(f"(a) typoclip sweep      {a:7.2f} images/s  ({images} images in {ea:.1f} s after start-up)")
-print(f"(b) Python open_clip    {py['images_per_s']:7.2f} images/s")
+pm = py["model_seconds"]
+print(f"(b) Python open_clip    {py['images_per_s']:7.2f} images/s  (model {pm:.1f} s = {images / pm:.2f} images/s, the rest {py['seconds'] - pm:.1f} s)")
 print(f"(c) bare forward (b=32) {fwd['images_per_s']:7.2f} images/s")
 print(f"(a)/(c) = {a / fwd['images_per_s']:.2f}   (goal >= 0.90)")
 print(f"(a)/(b) = {a / py['images_per_s']:.2f}   (goal >= 1.15)")
+print(f"forward alone, typoclip (c) / Python's model time: {fwd['images_per_s'] * pm / images:.2f}")
 print(f"peak RSS: {ma:.0f} MiB at {n} images, {mbig:.0f} MiB at {big} images: ratio {mbig / ma:.3f} (goal <= 1.10)")
 r16 = n16 * 10 / eb16
 print(f"bf16 ({n16} images): {r16:.2f} images/s = {r16 / a:.2f}x fp32; attacked top-1 agreement with fp32 {100 * agree:.1f}% of {len(pairs)} records")
