@@ -771,18 +771,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SweepError> {
     std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
 }
 
-fn fmt_rate(r: &Option<crate::metrics::Rate>) -> [String; 4] {
-    match r {
-        Some(r) => [
-            format!("{:.6}", r.value),
-            format!("{:.6}", r.lo),
-            format!("{:.6}", r.hi),
-            r.n.to_string(),
-        ],
-        None => [String::new(), String::new(), String::new(), String::new()],
-    }
-}
-
 /// Writes `summary.json` and `summary.csv` (atomically; the CSV's first line is the
 /// random-weights banner when it applies).
 pub fn write_summary(out: &Path, summary: &SweepSummary) -> Result<(), SweepError> {
@@ -799,28 +787,51 @@ pub fn write_summary_named(
         &out.join(format!("{stem}.json")),
         &serde_json::to_vec_pretty(summary).expect("serialisable"),
     )?;
-    let mut csv = String::new();
+    let csv_path = out.join(format!("{stem}.csv"));
+    let mut csv = Vec::new();
     if let Some(w) = &summary.warning {
-        csv.push_str(&format!("# {w}\n"));
+        csv.extend_from_slice(format!("# {w}\n").as_bytes());
     }
-    let rates = [
-        "fraction_changed_to",
-        "fraction_already_equal",
-        "fraction_changed_away",
-        "fraction_both_results_not_target",
-        "clean_accuracy",
-        "attacked_accuracy",
-        "attack_success_rate",
-        "flip_rate",
-    ];
-    let mut header = vec![
-        "variant".to_string(),
-        "target".into(),
-        "records".into(),
-        "errors".into(),
-        "avg_img_l0_norm_diff".into(),
-    ];
-    for r in rates {
+    let mut writer = csv::Writer::from_writer(csv);
+    let werr = |e: csv::Error| io_err(&csv_path, e);
+    writer.write_record(summary_csv_header()).map_err(werr)?;
+    for v in &summary.variants {
+        writer.write_record(summary_csv_row(v)).map_err(werr)?;
+    }
+    let csv = writer
+        .into_inner()
+        .map_err(|e| io_err(&csv_path, e.error()))?;
+    write_atomic(&csv_path, &csv)
+}
+
+/// The rates of a variant summary in `summary.csv`, each as value, Wilson 95 % bounds and n.
+const SUMMARY_CSV_RATES: [&str; 10] = [
+    "fraction_changed_to",
+    "fraction_already_equal",
+    "fraction_changed_away",
+    "fraction_both_results_not_target",
+    "clean_accuracy",
+    "attacked_accuracy",
+    "clean_top5_accuracy",
+    "attacked_top5_accuracy",
+    "attack_success_rate",
+    "flip_rate",
+];
+
+/// The means of a variant summary in `summary.csv`, after the rates.
+const SUMMARY_CSV_MEANS: [&str; 3] = ["accuracy_drop", "mean_true_prob_drop", "mean_target_rank"];
+
+fn summary_csv_header() -> Vec<String> {
+    let mut header: Vec<String> = [
+        "variant",
+        "target",
+        "records",
+        "errors",
+        "avg_img_l0_norm_diff",
+    ]
+    .map(String::from)
+    .to_vec();
+    for r in SUMMARY_CSV_RATES {
         header.extend([
             r.to_string(),
             format!("{r}_lo"),
@@ -828,35 +839,46 @@ pub fn write_summary_named(
             format!("{r}_n"),
         ]);
     }
-    csv.push_str(&header.join(","));
-    csv.push('\n');
-    for v in &summary.variants {
-        let mut row = vec![
-            format!("\"{}\"", v.variant.replace('"', "\"\"")),
-            format!(
-                "\"{}\"",
-                v.target.clone().unwrap_or_default().replace('"', "\"\"")
-            ),
-            v.records.to_string(),
-            v.errors.to_string(),
-            format!("{:.6}", v.avg_img_l0_norm_diff),
-        ];
-        for r in [
-            &v.fraction_changed_to,
-            &v.fraction_already_equal,
-            &v.fraction_changed_away,
-            &v.fraction_both_results_not_target,
-            &v.clean_accuracy,
-            &v.attacked_accuracy,
-            &v.attack_success_rate,
-            &Some(v.flip_rate),
-        ] {
-            row.extend(fmt_rate(r));
+    header.extend(SUMMARY_CSV_MEANS.map(String::from));
+    header
+}
+
+/// One `summary.csv` row, in [`summary_csv_header`]'s order; absent metrics are empty cells.
+fn summary_csv_row(v: &crate::metrics::VariantSummary) -> Vec<String> {
+    let mut row = vec![
+        v.variant.clone(),
+        v.target.clone().unwrap_or_default(),
+        v.records.to_string(),
+        v.errors.to_string(),
+        format!("{:.6}", v.avg_img_l0_norm_diff),
+    ];
+    let rates = [
+        &v.fraction_changed_to,
+        &v.fraction_already_equal,
+        &v.fraction_changed_away,
+        &v.fraction_both_results_not_target,
+        &v.clean_accuracy,
+        &v.attacked_accuracy,
+        &v.clean_top5_accuracy,
+        &v.attacked_top5_accuracy,
+        &v.attack_success_rate,
+        &Some(v.flip_rate),
+    ];
+    for r in rates {
+        match r {
+            Some(r) => row.extend([
+                format!("{:.6}", r.value),
+                format!("{:.6}", r.lo),
+                format!("{:.6}", r.hi),
+                r.n.to_string(),
+            ]),
+            None => row.extend([String::new(), String::new(), String::new(), String::new()]),
         }
-        csv.push_str(&row.join(","));
-        csv.push('\n');
     }
-    write_atomic(&out.join(format!("{stem}.csv")), csv.as_bytes())
+    for m in [v.accuracy_drop, v.mean_true_prob_drop, v.mean_target_rank] {
+        row.push(m.map(|x| format!("{x:.6}")).unwrap_or_default());
+    }
+    row
 }
 
 #[cfg(test)]
@@ -891,5 +913,42 @@ mod tests {
         let g = gate.clone();
         let _ = std::thread::spawn(move || g.run(|| panic!("forward failed"))).join();
         gate.wait_idle();
+    }
+
+    #[test]
+    fn summary_csv_has_every_metric_and_quotes_names() {
+        use crate::metrics::{summarize_variant, Rate};
+        let mut v = summarize_variant("label \"iPod\", top-left", &[]);
+        v.target = Some("iPod".into());
+        v.clean_top5_accuracy = Some(Rate::new(3, 4));
+        v.mean_target_rank = Some(2.5);
+        v.accuracy_drop = None;
+        let dir = std::env::temp_dir().join(format!("typoclip-summary-csv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let summary = super::SweepSummary {
+            warning: Some("random weights — test".into()),
+            records: 0,
+            errors: 0,
+            variants: vec![v],
+            linear_probe: None,
+        };
+        super::write_summary(&dir, &summary).unwrap();
+        let text = std::fs::read_to_string(dir.join("summary.csv")).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let (banner, table) = text.split_once('\n').unwrap();
+        assert_eq!(banner, "# random weights — test");
+        let mut reader = csv::Reader::from_reader(table.as_bytes());
+        let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+        assert_eq!(header, super::summary_csv_header());
+        assert_eq!(header.len(), 5 + 4 * 10 + 3);
+        let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+        assert_eq!(rows.len(), 1);
+        let cell = |name: &str| rows[0][header.iter().position(|h| h == name).unwrap()].to_string();
+        assert_eq!(cell("variant"), "label \"iPod\", top-left");
+        assert_eq!(cell("target"), "iPod");
+        assert_eq!(cell("clean_top5_accuracy"), "0.750000");
+        assert_eq!(cell("clean_top5_accuracy_n"), "4");
+        assert_eq!(cell("mean_target_rank"), "2.500000");
+        assert_eq!(cell("accuracy_drop"), "");
     }
 }
