@@ -56,6 +56,24 @@ fn model() -> String {
 fn corrupt_images_become_error_records() {
     let dir = tempfile::tempdir().unwrap();
     let desc = make_dataset(dir.path(), 2, &["iPod", "pizza"]);
+    // More kinds of bad file beside make_dataset's corrupt one: empty, truncated inside the
+    // scan, and text with an image extension (decompression bombs: src/dataset unit tests).
+    let photos = dir.path().join("photos");
+    std::fs::write(photos.join("thing1-empty.jpg"), b"").unwrap();
+    let mut jpeg = Vec::new();
+    image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
+        40,
+        30,
+        image::Rgb([9, 99, 199]),
+    ))
+    .write_to(
+        &mut std::io::Cursor::new(&mut jpeg),
+        image::ImageFormat::Jpeg,
+    )
+    .unwrap();
+    let scan = jpeg.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+    std::fs::write(photos.join("thing1-cut.jpg"), &jpeg[..scan + 20]).unwrap();
+    std::fs::write(photos.join("thing1-notes.png"), b"label: iPod").unwrap();
     let out = dir.path().join("run");
     let o = typoclip(&[
         "sweep",
@@ -70,15 +88,27 @@ fn corrupt_images_become_error_records() {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(summary["records"], 5);
-    assert_eq!(summary["errors"], 1);
+    assert_eq!(summary["records"], 8);
+    assert_eq!(summary["errors"], 4);
     let records = std::fs::read_to_string(out.join("records.jsonl")).unwrap();
     let bad: Vec<&str> = records
         .lines()
         .filter(|l| l.contains("\"error\""))
         .collect();
-    assert_eq!(bad.len(), 1);
-    assert!(bad[0].contains("thing0-broken.jpg"), "{}", bad[0]);
+    assert_eq!(bad.len(), 4);
+    for (file, why) in [
+        ("thing0-broken.jpg", "cannot decode image header"),
+        ("thing1-empty.jpg", "empty file"),
+        ("thing1-cut.jpg", "truncated JPEG"),
+        ("thing1-notes.png", "cannot decode image header"),
+    ] {
+        let line = bad
+            .iter()
+            .find(|l| l.contains(file))
+            .unwrap_or_else(|| panic!("no error record for {file}"));
+        assert!(line.contains(why), "{line}");
+        assert!(!line.contains("\\n"), "a multi-line error: {line}");
+    }
     let prov: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("provenance.json")).unwrap())
             .unwrap();

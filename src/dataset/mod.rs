@@ -28,10 +28,17 @@ pub struct ImageError {
 
 /// Decodes an image file (format from content) into RGB.
 pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageError> {
+    // Decoders' messages may span lines; a record's error is one line.
     let fail = |message: String| ImageError {
         path: path.display().to_string(),
-        message,
+        message: message.split_whitespace().collect::<Vec<_>>().join(" "),
     };
+    let size = std::fs::metadata(path)
+        .map_err(|e| fail(format!("cannot open: {e}")))?
+        .len();
+    if size == 0 {
+        return Err(fail("empty file (0 bytes)".into()));
+    }
     let reader = image::ImageReader::open(path)
         .map_err(|e| fail(format!("cannot open: {e}")))?
         .with_guessed_format()
@@ -168,4 +175,90 @@ pub fn builtin_images() -> Result<Vec<BuiltinImage>, ImageError> {
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(format: image::ImageFormat) -> Vec<u8> {
+        let img = RgbImage::from_fn(64, 48, |x, y| {
+            image::Rgb([(x * 4) as u8, (y * 5) as u8, 90])
+        });
+        let mut bytes = Vec::new();
+        image::DynamicImage::ImageRgb8(img)
+            .write_to(&mut std::io::Cursor::new(&mut bytes), format)
+            .unwrap();
+        bytes
+    }
+
+    /// CRC-32 (ISO-HDLC), as PNG chunks carry it.
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= b as u32;
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    /// The error `load_rgb` gives for `bytes` saved as `name`; it must name the file.
+    fn error_for(dir: &Path, name: &str, bytes: &[u8]) -> String {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let message = load_rgb(&path).expect_err(name).to_string();
+        assert!(
+            message.starts_with(&path.display().to_string()),
+            "{message}"
+        );
+        assert_eq!(message.lines().count(), 1, "{message}");
+        message
+    }
+
+    #[test]
+    fn every_kind_of_bad_image_is_one_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let jpeg = encoded(image::ImageFormat::Jpeg);
+        let good = dir.path().join("good.jpg");
+        std::fs::write(&good, &jpeg).unwrap();
+        assert_eq!(load_rgb(&good).unwrap().dimensions(), (64, 48));
+
+        // Cut inside the scan: the headers are whole, the pixels are not.
+        let scan = jpeg.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+        let truncated = error_for(dir.path(), "truncated.jpg", &jpeg[..scan + 40]);
+        assert!(truncated.contains("truncated JPEG"), "{truncated}");
+
+        // A JPEG whose frame header (SOF0) claims 0 components: libjpeg refuses it.
+        let mut corrupt = jpeg.clone();
+        let sof = corrupt.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        corrupt[sof + 9] = 0;
+        let corrupt = error_for(dir.path(), "corrupt.jpg", &corrupt);
+        assert!(corrupt.contains("cannot"), "{corrupt}");
+
+        let empty = error_for(dir.path(), "empty.jpg", b"");
+        assert!(empty.contains("empty file"), "{empty}");
+
+        // The extension does not decide the format: a PNG named .jpg decodes, a text file named
+        // .png is refused.
+        let png_as_jpg = dir.path().join("really-a-png.jpg");
+        std::fs::write(&png_as_jpg, encoded(image::ImageFormat::Png)).unwrap();
+        assert_eq!(load_rgb(&png_as_jpg).unwrap().dimensions(), (64, 48));
+        let text = error_for(dir.path(), "notes.png", b"label: iPod\n");
+        assert!(text.contains("cannot decode image header"), "{text}");
+
+        // A decompression bomb: a valid PNG header announcing 20000 x 20000 pixels.
+        let mut bomb = encoded(image::ImageFormat::Png);
+        bomb[16..20].copy_from_slice(&20_000u32.to_be_bytes());
+        bomb[20..24].copy_from_slice(&20_000u32.to_be_bytes());
+        let crc = crc32(&bomb[12..29]);
+        bomb[29..33].copy_from_slice(&crc.to_be_bytes());
+        let bomb = error_for(dir.path(), "bomb.png", &bomb);
+        assert!(bomb.contains("20000x20000 exceeds"), "{bomb}");
+    }
 }
