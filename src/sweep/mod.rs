@@ -764,10 +764,15 @@ pub fn run_physical(
     Ok(summary)
 }
 
-/// Writes a file through a temporary sibling and a rename, so readers never see half of it.
+/// Writes a file through a temporary sibling, synced to disk, and a rename, so readers (and a
+/// resume after power loss) see the old file or the whole new one, never half of it.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SweepError> {
+    use std::io::Write;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| io_err(&tmp, e))?;
+    let mut file = std::fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io_err(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
 }
 
