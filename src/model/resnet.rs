@@ -9,7 +9,7 @@ use tch::{nn, Tensor};
 
 use super::kernels;
 use super::probe::Probe;
-use super::transformer::{param, split_heads, Linear};
+use super::transformer::{attend, merge_heads, param, Linear};
 
 /// `Conv2d` without bias.
 #[derive(Debug)]
@@ -222,21 +222,15 @@ impl AttentionPool2d {
         let (b, c, _, _) = x.size4().expect("[B, C, H, W]");
         let x = x.flatten(2, 3).permute([0, 2, 1]); // [B, HW, C]
         let x = Tensor::cat(&[x.mean_dim(1, true, None), x], 1) + &self.positional_embedding;
-        let q = split_heads(&self.q_proj.forward(&x.narrow(1, 0, 1)), self.heads);
-        let k = split_heads(&self.k_proj.forward(&x), self.heads);
-        let v = split_heads(&self.v_proj.forward(&x), self.heads);
-        let heads = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            None::<Tensor>,
-            0.0,
-            false,
-            None,
+        let heads = attend(
+            &self.q_proj.forward(&x.narrow(1, 0, 1)),
+            &self.k_proj.forward(&x),
+            &self.v_proj.forward(&x),
+            self.heads,
             false,
         );
         let heads = probe.site("visual.attnpool.heads", heads, 1);
-        let merged = heads.transpose(1, 2).reshape([b, c]);
+        let merged = merge_heads(&heads).reshape([b, c]);
         self.c_proj.forward(&merged)
     }
 }

@@ -78,9 +78,31 @@ fn quick_gelu(x: &Tensor) -> Tensor {
 }
 
 /// Splits `[B, L, H*Dh]` into `[B, H, L, Dh]`.
-pub(crate) fn split_heads(x: &Tensor, heads: i64) -> Tensor {
+fn split_heads(x: &Tensor, heads: i64) -> Tensor {
     let (b, l, w) = x.size3().expect("[B, L, W]");
     x.view([b, l, heads, w / heads]).transpose(1, 2)
+}
+
+/// Scaled dot-product attention of the projected queries `q` `[B, Lq, W]` over the projected
+/// keys and values `k`, `v` `[B, L, W]`, split into `heads`: the per-head outputs
+/// `[B, H, Lq, W/H]` (a probe site), before [`merge_heads`]. `causal` masks future tokens.
+pub(crate) fn attend(q: &Tensor, k: &Tensor, v: &Tensor, heads: i64, causal: bool) -> Tensor {
+    Tensor::scaled_dot_product_attention(
+        &split_heads(q, heads),
+        &split_heads(k, heads),
+        &split_heads(v, heads),
+        None::<Tensor>,
+        0.0,
+        causal,
+        None,
+        false,
+    )
+}
+
+/// `[B, H, L, Dh]` → `[B, L, H*Dh]`, the inverse of the split in [`attend`].
+pub(crate) fn merge_heads(heads: &Tensor) -> Tensor {
+    let (b, h, l, d) = heads.size4().expect("[B, H, L, Dh]");
+    heads.transpose(1, 2).reshape([b, l, h * d])
 }
 
 /// `nn.MultiheadAttention` with a fused `in_proj_weight` `[3W, W]` (OpenAI naming).
@@ -116,7 +138,7 @@ impl MultiheadAttention {
         site: &str,
         probe: &mut Probe,
     ) -> Tensor {
-        let (b, l, w) = x.size3().expect("[B, L, W]");
+        let w = x.size3().expect("[B, L, W]").2;
         if !causal && !probe.touches(site) && !x.requires_grad() && !kernels::uses_onednn(x) {
             // libtorch's fused kernel (what nn.MultiheadAttention runs in eval under no_grad).
             let (out, _) = Tensor::internal_native_multi_head_attention(
@@ -138,31 +160,16 @@ impl MultiheadAttention {
         }
         let qkv = kernels::linear(x, &self.in_proj_weight, Some(&self.in_proj_bias));
         let parts = qkv.chunk(3, -1);
-        let (q, k, v) = (
-            split_heads(&parts[0], self.heads),
-            split_heads(&parts[1], self.heads),
-            split_heads(&parts[2], self.heads),
-        );
-        let heads = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            None::<Tensor>,
-            0.0,
-            causal,
-            None,
-            false,
-        );
+        let heads = attend(&parts[0], &parts[1], &parts[2], self.heads, causal);
         let heads = probe.site(site, heads, 1);
-        let merged = heads.transpose(1, 2).reshape([b, l, w]);
-        self.out_proj.forward_add(&merged, residual)
+        self.out_proj.forward_add(&merge_heads(&heads), residual)
     }
 
     /// `residual` `[B, 1, W]` + the first token's row of non-causal self-attention over `x`
     /// `[B, L, W]`: the query of token 0 only, the keys and values of every token. Equal to
     /// `forward_add(x, …)[:, :1]` at a fraction of the cost.
     fn forward_first_token_add(&self, x: &Tensor, residual: &Tensor) -> Tensor {
-        let (b, _, w) = x.size3().expect("[B, L, W]");
+        let w = x.size()[2];
         let q = kernels::linear(
             &x.narrow(1, 0, 1),
             &self.in_proj_weight.narrow(0, 0, w),
@@ -174,18 +181,8 @@ impl MultiheadAttention {
             Some(&self.in_proj_bias.narrow(0, w, 2 * w)),
         );
         let parts = kv.chunk(2, -1);
-        let heads = Tensor::scaled_dot_product_attention(
-            &split_heads(&q, self.heads),
-            &split_heads(&parts[0], self.heads),
-            &split_heads(&parts[1], self.heads),
-            None::<Tensor>,
-            0.0,
-            false,
-            None,
-            false,
-        );
-        let merged = heads.transpose(1, 2).reshape([b, 1, w]);
-        self.out_proj.forward_add(&merged, residual)
+        let heads = attend(&q, &parts[0], &parts[1], self.heads, false);
+        self.out_proj.forward_add(&merge_heads(&heads), residual)
     }
 }
 

@@ -809,22 +809,32 @@ pub fn write_summary_named(
     write_atomic(&csv_path, &csv)
 }
 
-/// The rates of a variant summary in `summary.csv`, each as value, Wilson 95 % bounds and n.
-const SUMMARY_CSV_RATES: [&str; 10] = [
-    "fraction_changed_to",
-    "fraction_already_equal",
-    "fraction_changed_away",
-    "fraction_both_results_not_target",
-    "clean_accuracy",
-    "attacked_accuracy",
-    "clean_top5_accuracy",
-    "attacked_top5_accuracy",
-    "attack_success_rate",
-    "flip_rate",
+/// A `summary.csv` column group: its name and how to read it from a variant summary.
+type SummaryColumn<T> = (&'static str, fn(&VariantSummary) -> Option<T>);
+
+/// The rates of a variant summary in `summary.csv`, in column order, each written as value,
+/// Wilson 95 % bounds and n.
+const SUMMARY_CSV_RATES: [SummaryColumn<crate::metrics::Rate>; 10] = [
+    ("fraction_changed_to", |v| v.fraction_changed_to),
+    ("fraction_already_equal", |v| v.fraction_already_equal),
+    ("fraction_changed_away", |v| v.fraction_changed_away),
+    ("fraction_both_results_not_target", |v| {
+        v.fraction_both_results_not_target
+    }),
+    ("clean_accuracy", |v| v.clean_accuracy),
+    ("attacked_accuracy", |v| v.attacked_accuracy),
+    ("clean_top5_accuracy", |v| v.clean_top5_accuracy),
+    ("attacked_top5_accuracy", |v| v.attacked_top5_accuracy),
+    ("attack_success_rate", |v| v.attack_success_rate),
+    ("flip_rate", |v| Some(v.flip_rate)),
 ];
 
 /// The means of a variant summary in `summary.csv`, after the rates.
-const SUMMARY_CSV_MEANS: [&str; 3] = ["accuracy_drop", "mean_true_prob_drop", "mean_target_rank"];
+const SUMMARY_CSV_MEANS: [SummaryColumn<f64>; 3] = [
+    ("accuracy_drop", |v| v.accuracy_drop),
+    ("mean_true_prob_drop", |v| v.mean_true_prob_drop),
+    ("mean_target_rank", |v| v.mean_target_rank),
+];
 
 fn summary_csv_header() -> Vec<String> {
     let mut header: Vec<String> = [
@@ -836,7 +846,7 @@ fn summary_csv_header() -> Vec<String> {
     ]
     .map(String::from)
     .to_vec();
-    for r in SUMMARY_CSV_RATES {
+    for (r, _) in SUMMARY_CSV_RATES {
         header.extend([
             r.to_string(),
             format!("{r}_lo"),
@@ -844,12 +854,12 @@ fn summary_csv_header() -> Vec<String> {
             format!("{r}_n"),
         ]);
     }
-    header.extend(SUMMARY_CSV_MEANS.map(String::from));
+    header.extend(SUMMARY_CSV_MEANS.map(|(m, _)| m.to_string()));
     header
 }
 
 /// One `summary.csv` row, in [`summary_csv_header`]'s order; absent metrics are empty cells.
-fn summary_csv_row(v: &crate::metrics::VariantSummary) -> Vec<String> {
+fn summary_csv_row(v: &VariantSummary) -> Vec<String> {
     let mut row = vec![
         v.variant.clone(),
         v.target.clone().unwrap_or_default(),
@@ -857,20 +867,8 @@ fn summary_csv_row(v: &crate::metrics::VariantSummary) -> Vec<String> {
         v.errors.to_string(),
         format!("{:.6}", v.avg_img_l0_norm_diff),
     ];
-    let rates = [
-        &v.fraction_changed_to,
-        &v.fraction_already_equal,
-        &v.fraction_changed_away,
-        &v.fraction_both_results_not_target,
-        &v.clean_accuracy,
-        &v.attacked_accuracy,
-        &v.clean_top5_accuracy,
-        &v.attacked_top5_accuracy,
-        &v.attack_success_rate,
-        &Some(v.flip_rate),
-    ];
-    for r in rates {
-        match r {
+    for (_, rate) in SUMMARY_CSV_RATES {
+        match rate(v) {
             Some(r) => row.extend([
                 format!("{:.6}", r.value),
                 format!("{:.6}", r.lo),
@@ -880,8 +878,8 @@ fn summary_csv_row(v: &crate::metrics::VariantSummary) -> Vec<String> {
             None => row.extend([String::new(), String::new(), String::new(), String::new()]),
         }
     }
-    for m in [v.accuracy_drop, v.mean_true_prob_drop, v.mean_target_rank] {
-        row.push(m.map(|x| format!("{x:.6}")).unwrap_or_default());
+    for (_, mean) in SUMMARY_CSV_MEANS {
+        row.push(mean(v).map(|x| format!("{x:.6}")).unwrap_or_default());
     }
     row
 }
