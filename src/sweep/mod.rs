@@ -295,39 +295,68 @@ pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Keeps the image workers off the CPU while the model runs a forward pass on it.
+/// Keeps the image workers and the model's forward pass off the CPU at the same time.
 ///
 /// libtorch's forward uses every core (its intra-op threads); a worker that runs meanwhile
 /// preempts one of them, and the others then spin at the next barrier, so each millisecond of
 /// decoding costs the forward more than a millisecond (measured: 8–16 % of sweep throughput on 2
 /// cores with 1–2 free-running workers). With the gate, workers prepare the next images in the
-/// gaps between forward passes, on all cores, and a worker already in a job finishes it. Not
+/// gaps between forward passes, on all cores: a worker enters the gate for each job (it waits
+/// while a forward runs), and a forward starts only once the jobs in progress have ended. Not
 /// used on CUDA, where the forward leaves the CPUs free and overlapping is pure gain.
 #[derive(Debug, Default)]
 pub struct ForwardGate {
-    busy: std::sync::Mutex<bool>,
-    idle: std::sync::Condvar,
+    state: std::sync::Mutex<GateState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    /// A forward pass holds the gate (or waits for the jobs in progress to end).
+    forward: bool,
+    /// Worker jobs in progress.
+    jobs: usize,
+}
+
+/// A worker's job in progress; dropping it lets a waiting forward pass start.
+pub struct GateJob<'a>(&'a ForwardGate);
+
+impl Drop for GateJob<'_> {
+    fn drop(&mut self) {
+        self.0.state.lock().expect("forward gate").jobs -= 1;
+        self.0.changed.notify_all();
+    }
 }
 
 impl ForwardGate {
-    /// Blocks while a forward pass is running.
-    pub fn wait_idle(&self) {
-        let mut busy = self.busy.lock().expect("forward gate");
-        while *busy {
-            busy = self.idle.wait(busy).expect("forward gate");
+    /// Blocks while a forward pass holds the gate, then counts a job in progress until the
+    /// returned guard is dropped.
+    pub fn enter_job(&self) -> GateJob<'_> {
+        let mut state = self.state.lock().expect("forward gate");
+        while state.forward {
+            state = self.changed.wait(state).expect("forward gate");
         }
+        state.jobs += 1;
+        GateJob(self)
     }
 
-    /// Runs `forward` with the workers held back.
+    /// Runs `forward` once the jobs in progress have ended, with new jobs held back until it
+    /// returns (or panics).
     pub fn run<T>(&self, forward: impl FnOnce() -> T) -> T {
         struct Open<'a>(&'a ForwardGate);
         impl Drop for Open<'_> {
             fn drop(&mut self) {
-                *self.0.busy.lock().expect("forward gate") = false;
-                self.0.idle.notify_all();
+                self.0.state.lock().expect("forward gate").forward = false;
+                self.0.changed.notify_all();
             }
         }
-        *self.busy.lock().expect("forward gate") = true;
+        {
+            let mut state = self.state.lock().expect("forward gate");
+            state.forward = true;
+            while state.jobs > 0 {
+                state = self.changed.wait(state).expect("forward gate");
+            }
+        }
         let _open = Open(self);
         forward()
     }
@@ -359,9 +388,9 @@ fn prepare_images(
             let mut last: Option<(PathBuf, Decoded)> = None;
             let mut mine: std::collections::VecDeque<(usize, ImageJob)> = Default::default();
             loop {
-                if let Some(gate) = &gate {
-                    gate.wait_idle();
-                }
+                // Ended before the result is queued: a worker blocked on a full queue must not
+                // hold back the forward pass that drains it.
+                let in_progress = gate.as_deref().map(ForwardGate::enter_job);
                 if mine.is_empty() {
                     let mut queue = jobs.lock().expect("job queue");
                     if let Some(first) = queue.next() {
@@ -417,6 +446,7 @@ fn prepare_images(
                             (crate::preprocess::to_normalized_tensor(&input), l0)
                         }
                     });
+                drop(in_progress);
                 if tx.send(Prepared { index, result }).is_err() {
                     break;
                 }
@@ -899,7 +929,7 @@ mod tests {
             let (gate, flag) = (gate.clone(), passed.clone());
             let worker = std::thread::spawn(move || {
                 started_tx.send(()).unwrap();
-                gate.wait_idle();
+                let _job = gate.enter_job();
                 flag.store(true, Ordering::SeqCst);
             });
             started_rx.recv().unwrap();
@@ -915,7 +945,23 @@ mod tests {
         // A panicking forward still opens the gate.
         let g = gate.clone();
         let _ = std::thread::spawn(move || g.run(|| panic!("forward failed"))).join();
-        gate.wait_idle();
+        drop(gate.enter_job());
+    }
+
+    #[test]
+    fn forward_waits_for_the_jobs_in_progress() {
+        let gate = Arc::new(ForwardGate::default());
+        let job_ended = Arc::new(AtomicBool::new(false));
+        let job = gate.enter_job();
+        let (g, ended) = (gate.clone(), job_ended.clone());
+        let forward = std::thread::spawn(move || g.run(|| ended.load(Ordering::SeqCst)));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        job_ended.store(true, Ordering::SeqCst);
+        drop(job);
+        assert!(
+            forward.join().unwrap(),
+            "the forward started while a job was in progress"
+        );
     }
 
     #[test]
