@@ -18,6 +18,7 @@ fn main() {
     println!("cargo:rerun-if-changed=csrc/jit_shim.cpp");
     println!("cargo:rerun-if-changed=csrc/onednn_shim.cpp");
     println!("cargo:rerun-if-changed=csrc/shim_common.h");
+    println!("cargo:rerun-if-changed=csrc/quick_gelu_avx2.c");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let lib_dir = std::env::var("DEP_TCH_LIBTORCH_LIB")
         .expect("torch-sys did not export its libtorch lib dir (DEP_TCH_LIBTORCH_LIB)");
@@ -35,11 +36,23 @@ fn main() {
         .flag("-std=c++17")
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .flag("-DGLOG_USE_GLOG_EXPORT")
+        // `at::parallel_for` is an OpenMP loop in the header: without -fopenmp it runs on one
+        // thread. The runtime is libtorch's own libgomp (linked below), not a second one.
+        .flag("-fopenmp")
         .file("csrc/jit_shim.cpp")
         .file("csrc/onednn_shim.cpp")
         .compile("typoclip_jit_shim");
+    // Built alone with AVX2 and FMA, and called only on CPUs that have them (checked at run time).
+    cc::Build::new()
+        .warnings(false)
+        .flag("-mavx2")
+        .flag("-mfma")
+        .flag("-O3")
+        .file("csrc/quick_gelu_avx2.c")
+        .compile("typoclip_avx2");
     println!("cargo:rustc-link-search=native={}", lib_dir.display());
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");
+    println!("cargo:rustc-link-lib=dylib:+verbatim=libgomp.so.1");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
 }

@@ -105,6 +105,30 @@ void *typoclip_channels_last(const at::Tensor *x, char **err) {
   }
 }
 
+void typoclip_quick_gelu_avx2(float *p, int64_t n);  // quick_gelu_avx2.c
+
+// QuickGELU, `x * sigmoid(1.702 x)`, in place on a contiguous CPU fp32 tensor, in one pass on
+// libtorch's intra-op threads (ATen's ops take three: scale, sigmoid, multiply). Returns 1 when
+// done, 0 when not eligible (no AVX2/FMA, another dtype or device, not contiguous, or autograd
+// recording): the caller then uses ATen's ops. -1 with *err set on an error.
+int typoclip_quick_gelu_(at::Tensor *x, char **err) {
+  try {
+    static const bool cpu_ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (!cpu_ok || !x->device().is_cpu() || x->scalar_type() != at::kFloat ||
+        !x->is_contiguous() || (at::GradMode::is_enabled() && x->requires_grad())) {
+      return 0;
+    }
+    float *p = x->data_ptr<float>();
+    at::parallel_for(0, x->numel(), 1 << 14, [p](int64_t begin, int64_t end) {
+      typoclip_quick_gelu_avx2(p + begin, end - begin);
+    });
+    return 1;
+  } catch (const std::exception &e) {
+    if (err) *err = typoclip::dup_str(e.what());
+    return -1;
+  }
+}
+
 // Whether autograd records operations on this thread (`torch.is_grad_enabled()`).
 int typoclip_grad_enabled() { return at::GradMode::is_enabled() ? 1 : 0; }
 

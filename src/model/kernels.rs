@@ -7,6 +7,9 @@
 //! libtorch's MKL-backed path that Python open_clip uses. Both compute the same product; they
 //! differ by float rounding only (about 1e-6 relative). `TYPOCLIP_CPU_LINEAR=aten` in the
 //! environment selects the libtorch path for the whole process, for A/B measurements.
+//!
+//! QuickGELU in inference runs in one pass over its buffer ([`quick_gelu_`], AVX2 + FMA, in
+//! `csrc/quick_gelu_avx2.c`) instead of ATen's three (scale, sigmoid, multiply).
 
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -27,6 +30,7 @@ extern "C" {
     fn typoclip_channels_last(x: *const c_void, err: *mut *mut c_char) -> *mut c_void;
     fn typoclip_retain_freed_memory() -> c_int;
     fn typoclip_grad_enabled() -> c_int;
+    fn typoclip_quick_gelu_(x: *mut c_void, err: *mut *mut c_char) -> c_int;
 }
 
 /// Makes glibc keep freed memory for reuse instead of unmapping every block over 32 MiB, so the
@@ -175,6 +179,21 @@ pub(crate) fn linear_add(
     call(x, weight, bias, Some(residual))
 }
 
+/// QuickGELU, `x · σ(1.702 x)`, in place in one pass (AVX2 + FMA, SLEEF's 1-ulp `expf`, on
+/// libtorch's intra-op threads) where `x` is a contiguous CPU fp32 tensor with no gradient
+/// recorded and the CPU has AVX2 and FMA. Returns false, leaving `x` as it was, where not.
+pub(crate) fn quick_gelu_(x: &mut Tensor) -> bool {
+    let mut err: *mut c_char = std::ptr::null_mut();
+    // SAFETY: `x` is a live `at::Tensor*` borrowed mutably for the call, which writes its data
+    // in place and keeps its storage; `err` is null or a malloc'd message, freed once here.
+    let done = unsafe { typoclip_quick_gelu_(x.as_mut_ptr() as *mut c_void, &mut err) };
+    if done < 0 {
+        let msg = unsafe { super::jit::shim_message(err) };
+        panic!("quick_gelu: {}", msg.lines().next().unwrap_or(""));
+    }
+    done == 1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,6 +227,48 @@ mod tests {
         // A bias broadcast over a residual of a different but broadcastable shape.
         let r1 = Tensor::randn([160], opts);
         assert!(max_diff(&call(&x, &w, Some(&b), Some(&r1)), &(&want + &r1)) < 1e-5);
+    }
+
+    /// ATen's three-op QuickGELU, what open_clip computes.
+    fn quick_gelu_aten(x: &Tensor) -> Tensor {
+        x * (x * 1.702).sigmoid()
+    }
+
+    #[test]
+    fn one_pass_quick_gelu_equals_aten() {
+        let _g = tch::no_grad_guard();
+        tch::manual_seed(5);
+        // An odd length (tail past the last 8 lanes), large magnitudes both ways (exp overflow
+        // and underflow), zeros, and the MLP's shape at batch 2.
+        for x in [
+            Tensor::randn([1003], (Kind::Float, Device::Cpu)) * 4.0,
+            Tensor::from_slice(&[0.0f32, -0.0, 60.0, -60.0, 100.0, -100.0, 1e-30, -1e-30, 3.5]),
+            Tensor::randn([2, 50, 3072], (Kind::Float, Device::Cpu)),
+        ] {
+            let want = quick_gelu_aten(&x);
+            let mut got = x.copy();
+            if !quick_gelu_(&mut got) {
+                // No AVX2/FMA here: nothing to compare, and `x` must be untouched.
+                #[cfg(target_arch = "x86_64")]
+                assert!(
+                    !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")),
+                    "the one-pass kernel refused a CPU with AVX2 and FMA"
+                );
+                assert_eq!(max_diff(&got, &x), 0.0);
+                continue;
+            }
+            let scale = want.abs().clamp_min(1e-30);
+            let rel = ((&got - &want).abs() / scale).max().double_value(&[]);
+            assert!(rel < 1e-6, "relative difference {rel}");
+            assert!(got.isfinite().all().int64_value(&[]) == 1);
+        }
+        // Not eligible: a non-contiguous view or another dtype is left as it was.
+        let mut t = Tensor::randn([4, 6], (Kind::Float, Device::Cpu)).transpose(0, 1);
+        let before = t.copy();
+        assert!(!quick_gelu_(&mut t));
+        assert_eq!(max_diff(&t, &before), 0.0);
+        let mut d = Tensor::randn([8], (Kind::Double, Device::Cpu));
+        assert!(!quick_gelu_(&mut d));
     }
 
     #[test]
