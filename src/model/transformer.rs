@@ -66,8 +66,8 @@ impl Linear {
     }
 }
 
-/// `x · σ(1.702 x)`. In inference (no gradient recorded) it overwrites `x`: in one pass on CPU
-/// fp32 (`kernels::quick_gelu_`), elsewhere with ATen's ops on one extra buffer.
+/// `x · σ(1.702 x)`. In inference (no gradient recorded) on a CPU fp32 tensor it overwrites `x`
+/// in one pass (`kernels::quick_gelu_`); elsewhere ATen's ops write one new buffer.
 fn quick_gelu(mut x: Tensor) -> Tensor {
     if kernels::grad_enabled() {
         return &x * (&x * 1.702).sigmoid();
