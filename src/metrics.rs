@@ -106,8 +106,84 @@ fn rate_if(k: u64, n: u64) -> Option<Rate> {
     (n > 0).then(|| Rate::new(k, n))
 }
 
+/// An exact, order-independent sum of finite `f64`s: Shewchuk's non-overlapping partials with
+/// one correctly rounded result at the end, the algorithm of Python's `math.fsum`. The result is
+/// the exact sum rounded once, so it does not depend on the order the terms arrive in — which is
+/// what keeps summaries byte-identical however a run was interrupted, sharded or resumed.
+#[derive(Debug, Clone, Default)]
+pub struct ExactSum {
+    partials: Vec<f64>,
+}
+
+impl ExactSum {
+    /// Adds one term (finite; a non-finite term makes the sum meaningless, as with `fsum`).
+    pub fn add(&mut self, mut x: f64) {
+        let mut kept = 0;
+        for j in 0..self.partials.len() {
+            let mut y = self.partials[j];
+            if x.abs() < y.abs() {
+                std::mem::swap(&mut x, &mut y);
+            }
+            let hi = x + y;
+            let lo = y - (hi - x);
+            if lo != 0.0 {
+                self.partials[kept] = lo;
+                kept += 1;
+            }
+            x = hi;
+        }
+        self.partials.truncate(kept);
+        self.partials.push(x);
+    }
+
+    /// The exact sum, correctly rounded (ties to even).
+    pub fn value(&self) -> f64 {
+        let p = &self.partials;
+        let Some(&last) = p.last() else {
+            return 0.0;
+        };
+        let mut n = p.len() - 1;
+        let mut hi = last;
+        let mut lo = 0.0;
+        while n > 0 {
+            let x = hi;
+            n -= 1;
+            let y = p[n];
+            hi = x + y;
+            lo = y - (hi - x);
+            if lo != 0.0 {
+                break;
+            }
+        }
+        // Round half to even across the remaining partials, as `math.fsum` does.
+        if n > 0 && ((lo < 0.0 && p[n - 1] < 0.0) || (lo > 0.0 && p[n - 1] > 0.0)) {
+            let y = lo * 2.0;
+            let x = hi + y;
+            if y == x - hi {
+                hi = x;
+            }
+        }
+        hi
+    }
+}
+
+impl FromIterator<f64> for ExactSum {
+    fn from_iter<I: IntoIterator<Item = f64>>(iter: I) -> Self {
+        let mut s = ExactSum::default();
+        for x in iter {
+            s.add(x);
+        }
+        s
+    }
+}
+
+/// The mean of `v` from its [`ExactSum`]: the same bits for any order of `v`.
+pub fn exact_mean(v: &[f64]) -> Option<f64> {
+    (!v.is_empty()).then(|| v.iter().copied().collect::<ExactSum>().value() / v.len() as f64)
+}
+
 fn mean(v: &[f64]) -> Option<f64> {
-    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    exact_mean(v)
 }
 
 /// Summarises the records of one variant.
@@ -183,7 +259,9 @@ pub fn summarize_variant(variant: &str, records: &[&Record]) -> VariantSummary {
     }
 }
 
-/// Summaries for every variant, in order of first appearance.
+/// Summaries for every variant, in order of first appearance (records.jsonl is written in the
+/// sweep's canonical cell order, so that is the spec's variant order). Every aggregate inside a
+/// variant is a count or an [`ExactSum`], so it does not depend on the order of the records.
 pub fn summarize(records: &[Record]) -> Vec<VariantSummary> {
     let mut order: Vec<&str> = Vec::new();
     let mut by: BTreeMap<&str, Vec<&Record>> = BTreeMap::new();
@@ -299,5 +377,78 @@ mod tests {
         let s = &summarize(&rs)[0];
         assert_eq!((s.records, s.errors), (2, 1));
         assert_eq!(s.flip_rate.n, 1);
+    }
+
+    #[test]
+    fn exact_sum_is_correctly_rounded_and_order_independent() {
+        // Values math.fsum gives: naive summation gets each of these wrong.
+        assert_eq!([0.1; 10].into_iter().collect::<ExactSum>().value(), 1.0);
+        assert_eq!(
+            [1e100, 1.0, -1e100, 1e-100, 1e50, -1.0, -1e50]
+                .into_iter()
+                .collect::<ExactSum>()
+                .value(),
+            1e-100
+        );
+        // Ties to even: 2**53 + 1 + 2**-52 needs the last partial to round up.
+        let two53 = 9_007_199_254_740_992.0;
+        assert_eq!(
+            [two53, 1.0, 2f64.powi(-52)]
+                .into_iter()
+                .collect::<ExactSum>()
+                .value(),
+            two53 + 2.0
+        );
+        assert_eq!(ExactSum::default().value(), 0.0);
+        // Every rotation and the reverse of an awkward list give the same bits.
+        let v: Vec<f64> = (0..200)
+            .map(|i| {
+                ((i * 7919 % 1000) as f64 / 997.0).powi(3) * if i % 3 == 0 { -1.0 } else { 1.0 }
+            })
+            .collect();
+        let reference = exact_mean(&v).unwrap();
+        let naive: Vec<f64> = (0..v.len())
+            .map(|k| {
+                let mut r = v.clone();
+                r.rotate_left(k);
+                r.iter().sum::<f64>()
+            })
+            .collect();
+        assert!(
+            naive.iter().any(|s| s.to_bits() != naive[0].to_bits()),
+            "the list does not exercise the order dependence of a naive sum"
+        );
+        for k in 0..v.len() {
+            let mut r = v.clone();
+            r.rotate_left(k);
+            assert_eq!(exact_mean(&r).unwrap().to_bits(), reference.to_bits());
+            r.reverse();
+            assert_eq!(exact_mean(&r).unwrap().to_bits(), reference.to_bits());
+        }
+    }
+
+    #[test]
+    fn summaries_do_not_depend_on_record_order() {
+        let mut rs: Vec<Record> = (0..60)
+            .map(|i| {
+                let mut r = rec(
+                    "apple",
+                    "iPod",
+                    if i % 4 == 0 { "pear" } else { "apple" },
+                    if i % 3 == 0 { "iPod" } else { "apple" },
+                );
+                r.l0 = 0.095 + (i as f64) * 1e-3 / 7.0;
+                r.p_true_attacked = Some(0.1 + i as f32 / 97.0);
+                r.target_rank_attacked = Some(1 + i % 9);
+                r
+            })
+            .collect();
+        let a = serde_json::to_string(&summarize(&rs)).unwrap();
+        for k in [1, 7, 31, 59] {
+            rs.rotate_left(k);
+            assert_eq!(serde_json::to_string(&summarize(&rs)).unwrap(), a);
+        }
+        rs.reverse();
+        assert_eq!(serde_json::to_string(&summarize(&rs)).unwrap(), a);
     }
 }

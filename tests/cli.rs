@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::Output;
+use std::process::{Command, Output};
 
 use common::{fixtures, read_tensors};
 use tch::Tensor;
@@ -231,4 +231,72 @@ fn classify_json_with_random_weights_says_so_first() {
         .next()
         .unwrap()
         .starts_with("# random weights — output is not a property of CLIP"));
+}
+
+/// The README's first command, as written there (less its set-up step and with a temporary
+/// `--out`): it sweeps the built-in photos with a shipped attack, writes the report and prints
+/// the report's path last; with no checkpoint cached it says so on its first line.
+#[test]
+fn readme_first_command_sweeps_and_reports_the_builtin_images() {
+    let readme = std::fs::read_to_string(common::repo().join("README.md")).unwrap();
+    let block = readme
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a ```sh block in the README");
+    let line = block.trim();
+    let command = line
+        .strip_prefix("bash scripts/setup.sh && ./target/release/typoclip ")
+        .unwrap_or_else(|| panic!("the first command is not set-up then typoclip: {line}"));
+    let mut args: Vec<String> = command.split_whitespace().map(String::from).collect();
+    assert_eq!(args[0], "sweep", "{line}");
+    assert!(args.iter().any(|a| a == "--report"), "{line}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("first-run");
+    let i = args.iter().position(|a| a == "--out").expect("--out") + 1;
+    args[i] = out.display().to_string();
+    if !common::repo().join(".cache/builtin/chelsea.png").exists() {
+        eprintln!("skipping: the built-in images are not extracted (run scripts/setup.sh)");
+        return;
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_typoclip"))
+        .args(&args)
+        .current_dir(common::repo())
+        .env(
+            "XDG_CACHE_HOME",
+            dir.path().join("empty-cache"), // nothing cached: the random fallback
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        stdout.starts_with("# random weights"),
+        "first line: {}",
+        stdout.lines().next().unwrap_or("")
+    );
+    let last = stdout.lines().last().unwrap();
+    let html = out.join("report.html");
+    assert!(
+        last.starts_with("report: ") && last.contains(&html.display().to_string()),
+        "last line: {last}"
+    );
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("random weights"), "no banner in the report");
+    let records = std::fs::read_to_string(out.join("records.jsonl")).unwrap();
+    let spec_path = &args[args.iter().position(|a| a == "--attacks").unwrap() + 1];
+    let spec = typoclip::attack::AttackSpec::load(&common::repo().join(spec_path)).unwrap();
+    assert_eq!(records.lines().count(), 4 * spec.variants.len());
+    // Running it again continues the finished run instead of failing.
+    let again = Command::new(env!("CARGO_BIN_EXE_typoclip"))
+        .args(&args)
+        .current_dir(common::repo())
+        .env("XDG_CACHE_HOME", dir.path().join("empty-cache"))
+        .output()
+        .unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
 }

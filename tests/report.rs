@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 
 use common::{repo, run_typoclip};
 use scraper::{Html, Selector};
-use typoclip::metrics::summarize;
 use typoclip::records::{Record, Scored};
 use typoclip::sweep::provenance::Provenance;
 use typoclip::sweep::SweepSummary;
@@ -134,13 +133,7 @@ fn write_run(dir: &Path, prov: &Provenance, recs: &[Record], with_summary: bool)
     let lines: String = recs.iter().map(|r| r.to_json_line() + "\n").collect();
     std::fs::write(dir.join("records.jsonl"), lines).unwrap();
     if with_summary {
-        let summary = SweepSummary {
-            warning: prov.warning.clone(),
-            records: recs.len(),
-            errors: recs.iter().filter(|r| r.error.is_some()).count(),
-            variants: summarize(recs),
-            linear_probe: None,
-        };
+        let summary = SweepSummary::from_records(prov.warning.clone(), recs);
         std::fs::write(
             dir.join("summary.json"),
             serde_json::to_vec_pretty(&summary).unwrap(),

@@ -541,3 +541,202 @@ fn bf16_precision_is_recorded_and_close_to_fp32() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("precision differs"));
 }
+
+/// A class-per-folder dataset (`photos/<class>/`) of 5 + 3 photos and 4 unreadable files: real
+/// ImageNet-sample photos when `../shared/data` is there, drawn ones otherwise.
+fn make_class_folders(dir: &Path) -> std::path::PathBuf {
+    let photos = dir.join("photos");
+    let shared = common::shared_data().map(|d| d.join("imagenet-sample"));
+    let real: Vec<std::path::PathBuf> = match &shared {
+        Some(d) if d.is_dir() => {
+            let mut v: Vec<_> = std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+                .collect();
+            v.sort();
+            v.into_iter().step_by(97).take(8).collect()
+        }
+        _ => {
+            eprintln!("../shared/data/imagenet-sample absent: drawn images instead of photos");
+            Vec::new()
+        }
+    };
+    for (i, class) in ["goldfish", "radio"].iter().enumerate() {
+        std::fs::create_dir_all(photos.join(class)).unwrap();
+        let n = if i == 0 { 5 } else { 3 };
+        for k in 0..n {
+            let idx = i * 5 + k;
+            let target = photos.join(class).join(format!("p{k}.jpg"));
+            match real.get(idx) {
+                Some(src) => {
+                    std::fs::copy(src, &target).unwrap();
+                }
+                None => {
+                    image::RgbImage::from_fn(120 + 7 * idx as u32, 90, |x, y| {
+                        image::Rgb([(x * 2) as u8, (y * 3 + idx as u32 * 20) as u8, 90])
+                    })
+                    .save(&target)
+                    .unwrap();
+                }
+            }
+        }
+    }
+    std::fs::write(photos.join("goldfish/empty.jpg"), b"").unwrap();
+    std::fs::write(
+        photos.join("goldfish/broken.jpg"),
+        b"\xFF\xD8\xFF\xE0 not a jpeg",
+    )
+    .unwrap();
+    std::fs::write(photos.join("radio/notes.png"), b"label: iPod").unwrap();
+    let good = std::fs::read(photos.join("radio/p0.jpg")).unwrap();
+    std::fs::write(photos.join("radio/cut.jpg"), &good[..good.len() / 3]).unwrap();
+    photos
+}
+
+/// The property the README promises and shard merging needs: however a rendered-attack sweep is
+/// interrupted — SIGKILL at points spread over the run, a torn line, a cut inside the last
+/// batch — and with however many workers it resumes, its summary is byte-identical to the
+/// uninterrupted run's.
+#[test]
+fn resume_from_any_cut_point_gives_identical_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = make_class_folders(dir.path());
+    let spec = common::repo().join("attacks/distill-suite.toml");
+    let batch = 16usize;
+    let args = |out: &Path, workers: Option<&str>| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "sweep",
+            "--model",
+            &model(),
+            "--dataset",
+            photos.to_str().unwrap(),
+            "--attacks",
+            spec.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--batch-size",
+            &batch.to_string(),
+            "--quiet",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(w) = workers {
+            a.extend(["--workers".to_string(), w.to_string()]);
+        }
+        a
+    };
+    let run = |a: &[String]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_typoclip"))
+            .args(a)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let full = dir.path().join("full");
+    run(&args(&full, None));
+    let summary = std::fs::read(full.join("summary.json")).unwrap();
+    let summary_csv = std::fs::read(full.join("summary.csv")).unwrap();
+    let records = std::fs::read(full.join("records.jsonl")).unwrap();
+    let text = String::from_utf8(records.clone()).unwrap();
+    let lines: Vec<usize> = text.match_indices('\n').map(|(i, _)| i + 1).collect();
+    let n = lines.len();
+    assert_eq!(n, 12 * 72, "12 files × 72 Distill variants");
+    assert_eq!(text.matches("\"error\"").count(), 4 * 72);
+    let s: serde_json::Value = serde_json::from_slice(&summary).unwrap();
+    assert!(s["variants"][0]["avg_img_l0_norm_diff"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        s["variants"][0]["clean_accuracy"]["n"], 8,
+        "true labels from the folder names"
+    );
+
+    let check = |out: &Path, what: &str| {
+        assert_eq!(
+            std::fs::read(out.join("records.jsonl")).unwrap(),
+            records,
+            "records.jsonl differs after {what}"
+        );
+        assert!(
+            std::fs::read(out.join("summary.json")).unwrap() == summary,
+            "summary.json differs after {what}:\n{}\nvs\n{}",
+            String::from_utf8_lossy(&std::fs::read(out.join("summary.json")).unwrap()),
+            String::from_utf8_lossy(&summary)
+        );
+        assert_eq!(
+            std::fs::read(out.join("summary.csv")).unwrap(),
+            summary_csv,
+            "summary.csv differs after {what}"
+        );
+    };
+
+    // One worker instead of the default: the same bytes.
+    let one = dir.path().join("one-worker");
+    run(&args(&one, Some("1")));
+    check(&one, "a run with --workers 1");
+
+    // What a SIGKILL leaves is a prefix of the uninterrupted records.jsonl (one appending
+    // writer, whole batches synced): cut it at batch boundaries, inside batches, mid-line, and
+    // inside the last batch, then resume, alternating the worker count.
+    let last_batch_start = lines[(n - 1) / batch * batch - 1];
+    let cuts: Vec<(usize, &str)> = vec![
+        (0, "nothing written"),
+        (lines[0] / 2, "a torn first line"),
+        (lines[batch - 1], "one whole batch"),
+        (lines[n / 4 + 3] - 5, "a torn line a quarter in"),
+        (lines[n / 2 - 1], "half the lines"),
+        (lines[3 * n / 4], "three quarters and one line"),
+        (last_batch_start, "all but the last batch"),
+        (lines[n - 3], "inside the last batch"),
+        (lines[n - 1] - 2, "a torn last line"),
+        (lines[n - 1], "every line (summary lost)"),
+    ];
+    for (i, (cut, what)) in cuts.iter().enumerate() {
+        let out = dir.path().join(format!("cut{i}"));
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::copy(full.join("provenance.json"), out.join("provenance.json")).unwrap();
+        std::fs::write(out.join("records.jsonl"), &records[..*cut]).unwrap();
+        let mut a = args(&out, (i % 2 == 1).then_some("1"));
+        a.push("--resume".into());
+        run(&a);
+        check(&out, what);
+    }
+
+    // Real SIGKILLs at points spread over the run, resumed with the other worker count.
+    let mut landed = 0;
+    for (i, frac) in [0.1, 0.45, 0.8].iter().enumerate() {
+        let out = dir.path().join(format!("kill{i}"));
+        let workers = (i % 2 == 0).then_some("1");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_typoclip"))
+            .args(args(&out, workers))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let want = (*frac * n as f64) as usize;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(120) {
+            let have = std::fs::read(out.join("records.jsonl"))
+                .map(|t| t.iter().filter(|&&b| b == b'\n').count())
+                .unwrap_or(0);
+            if have >= want || child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        child.kill().ok(); // SIGKILL
+        child.wait().unwrap();
+        let have = std::fs::read(out.join("records.jsonl"))
+            .map(|t| t.iter().filter(|&&b| b == b'\n').count())
+            .unwrap_or(0);
+        landed += (have < n) as usize;
+        let mut a = args(&out, if workers.is_some() { None } else { Some("1") });
+        a.push("--resume".into());
+        run(&a);
+        check(&out, &format!("a SIGKILL at {have} of {n} records"));
+    }
+    assert!(
+        landed >= 2,
+        "only {landed} of 3 kills landed before the run ended"
+    );
+}

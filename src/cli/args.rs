@@ -141,9 +141,21 @@ pub enum Command {
 pub struct SweepArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Dataset descriptor (`datasets/*.toml`).
+    /// Dataset: a descriptor (`datasets/*.toml`), or a plain folder — of class sub-folders
+    /// (class = folder name, or the ImageNet name of a WordNet-id folder) or of unlabelled
+    /// images.
+    #[arg(long, required_unless_present = "builtin", conflicts_with = "builtin")]
+    pub dataset: Option<PathBuf>,
+    /// Sweep the built-in default images (`datasets/builtin-images.toml`).
     #[arg(long)]
-    pub dataset: PathBuf,
+    pub builtin: bool,
+    /// When no --model is given and the default checkpoint is not cached, use
+    /// `random:ViT-B-32` (every output then says it is random).
+    #[arg(long)]
+    pub fallback_random: bool,
+    /// Write the run's report (`report.html`, `report.md`) when the sweep ends and print its path.
+    #[arg(long)]
+    pub report: bool,
     /// Override the descriptor's data folder.
     #[arg(long)]
     pub data_root: Option<PathBuf>,

@@ -271,7 +271,10 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
             );
             super::sweep_cmd::run_sweep(SweepArgs {
                 model: model_args(&args.model),
-                dataset: dataset.clone(),
+                dataset: Some(dataset.clone()),
+                builtin: false,
+                fallback_random: false,
+                report: false,
                 data_root: None,
                 out: out.clone(),
                 attacks: Some(base.join(attack)),

@@ -8,8 +8,8 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use super::args::SweepArgs;
-use super::resolve::{cache_dir, open_model};
-use crate::dataset::descriptor::{file_list_hash, DatasetDescriptor};
+use super::resolve::{cache_dir, open_model_or_random};
+use crate::dataset::descriptor::{file_list_hash, DatasetDescriptor, FolderShape, OpenedDataset};
 use crate::defense::{variant_words_and_fonts, DefenseStack, EvalSet};
 use crate::sweep::provenance::{now_rfc3339, Provenance, LIBTORCH_VERSION};
 use crate::sweep::{physical_cells, rendered_cells, run_physical, Cell, EvalMode, SweepSettings};
@@ -34,15 +34,26 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
     if precision == crate::sweep::Precision::Bf16 && !defenses.is_empty() {
         bail!("--precision bf16: not available together with --defense (defenses run in fp32)");
     }
-    let (descriptor, mut root) = DatasetDescriptor::load(&args.dataset)?;
+    let (opened, dataset_path) = match &args.dataset {
+        Some(p) => (DatasetDescriptor::open(p)?, p.clone()),
+        None => (
+            DatasetDescriptor::builtin(),
+            std::path::PathBuf::from("datasets/builtin-images.toml"),
+        ),
+    };
+    let OpenedDataset {
+        descriptor,
+        mut root,
+        text: descriptor_text,
+        label_base,
+        shape,
+    } = opened;
     if let Some(r) = &args.data_root {
         root = r.clone();
     }
-    let descriptor_text = std::fs::read_to_string(&args.dataset)
-        .with_context(|| args.dataset.display().to_string())?;
     let mut samples = descriptor.samples(&root)?;
     if let Some(list) = &args.classes {
-        samples = filter_classes(samples, list, &args.dataset)?;
+        samples = filter_classes(samples, list, &dataset_path)?;
     }
     // A bad spec is rejected here, before any work.
     let spec = match &args.attacks {
@@ -104,7 +115,7 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
     if cells.is_empty() {
         bail!(
             "{}: dataset `{}` gives nothing to evaluate: no (clean, attacked) photo pairs{}",
-            args.dataset.display(),
+            dataset_path.display(),
             descriptor.name,
             if spec.is_some() {
                 " and no clean images"
@@ -133,8 +144,7 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
                 .collect(),
         }
     } else {
-        let base = args.dataset.parent().unwrap_or(std::path::Path::new("."));
-        let as_file = base.join(&label_spec);
+        let as_file = label_base.join(&label_spec);
         LabelSet::resolve(if as_file.is_file() {
             as_file.to_str().unwrap_or(&label_spec)
         } else {
@@ -173,7 +183,13 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
         Some(p) => Some((crate::probe::linear::LinearProbe::load(p)?, p)),
         None => None,
     };
-    let mut m = open_model(&args.model)?;
+    if shape == Some(FolderShape::Unlabelled) && spec.is_none() {
+        bail!(
+            "{}: a folder of unlabelled images has no attacks in its photos: give --attacks SPEC",
+            dataset_path.display()
+        );
+    }
+    let mut m = open_model_or_random(&args.model, args.fallback_random)?;
     defenses.check_model(&m.model, &m.cache_id())?;
     defenses.adapt_model(&mut m.model)?;
     let probe_note = match &linear_probe {
@@ -284,6 +300,14 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
         eprintln!("{}", m.banner_line());
     }
     let summary = run_physical(&m.model, &classifier, &cells, &settings, &provenance)?;
+    let report = if args.report {
+        Some(crate::report::write_report(
+            &args.out,
+            &crate::report::ReportOptions::default(),
+        )?)
+    } else {
+        None
+    };
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
@@ -328,6 +352,13 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
                 );
             }
         }
+        for note in &summary.notes {
+            println!("note: {note}");
+        }
+    }
+    if let Some((html, md)) = report {
+        // Last, so the report's path is what a terminal shows at the end.
+        println!("report: {} (and {})", html.display(), md.display());
     }
     Ok(())
 }

@@ -203,6 +203,125 @@ impl DatasetDescriptor {
     }
 }
 
+/// What a plain folder passed as `--dataset` holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FolderShape {
+    /// Class sub-folders (torchvision's `ImageFolder`), possibly with loose images beside them.
+    ClassFolders,
+    /// Images only, none named `n<wnid>_…`: no true labels.
+    Unlabelled,
+    /// Images only, named `n<wnid>_<id>_<label>.ext`.
+    WnidFiles,
+}
+
+impl DatasetDescriptor {
+    /// A plain folder as a dataset: class sub-folders become an `image_folder` whose label set
+    /// is the folder's classes; a flat folder of images is unlabelled (labelled only by
+    /// `n<wnid>_…` file names), scored against ImageNet's classes unless `--labels` says
+    /// otherwise. Returns the descriptor, its root and the folder's shape; an empty folder, one
+    /// with no images and a class folder with none are one-line errors naming the folder.
+    pub fn from_folder(
+        dir: &Path,
+    ) -> Result<(DatasetDescriptor, PathBuf, FolderShape), DatasetError> {
+        let samples = image_folder(dir)?;
+        if samples.is_empty() {
+            return Err(derr(
+                dir,
+                format!("no images in this folder ({})", image_exts()),
+            ));
+        }
+        let shape = if sorted_entries(dir)?.iter().any(|e| e.is_dir()) {
+            FolderShape::ClassFolders
+        } else if samples.iter().all(|s| s.label.is_none()) {
+            FolderShape::Unlabelled
+        } else {
+            FolderShape::WnidFiles
+        };
+        let name = std::path::absolute(dir)
+            .unwrap_or(dir.to_path_buf())
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "folder".into());
+        let descriptor = DatasetDescriptor {
+            name,
+            kind: DatasetKind::ImageFolder,
+            path: Some(dir.display().to_string()),
+            labels: match shape {
+                FolderShape::Unlabelled => "imagenet".into(),
+                _ => "dataset".into(),
+            },
+            description: Some(match shape {
+                FolderShape::ClassFolders => "a folder of class folders".into(),
+                FolderShape::Unlabelled => "a folder of unlabelled images".into(),
+                FolderShape::WnidFiles => "a folder of n<wnid>_<id>_<label> images".into(),
+            }),
+            licence: None,
+        };
+        Ok((descriptor, dir.to_path_buf(), shape))
+    }
+
+    /// The descriptor as TOML (what provenance records for a folder given as `--dataset`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a descriptor serialises")
+    }
+}
+
+/// A dataset as a command opens it: from a descriptor file or a plain folder.
+#[derive(Debug, Clone)]
+pub struct OpenedDataset {
+    /// The descriptor (synthesised for a folder).
+    pub descriptor: DatasetDescriptor,
+    /// The data folder (or CSV file).
+    pub root: PathBuf,
+    /// The descriptor's text, as provenance records it.
+    pub text: String,
+    /// Where a relative label file named by the descriptor is looked up.
+    pub label_base: PathBuf,
+    /// For a plain folder: what it holds.
+    pub shape: Option<FolderShape>,
+}
+
+impl DatasetDescriptor {
+    /// Opens `path`: a descriptor file (`datasets/*.toml`) or a plain folder of images or class
+    /// folders ([`DatasetDescriptor::from_folder`]).
+    pub fn open(path: &Path) -> Result<OpenedDataset, DatasetError> {
+        if path.is_dir() {
+            let (descriptor, root, shape) = Self::from_folder(path)?;
+            return Ok(OpenedDataset {
+                text: descriptor.to_toml(),
+                descriptor,
+                root,
+                label_base: PathBuf::from("."),
+                shape: Some(shape),
+            });
+        }
+        let text =
+            std::fs::read_to_string(path).map_err(|e| derr(path, format!("cannot read: {e}")))?;
+        let (descriptor, root) = Self::parse(&text, path)?;
+        Ok(OpenedDataset {
+            descriptor,
+            root,
+            text,
+            label_base: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            shape: None,
+        })
+    }
+
+    /// The built-in default images (`datasets/builtin-images.toml`, compiled in).
+    pub fn builtin() -> OpenedDataset {
+        const TEXT: &str = include_str!("../../datasets/builtin-images.toml");
+        let (descriptor, root) =
+            Self::parse(TEXT, Path::new("datasets/builtin-images.toml")).expect("valid descriptor");
+        OpenedDataset {
+            descriptor,
+            root,
+            text: TEXT.into(),
+            label_base: PathBuf::from("."),
+            shape: None,
+        }
+    }
+}
+
 /// sha256 over the sample ids, in order: identifies the file list in provenance.
 pub fn file_list_hash(samples: &[Sample]) -> String {
     let mut h = Sha256::new();
@@ -213,18 +332,52 @@ pub fn file_list_hash(samples: &[Sample]) -> String {
     hex::encode(h.finalize())
 }
 
+/// `n` followed by digits only: a WordNet id (`n01443537`).
+fn is_wnid(s: &str) -> bool {
+    s.len() > 1 && s.starts_with('n') && s[1..].chars().all(|c| c.is_ascii_digit())
+}
+
+/// The image extensions a folder dataset reads, for error messages.
+fn image_exts() -> String {
+    IMAGE_EXTS.map(|e| format!(".{e}")).join(" ")
+}
+
 fn image_folder(root: &Path) -> Result<Vec<Sample>, DatasetError> {
     let mut out = Vec::new();
-    for entry in sorted_entries(root)? {
+    let entries = sorted_entries(root)?;
+    if entries.is_empty() {
+        return Err(derr(root, "empty folder: no images and no class folders"));
+    }
+    let mut imagenet: Option<crate::zeroshot::LabelSet> = None;
+    for entry in entries {
         if entry.is_dir() {
             let class = entry.file_name().unwrap().to_string_lossy().into_owned();
-            let wnid = (class.starts_with('n') && class[1..].chars().all(|c| c.is_ascii_digit()))
-                .then(|| class.clone());
-            for f in sorted_entries(&entry)?.into_iter().filter(|p| is_image(p)) {
+            let wnid = is_wnid(&class).then(|| class.clone());
+            // A WordNet-id folder is named by its ImageNet class where it is one of the 1000.
+            let label = match &wnid {
+                Some(w) => {
+                    let names = imagenet.get_or_insert_with(crate::zeroshot::LabelSet::imagenet);
+                    names
+                        .index_of_wnid(w)
+                        .map(|i| names.classes[i].name.clone())
+                }
+                None => Some(class.clone()),
+            };
+            let files: Vec<PathBuf> = sorted_entries(&entry)?
+                .into_iter()
+                .filter(|p| is_image(p))
+                .collect();
+            if files.is_empty() {
+                return Err(derr(
+                    &entry,
+                    format!("class folder `{class}` has no images ({})", image_exts()),
+                ));
+            }
+            for f in files {
                 out.push(Sample {
                     id: rel_id(root, &f),
                     path: f,
-                    label: wnid.is_none().then(|| class.clone()),
+                    label: label.clone(),
                     wnid: wnid.clone(),
                     attack_text: None,
                     condition: None,
@@ -232,15 +385,15 @@ fn image_folder(root: &Path) -> Result<Vec<Sample>, DatasetError> {
                 });
             }
         } else if is_image(&entry) {
-            // Flat `n<wnid>_<id>_<label>.ext`.
+            // Flat `n<wnid>_<id>_<label>.ext` names carry their class; other loose images are
+            // unlabelled.
             let stem = entry.file_stem().unwrap().to_string_lossy().into_owned();
             let mut parts = stem.splitn(3, '_');
             let first = parts.next().unwrap_or("");
-            let wnid = (first.starts_with('n')
-                && first.len() > 1
-                && first[1..].chars().all(|c| c.is_ascii_digit()))
-            .then(|| first.to_string());
-            let label = parts.nth(1).map(|l| l.replace('_', " "));
+            let wnid = is_wnid(first).then(|| first.to_string());
+            let label = wnid
+                .as_ref()
+                .and_then(|_| parts.nth(1).map(|l| l.replace('_', " ")));
             out.push(Sample {
                 id: rel_id(root, &entry),
                 path: entry,

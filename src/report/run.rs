@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use crate::metrics::summarize;
 use crate::records::{parse_jsonl, Record};
 use crate::sweep::provenance::Provenance;
 use crate::sweep::SweepSummary;
@@ -73,13 +72,10 @@ impl RunData {
             (s, false)
         } else {
             (
-                SweepSummary {
-                    warning: provenance.random_weights.then(|| provenance.banner()),
-                    records: records.len(),
-                    errors: records.iter().filter(|r| r.error.is_some()).count(),
-                    variants: summarize(&records),
-                    linear_probe: None,
-                },
+                SweepSummary::from_records(
+                    provenance.random_weights.then(|| provenance.banner()),
+                    &records,
+                ),
                 true,
             )
         };

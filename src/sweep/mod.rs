@@ -231,6 +231,34 @@ pub struct SweepSummary {
     /// `summary_probe.json` / `summary_probe.csv`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub linear_probe: Option<Vec<VariantSummary>>,
+    /// What the reader should know about absent metrics (e.g. a dataset without true labels).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+impl SweepSummary {
+    /// The summary of `records` (records.jsonl's order), with `warning` first; the one place
+    /// where records become a summary, for a sweep, a resumed sweep and a report alike.
+    pub fn from_records(warning: Option<String>, records: &[Record]) -> SweepSummary {
+        let mut notes = Vec::new();
+        if records.iter().any(Record::is_ok)
+            && !records.iter().any(|r| r.is_ok() && r.true_label.is_some())
+        {
+            notes.push(
+                "no true labels in this dataset: accuracy, attack success rate and P(true) \
+                 metrics are absent; targeted metrics (changed to target, target rank) remain"
+                    .into(),
+            );
+        }
+        SweepSummary {
+            warning,
+            records: records.len(),
+            errors: records.iter().filter(|r| r.error.is_some()).count(),
+            variants: summarize(records),
+            linear_probe: None,
+            notes,
+        }
+    }
 }
 
 /// Errors that stop a sweep before or during work (bad images do not: they become records).
@@ -739,9 +767,13 @@ pub fn run_physical(
                     features.remove(&i);
                 }
             }
-            lines.push_str(&rec.to_json_line());
+            let line = rec.to_json_line();
+            // The summary is made from records as they read back from records.jsonl, so a
+            // fresh run and a resumed one (whose first records come from the file) aggregate
+            // the very same values.
+            done.push(serde_json::from_str(&line).expect("a record reads back"));
+            lines.push_str(&line);
             lines.push('\n');
-            done.push(rec);
             next_cell += 1;
             if next_cell.is_multiple_of(settings.batch_size) || next_cell == cells.len() {
                 let writing = std::time::Instant::now();
@@ -771,21 +803,12 @@ pub fn run_physical(
         .as_ref()
         .map(|_| done.iter().filter_map(Record::linear_probe_view).collect());
     let summary = SweepSummary {
-        warning: warning.clone(),
-        records: done.len(),
-        errors: done.iter().filter(|r| r.error.is_some()).count(),
-        variants: summarize(&done),
         linear_probe: probe_view.as_deref().map(summarize),
+        ..SweepSummary::from_records(warning.clone(), &done)
     };
     write_summary(out, &summary)?;
     if let Some(view) = &probe_view {
-        let probe_summary = SweepSummary {
-            warning,
-            records: view.len(),
-            errors: view.iter().filter(|r| r.error.is_some()).count(),
-            variants: summarize(view),
-            linear_probe: None,
-        };
+        let probe_summary = SweepSummary::from_records(warning, view);
         write_summary_named(out, "summary_probe", &probe_summary)?;
     }
     let mut finished = provenance.clone();
@@ -980,6 +1003,7 @@ mod tests {
             errors: 0,
             variants: vec![v],
             linear_probe: None,
+            notes: Vec::new(),
         };
         super::write_summary(&dir, &summary).unwrap();
         let text = std::fs::read_to_string(dir.join("summary.csv")).unwrap();
