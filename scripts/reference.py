@@ -16,6 +16,12 @@ rounds the weights that OpenAI stores in fp16 through fp16, and writes for each 
 plus tokenizer.json (a fuzzed corpus and open_clip's token ids) and, when the shared photos are
 present, preprocess.safetensors (CLIP's PIL + torchvision transform of real photos).
 
+The `decode` config writes image files and the RGB bytes Pillow decodes them to
+(`Image.open(p).convert("RGB")`, open_clip's first step), listed in decode.json: CMYK JPEGs that
+Pillow writes (Adobe marker, transform 0), one with its Adobe marker removed, one made from a
+shared photo when present, every JPEG a test put in `<out>/inputs/` beforehand, a CMYK table
+converted without a JPEG, and a 16-bit grayscale PNG.
+
 Used only by tests and benchmarks; never on the product's path. Never downloads weights.
 """
 import argparse
@@ -249,6 +255,100 @@ def preprocess_fixture(out_dir, data_dir):
         json.dump(meta, f)
 
 
+def _without_app14(data):
+    """The same JPEG without its Adobe (APP14) segment: libjpeg then reads plain CMYK."""
+    out, i = bytearray(data[:2]), 2
+    while i < len(data):
+        assert data[i] == 0xFF, "unexpected byte between JPEG segments"
+        marker = data[i + 1]
+        if marker == 0xDA:  # start of scan: the rest is entropy-coded data and later markers
+            out += data[i:]
+            break
+        end = i + 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        if marker != 0xEE:
+            out += data[i:end]
+        i = end
+    assert len(out) < len(data), "no APP14 segment to remove"
+    return bytes(out)
+
+
+def decode_fixture(out_dir, data_dir):
+    import hashlib
+    from PIL import Image
+
+    entries = []
+
+    def record(name, path, rgb_image, opened):
+        rgb = np.asarray(rgb_image.convert("RGB"), dtype=np.uint8)
+        with open(os.path.join(out_dir, f"{name}.rgb"), "wb") as f:
+            f.write(rgb.tobytes())
+        with open(path, "rb") as f:
+            sha = hashlib.sha256(f.read()).hexdigest()
+        entries.append({"name": name, "file": os.path.relpath(path, out_dir), "sha256": sha,
+                        "width": int(rgb.shape[1]), "height": int(rgb.shape[0]),
+                        "pillow_mode": opened.mode,
+                        "adobe_transform": opened.info.get("adobe_transform")})
+
+    def decoded(name, path):
+        im = Image.open(path)
+        record(name, path, im, im)
+
+    rng = np.random.default_rng(20240601)
+
+    def pattern(h, w):
+        y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+        planes = [255 * x / max(w - 1, 1), 255 * y / max(h - 1, 1),
+                  127.5 + 127.5 * np.sin(x / 3.0 + y / 5.0), 255.0 * ((x // 8 + y // 8) % 2)]
+        a = np.stack(planes, -1) + rng.normal(0, 12, (h, w, 4))
+        return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+    def save(name, cmyk, **kw):
+        path = os.path.join(out_dir, f"{name}.jpg")
+        Image.fromarray(cmyk, "CMYK").save(path, "JPEG", **kw)
+        return path
+
+    decoded("pillow-q90", save("pillow-q90", pattern(45, 67), quality=90))
+    decoded("pillow-q75-420", save("pillow-q75-420", pattern(131, 203), quality=75, subsampling=2))
+    decoded("pillow-progressive", save("pillow-progressive", pattern(64, 48), quality=85, progressive=True))
+    with open(os.path.join(out_dir, "pillow-q90.jpg"), "rb") as f:
+        plain = _without_app14(f.read())
+    with open(os.path.join(out_dir, "no-adobe.jpg"), "wb") as f:
+        f.write(plain)
+    decoded("no-adobe", os.path.join(out_dir, "no-adobe.jpg"))
+
+    photo = os.path.join(data_dir, "distill-in-the-wild", "in-the-wild-2", "apple-ipod.jpg")
+    if os.path.isfile(photo):
+        # Undercolour removal gives a real K channel (Pillow's own RGB->CMYK leaves K at 0).
+        rgb = np.asarray(Image.open(photo).convert("RGB"), dtype=np.float64)
+        k = 255 - rgb.max(-1)
+        scale = np.where(k < 255, 255 / np.maximum(255 - k, 1e-9), 0)[..., None]
+        cmy = (255 - rgb - k[..., None]) * scale
+        cmyk = np.clip(np.rint(np.concatenate([cmy, k[..., None]], -1)), 0, 255).astype(np.uint8)
+        decoded("photo", save("photo", cmyk, quality=92))
+
+    inputs = os.path.join(out_dir, "inputs")
+    if os.path.isdir(inputs):
+        for n in sorted(os.listdir(inputs)):
+            if n.endswith(".jpg"):
+                decoded("inputs/" + n[:-4], os.path.join(inputs, n))
+
+    c, k = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    table = np.stack([c, 255 - c, (7 * c + 3 * k) % 256, k], -1).astype(np.uint8)
+    with open(os.path.join(out_dir, "cmyk-table.cmyk"), "wb") as f:
+        f.write(table.tobytes())
+    im = Image.fromarray(table, "CMYK")
+    record("cmyk-table", os.path.join(out_dir, "cmyk-table.cmyk"), im, im)
+
+    gray16 = (np.arange(16 * 64, dtype=np.uint32).reshape(16, 64) * 64 + 3).astype(np.uint16)
+    path = os.path.join(out_dir, "gray16.png")
+    Image.fromarray(gray16).save(path, "PNG")
+    decoded("gray16", path)
+
+    with open(os.path.join(out_dir, "decode.json"), "w") as f:
+        json.dump(entries, f, indent=1)
+    print(f"reference: decode fixture ({len(entries)} images) written", file=sys.stderr)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
@@ -267,6 +367,8 @@ def main():
             tokenizer_corpus(args.out, args.seed)
         elif name == "preprocess":
             preprocess_fixture(args.out, args.data)
+        elif name == "decode":
+            decode_fixture(args.out, args.data)
         else:
             export(name, args.out, args.seed)
 

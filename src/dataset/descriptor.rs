@@ -588,4 +588,87 @@ mod tests {
         assert!(e.contains("d.toml:3:1"), "{e}");
         assert!(e.contains("paths"), "{e}");
     }
+
+    #[test]
+    fn plain_folders_of_both_shapes() {
+        let dir = tempfile::tempdir().unwrap();
+        // Class folders, one named by a WordNet id of ImageNet-1k (goldfish).
+        let classes = dir.path().join("classes");
+        for (class, files) in [("cat", 2), ("n01443537", 1)] {
+            std::fs::create_dir_all(classes.join(class)).unwrap();
+            for k in 0..files {
+                std::fs::write(classes.join(class).join(format!("{k}.jpg")), b"x").unwrap();
+            }
+        }
+        let o = DatasetDescriptor::open(&classes).unwrap();
+        assert_eq!(o.shape, Some(FolderShape::ClassFolders));
+        assert_eq!(o.descriptor.labels, "dataset");
+        assert_eq!(o.descriptor.name, "classes");
+        let s = o.descriptor.samples(&o.root).unwrap();
+        let labels: Vec<_> = s.iter().map(|s| s.label.as_deref().unwrap()).collect();
+        assert_eq!(labels, ["cat", "cat", "goldfish"]);
+        assert_eq!(s[2].wnid.as_deref(), Some("n01443537"));
+        // The synthesised descriptor is what provenance records, and it parses back.
+        let (back, _) = DatasetDescriptor::parse(&o.text, &classes.join("x.toml")).unwrap();
+        assert_eq!(back.kind, DatasetKind::ImageFolder);
+
+        // A flat folder: unlabelled, scored against ImageNet; `my_photo_1.jpg` is not a class.
+        let flat = dir.path().join("flat");
+        std::fs::create_dir_all(&flat).unwrap();
+        for f in ["a.png", "my_photo_1.jpg", "notes.txt"] {
+            std::fs::write(flat.join(f), b"x").unwrap();
+        }
+        let o = DatasetDescriptor::open(&flat).unwrap();
+        assert_eq!(o.shape, Some(FolderShape::Unlabelled));
+        assert_eq!(o.descriptor.labels, "imagenet");
+        let s = o.descriptor.samples(&o.root).unwrap();
+        assert_eq!(s.len(), 2);
+        assert!(s.iter().all(|s| s.label.is_none()));
+
+        // Flat n<wnid>_<id>_<label> files carry their class.
+        let wnid = dir.path().join("wnid");
+        std::fs::create_dir_all(&wnid).unwrap();
+        std::fs::write(wnid.join("n01443537_2625_goldfish.jpg"), b"x").unwrap();
+        let o = DatasetDescriptor::open(&wnid).unwrap();
+        assert_eq!(o.shape, Some(FolderShape::WnidFiles));
+        assert_eq!(o.descriptor.labels, "dataset");
+    }
+
+    #[test]
+    fn plain_folder_errors_are_one_line_naming_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        let e = DatasetDescriptor::open(&empty).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&empty.display().to_string()) && e.contains("empty folder"),
+            "{e}"
+        );
+
+        let no_images = dir.path().join("docs");
+        std::fs::create_dir_all(&no_images).unwrap();
+        std::fs::write(no_images.join("readme.txt"), b"x").unwrap();
+        let e = DatasetDescriptor::open(&no_images).unwrap_err().to_string();
+        assert!(
+            e.contains("no images in this folder") && e.contains(".jpg"),
+            "{e}"
+        );
+
+        let bare_class = dir.path().join("classes");
+        std::fs::create_dir_all(bare_class.join("dog")).unwrap();
+        std::fs::create_dir_all(bare_class.join("cat")).unwrap();
+        std::fs::write(bare_class.join("dog/1.jpg"), b"x").unwrap();
+        std::fs::write(bare_class.join("cat/notes.txt"), b"x").unwrap();
+        let e = DatasetDescriptor::open(&bare_class)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&bare_class.join("cat").display().to_string())
+                && e.contains("class folder `cat` has no images"),
+            "{e}"
+        );
+        for e in [&e] {
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
 }

@@ -4,7 +4,15 @@
 //! JPEGs are decoded with libjpeg-turbo's algorithms (through the `mozjpeg` crate: accurate
 //! integer IDCT, fancy upsampling), as Pillow does, so that pixels equal the Python reference's;
 //! truncated JPEGs (no end-of-image marker after the last scan) are refused as Pillow refuses
-//! them. Other formats go through the `image` crate.
+//! them. Four-component (CMYK and YCCK) JPEGs give Pillow's `convert("RGB")` bytes exactly:
+//! libjpeg-turbo decodes them to CMYK, every sample is inverted (Pillow reads every CMYK JPEG
+//! with Adobe polarity, rawmode `CMYK;I`, whether or not an Adobe marker is present), then
+//! libImaging's integer `cmyk2rgb` applies (see [`pillow_cmyk_to_rgb`]). Other formats go
+//! through the `image` crate.
+//!
+//! Known, deliberate differences from Pillow: 16-bit samples (e.g. a 16-bit grayscale PNG) are
+//! scaled to 8 bits, `round(v * 255 / 65535)`, where Pillow's `convert("RGB")` clips them to 255.
+//! Like Pillow's `Image.open`, EXIF orientation is not applied.
 
 pub mod descriptor;
 
@@ -101,20 +109,30 @@ fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage, JpegOutcome> {
         ));
     }
     let result = std::panic::catch_unwind(|| -> std::io::Result<Option<RgbImage>> {
+        use mozjpeg::ColorSpace as Cs;
         let d = mozjpeg::Decompress::new_mem(bytes)?;
-        if !matches!(
-            d.color_space(),
-            mozjpeg::ColorSpace::JCS_YCbCr
-                | mozjpeg::ColorSpace::JCS_GRAYSCALE
-                | mozjpeg::ColorSpace::JCS_RGB
-        ) {
-            return Ok(None);
+        match d.color_space() {
+            Cs::JCS_YCbCr | Cs::JCS_GRAYSCALE | Cs::JCS_RGB => {
+                let mut started = d.rgb()?;
+                let (w, h) = (started.width() as u32, started.height() as u32);
+                let data = started.read_scanlines::<u8>()?;
+                started.finish()?;
+                Ok(RgbImage::from_raw(w, h, data))
+            }
+            // libjpeg picks YCCK for an Adobe marker with transform 2 and CMYK otherwise, and
+            // turns YCCK into CMYK itself, as it does for Pillow (out_color_space JCS_CMYK).
+            Cs::JCS_CMYK | Cs::JCS_YCCK => {
+                let mut started = d.to_colorspace(Cs::JCS_CMYK)?;
+                let (w, h) = (started.width() as u32, started.height() as u32);
+                let data = started.read_scanlines::<u8>()?;
+                started.finish()?;
+                if data.len() != w as usize * h as usize * 4 {
+                    return Ok(None);
+                }
+                Ok(RgbImage::from_raw(w, h, pillow_cmyk_to_rgb(&data)))
+            }
+            _ => Ok(None),
         }
-        let mut started = d.rgb()?;
-        let (w, h) = (started.width() as u32, started.height() as u32);
-        let data = started.read_scanlines::<u8>()?;
-        started.finish()?;
-        Ok(RgbImage::from_raw(w, h, data))
     });
     match result {
         Ok(Ok(Some(img))) => Ok(img),
@@ -129,6 +147,29 @@ fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage, JpegOutcome> {
             Err(JpegOutcome::Invalid(format!("cannot decode JPEG: {msg}")))
         }
     }
+}
+
+/// The RGB bytes Pillow gives for a CMYK JPEG whose decoded samples (libjpeg's JCS_CMYK output,
+/// four bytes a pixel) are `cmyk`: `Image.open(p).convert("RGB")`.
+///
+/// Pillow decodes every four-component JPEG with rawmode `CMYK;I` ("assume adobe conventions",
+/// PIL/JpegImagePlugin.py), which inverts each sample (`255 - v`), and converts with libImaging's
+/// `cmyk2rgb`: `nk = 255 - k; r = nk - MULDIV255(c, nk)` (likewise g from m, b from y), where
+/// `MULDIV255(a, b) = (t + (t >> 8)) >> 8` with `t = a * b + 128` (a * b / 255, rounded).
+pub fn pillow_cmyk_to_rgb(cmyk: &[u8]) -> Vec<u8> {
+    fn muldiv255(a: u32, b: u32) -> u32 {
+        let t = a * b + 128;
+        ((t >> 8) + t) >> 8
+    }
+    let mut rgb = Vec::with_capacity(cmyk.len() / 4 * 3);
+    for px in cmyk.chunks_exact(4) {
+        // After Pillow's inversion, 255 - k is the stored K sample.
+        let nk = px[3] as u32;
+        for &v in &px[..3] {
+            rgb.push((nk - muldiv255(255 - v as u32, nk)) as u8);
+        }
+    }
+    rgb
 }
 
 /// One built-in default image and the ImageNet class it shows.
@@ -219,6 +260,50 @@ mod tests {
         );
         assert_eq!(message.lines().count(), 1, "{message}");
         message
+    }
+
+    #[test]
+    fn cmyk_samples_convert_as_pillow_converts_them() {
+        // libjpeg's samples of Adobe-polarity CMYK: 255 is no ink.
+        let rgb = pillow_cmyk_to_rgb(&[
+            255, 255, 255, 255, // no ink: white
+            0, 255, 255, 255, // full cyan
+            9, 80, 3, 0, // full black, whatever else
+            128, 200, 10, 100, // Pillow's CMYK (127, 55, 245, 155) -> (50, 78, 4)
+        ]);
+        assert_eq!(rgb, [255, 255, 255, 0, 255, 255, 0, 0, 0, 50, 78, 4]);
+    }
+
+    #[test]
+    fn cmyk_and_ycck_jpegs_take_the_libjpeg_path() {
+        let dir = tempfile::tempdir().unwrap();
+        // Flat dark-cyan ink: Pillow's CMYK (200, 0, 0, 60), stored inverted.
+        let (w, h) = (40, 24);
+        let px: Vec<u8> = [55u8, 255, 255, 195].repeat(w * h);
+        for space in [mozjpeg::ColorSpace::JCS_CMYK, mozjpeg::ColorSpace::JCS_YCCK] {
+            let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_CMYK);
+            c.set_size(w, h);
+            c.set_color_space(space);
+            c.set_quality(95.0);
+            let mut started = c.start_compress(Vec::new()).unwrap();
+            started.write_scanlines(&px).unwrap();
+            let bytes = started.finish().unwrap();
+            assert!(decode_jpeg(&bytes).is_ok(), "{space:?}");
+            let path = dir.path().join("ink.jpg");
+            std::fs::write(&path, &bytes).unwrap();
+            let img = load_rgb(&path).unwrap();
+            assert_eq!(img.dimensions(), (w as u32, h as u32));
+            // nk = 195: r = 195 - round(200 * 195 / 255) = 42, g = b = 195 (± JPEG rounding).
+            for p in img.pixels() {
+                let d = [42i16, 195, 195]
+                    .iter()
+                    .zip(p.0)
+                    .map(|(&e, v)| (e - v as i16).abs())
+                    .max()
+                    .unwrap();
+                assert!(d <= 2, "{space:?}: {:?}", p.0);
+            }
+        }
     }
 
     #[test]
