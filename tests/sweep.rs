@@ -740,3 +740,86 @@ fn resume_from_any_cut_point_gives_identical_summary() {
         "only {landed} of 3 kills landed before the run ended"
     );
 }
+
+/// A flat folder of unlabelled images is a dataset: accuracy-type metrics are absent with a
+/// note, the targeted metrics of the attack spec remain; without --attacks it is refused.
+#[test]
+fn flat_folder_of_unlabelled_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("holiday");
+    std::fs::create_dir_all(&photos).unwrap();
+    for i in 0..3u32 {
+        image::RgbImage::from_fn(80, 60 + i * 9, |x, y| {
+            image::Rgb([(x * 3) as u8, (y * 2 + i * 40) as u8, 120])
+        })
+        .save(photos.join(format!("IMG_{i:04}.png")))
+        .unwrap();
+    }
+    let spec = common::repo().join("attacks/ipod-label.toml");
+    let out = dir.path().join("run");
+    let o = typoclip(&[
+        "sweep",
+        "--model",
+        &model(),
+        "--dataset",
+        photos.to_str().unwrap(),
+        "--attacks",
+        spec.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.contains("note: no true labels"), "{stdout}");
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let v = &s["variants"][0];
+    assert!(v.get("clean_accuracy").unwrap().is_null(), "{v}");
+    assert!(v.get("attack_success_rate").unwrap().is_null(), "{v}");
+    assert_eq!(v["fraction_changed_to"]["n"], 3, "{v}");
+    assert!(s["notes"][0].as_str().unwrap().contains("no true labels"));
+    let prov: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("provenance.json")).unwrap())
+            .unwrap();
+    assert!(prov["dataset_descriptor"]
+        .as_str()
+        .unwrap()
+        .contains("image_folder"));
+    assert_eq!(prov["dataset"], "holiday");
+    assert!(
+        prov["labels"].as_str().unwrap().starts_with("imagenet"),
+        "{prov}"
+    );
+
+    // Without an attack spec there is nothing to evaluate in unlabelled photos: refused early.
+    let o = typoclip(&[
+        "sweep",
+        "--model",
+        &model(),
+        "--dataset",
+        photos.to_str().unwrap(),
+        "--out",
+        dir.path().join("run2").to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("holiday") && e.lines().count() == 1, "{e}");
+    // A folder that is not a dataset: one line naming it.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = typoclip(&[
+        "sweep",
+        "--model",
+        &model(),
+        "--dataset",
+        empty.to_str().unwrap(),
+        "--out",
+        dir.path().join("run3").to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("empty folder") && e.lines().count() == 1, "{e}");
+}
