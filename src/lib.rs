@@ -13,6 +13,7 @@ pub mod attack;
 pub mod cli;
 pub mod dataset;
 pub mod defense;
+pub mod html_unescape;
 pub mod metrics;
 pub mod model;
 pub mod npy;

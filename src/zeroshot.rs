@@ -331,8 +331,9 @@ impl LabelSet {
     }
 }
 
-/// Encodes prompts, sorted by token length, each batch cut to its longest prompt.
-/// Returns `[N, D]` in the input order, not normalised.
+/// Encodes prompts, sorted by token length, each batch cut to its longest prompt (where the
+/// text tower allows it, [`ClipModel::text_accepts_unpadded`]; otherwise every row is padded to
+/// the context length, as open_clip does). Returns `[N, D]` in the input order, not normalised.
 pub fn encode_prompts(
     model: &ClipModel,
     tokenizer: &ClipTokenizer,
@@ -340,6 +341,9 @@ pub fn encode_prompts(
     batch_size: usize,
 ) -> Tensor {
     let ctx = model.config().text.context_length as usize;
+    if !model.text_accepts_unpadded() {
+        return encode_prompts_padded(model, tokenizer, prompts, batch_size);
+    }
     let rows: Vec<Vec<i64>> = prompts
         .iter()
         .map(|p| tokenizer.encode_row(p, ctx))

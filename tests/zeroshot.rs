@@ -28,6 +28,7 @@ fn classifier_matches_open_clip_with_80_templates() {
         let io = read_tensors(&fixtures().join(format!("{name}.io.safetensors")));
         let m = load_checkpoint(
             &fixtures().join(format!("{name}.state_dict.pt")),
+            None,
             Device::Cpu,
         )
         .unwrap()
@@ -56,6 +57,7 @@ fn length_sorted_encoding_equals_padded() {
     let _g = tch::no_grad_guard();
     let m = load_checkpoint(
         &fixtures().join("tiny-vit.open_clip.safetensors"),
+        None,
         Device::Cpu,
     )
     .unwrap()
@@ -80,6 +82,7 @@ fn text_cache_hit_miss_and_corruption() {
     let cache = TextCache::new(dir.path());
     let m = load_checkpoint(
         &fixtures().join("tiny-rn.open_clip.safetensors"),
+        None,
         Device::Cpu,
     )
     .unwrap()
