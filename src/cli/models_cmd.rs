@@ -57,6 +57,77 @@ pub struct ImportArgs {
 struct ModelsReport {
     cache_dir: PathBuf,
     models: Vec<ModelStatus>,
+    open_clip: Vec<PretrainedStatus>,
+}
+
+/// One of open_clip's pretrained pairs, as `typoclip models` lists it.
+#[derive(Debug, Serialize)]
+struct PretrainedStatus {
+    /// `ARCH:TAG`, as `--model` takes it.
+    name: String,
+    /// Tower family (`ViT`, `ModifiedResNet`, or the tower typoclip does not build yet).
+    family: String,
+    /// Input side in pixels.
+    image_size: Option<i64>,
+    /// QuickGELU (the tag's or the architecture's).
+    quick_gelu: bool,
+    /// Scoring: `softmax`, or `sigmoid` for models with a logit bias.
+    scoring: &'static str,
+    /// Hugging Face hub repository of the weights.
+    hf_hub: Option<String>,
+    /// typoclip builds this model (else: why not).
+    supported: Result<(), String>,
+    /// The hub folder in the cache (`hub/ARCH/TAG/`), or OpenAI's file, exists.
+    cached: bool,
+}
+
+fn pretrained_status(dir: &std::path::Path) -> Vec<PretrainedStatus> {
+    use crate::model::open_clip::{zoo, IntOrList};
+    let zoo = zoo();
+    zoo.pretrained
+        .iter()
+        .map(|p| {
+            let cfg = zoo.model(&p.arch).expect("every pair has a config");
+            let v = &cfg.vision_cfg;
+            let family = if let Some(t) = &v.timm_model_name {
+                format!("timm {t}")
+            } else if let Some(h) = &cfg.text_cfg.hf_model_name {
+                format!("HF text {h}")
+            } else if matches!(v.layers, IntOrList::Many(_)) {
+                "ModifiedResNet".into()
+            } else if v.attentional_pool {
+                "CoCa".into()
+            } else {
+                "ViT".into()
+            };
+            let supported = crate::model::ClipConfig::for_tag(&p.arch, &p.tag)
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            let cached = if p.tag == "openai" {
+                registry::find(p.arch.trim_end_matches("-quickgelu"))
+                    .is_some_and(|k| dir.join(k.file_name).is_file())
+            } else {
+                dir.join("hub").join(&p.arch).join(&p.tag).is_dir()
+            };
+            PretrainedStatus {
+                name: format!("{}:{}", p.arch, p.tag),
+                family,
+                image_size: match &v.image_size {
+                    IntOrList::One(s) => Some(*s),
+                    IntOrList::Many(hw) => hw.first().copied(),
+                },
+                quick_gelu: p.quick_gelu || cfg.quick_gelu,
+                scoring: if cfg.init_logit_bias.is_some() {
+                    "sigmoid"
+                } else {
+                    "softmax"
+                },
+                hf_hub: p.hf_hub.clone().filter(|h| !h.is_empty()),
+                supported,
+                cached,
+            }
+        })
+        .collect()
 }
 
 /// Lists the known checkpoints and their cache state.
@@ -67,6 +138,7 @@ pub fn run_models(args: ModelsArgs) -> Result<()> {
     let mut out = stdout.lock();
     if args.json {
         let doc = ModelsReport {
+            open_clip: pretrained_status(&dir),
             cache_dir: dir,
             models,
         };
@@ -88,6 +160,32 @@ pub fn run_models(args: ModelsArgs) -> Result<()> {
             m.image_resolution,
             if m.cached { "yes" } else { "no" },
             m.path.display()
+        )?;
+    }
+    let pairs = pretrained_status(&dir);
+    let built = pairs.iter().filter(|p| p.supported.is_ok()).count();
+    writeln!(
+        out,
+        "\n# open_clip's pretrained models ({} pairs; typoclip builds {built}; {})",
+        pairs.len(),
+        crate::model::open_clip::zoo().source
+    )?;
+    writeln!(
+        out,
+        "{:<52} {:<34} {:>5}  {:<9} {:<7} {:<6} {:<6}",
+        "ARCH:TAG", "family", "input", "quickgelu", "scoring", "built", "cached"
+    )?;
+    for p in pairs {
+        writeln!(
+            out,
+            "{:<52} {:<34} {:>5}  {:<9} {:<7} {:<6} {:<6}",
+            p.name,
+            p.family,
+            p.image_size.map(|s| s.to_string()).unwrap_or_default(),
+            if p.quick_gelu { "yes" } else { "no" },
+            p.scoring,
+            if p.supported.is_ok() { "yes" } else { "no" },
+            if p.cached { "yes" } else { "no" }
         )?;
     }
     Ok(())

@@ -161,7 +161,10 @@ pub struct ModelInfo {
     pub sha256: Option<String>,
     /// True for random weights.
     pub random_weights: bool,
-    /// The full config.
+    /// Where the architecture came from (`--arch`, an open_clip or Hugging Face config,
+    /// OpenAI's build_model, or the random spec's open_clip name).
+    pub config_source: String,
+    /// The full resolved config.
     pub config: ClipConfig,
 }
 
@@ -211,6 +214,7 @@ impl OpenedModel {
             format: self.format.clone(),
             sha256: self.sha256.clone(),
             random_weights: self.random,
+            config_source: self.config_source.clone(),
             config: c.clone(),
         }
     }
