@@ -23,13 +23,14 @@ pub struct ModelsArgs {
 /// `typoclip fetch`.
 #[derive(Debug, clap::Args)]
 pub struct FetchArgs {
-    /// Model name: `ViT-B-32`, `ViT-B/32`, `RN50`, … (see `typoclip models`).
+    /// Model name: `ViT-B-32`, `ViT-B/32`, `RN50`, … (OpenAI's files), or an open_clip
+    /// `ARCH:TAG` (its hub snapshot; see `typoclip models`).
     pub name: String,
     /// Cache folder (default `$XDG_CACHE_HOME/typoclip`).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
     /// Download from this URL (a mirror) instead of OpenAI's; the official sha256 is still
-    /// required.
+    /// required. For `ARCH:TAG`: the hub's address (default `HF_ENDPOINT` or huggingface.co).
     #[arg(long)]
     pub url: Option<String>,
     /// No progress bar.
@@ -45,8 +46,9 @@ pub struct ImportArgs {
     /// Cache folder (default `$XDG_CACHE_HOME/typoclip`).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
-    /// With --force: the model name to import a non-official file under.
-    #[arg(long, requires = "force")]
+    /// With --force: the model name to import a non-official file under; for a snapshot
+    /// folder: its `ARCH:TAG`.
+    #[arg(long)]
     pub name: Option<String>,
     /// Import a file whose sha256 is not an official one (needs --name).
     #[arg(long, requires = "name")]
@@ -193,7 +195,26 @@ pub fn run_models(args: ModelsArgs) -> Result<()> {
 
 /// Downloads one checkpoint into the cache.
 pub fn run_fetch(args: FetchArgs) -> Result<()> {
-    let Some(k) = registry::find(&args.name) else {
+    if let Some((arch, tag)) = args.name.split_once(':').filter(|(_, t)| *t != "openai") {
+        let dir = registry::cache_dir(args.cache_dir.as_deref());
+        let opts = registry::FetchOptions {
+            progress: !args.quiet,
+            ..registry::FetchOptions::default()
+        };
+        let base = args.url.clone().unwrap_or_else(crate::hub::endpoint);
+        let path = crate::hub::fetch_tag(arch, tag, &dir, base.trim_end_matches('/'), &opts)
+            .map_err(|e| match e {
+                registry::FetchError::Unreachable { host, detail, .. } => anyhow::anyhow!(
+                    "fetch {arch}:{tag}: cannot reach {host} ({detail}): no network? Download \
+                     the tag's hub snapshot elsewhere and run 'typoclip import DIR --name {arch}:{tag}'"
+                ),
+                other => other.into(),
+            })?;
+        println!("{arch}:{tag}: fetched to {}", path.display());
+        return Ok(());
+    }
+    let name = args.name.trim_end_matches(":openai");
+    let Some(k) = registry::find(name) else {
         return Err(registry::FetchError::UnknownModel(args.name).into());
     };
     let dir = registry::cache_dir(args.cache_dir.as_deref());
@@ -219,6 +240,21 @@ pub fn run_fetch(args: FetchArgs) -> Result<()> {
 /// Copies a checkpoint file into the cache after checking its sha256.
 pub fn run_import(args: ImportArgs) -> Result<()> {
     let dir = registry::cache_dir(args.cache_dir.as_deref());
+    if args.path.is_dir() {
+        let Some((arch, tag)) = args.name.as_deref().and_then(|n| n.split_once(':')) else {
+            bail!(
+                "import {}: a snapshot folder needs --name ARCH:TAG",
+                args.path.display()
+            );
+        };
+        let path = crate::hub::import_tag(&args.path, arch, tag, &dir)?;
+        println!(
+            "{}: imported as {arch}:{tag}: {}",
+            args.path.display(),
+            path.display()
+        );
+        return Ok(());
+    }
     match (&args.name, args.force) {
         (Some(name), true) => {
             let (path, sha) = registry::import_forced(&args.path, name, &dir)?;
