@@ -47,11 +47,12 @@ TINY = {
         vision_cfg=dict(image_size=64, layers=[1, 2, 1, 1], width=32),
         text_cfg=dict(context_length=77, vocab_size=49408, width=128, heads=2, layers=2),
     ),
-    # Every native option at once (open_clip's own names and defaults): GELU, head_width,
+    # Every native option at once (open_clip's own names and defaults): a logit bias (sigmoid
+    # scoring), GELU, head_width,
     # mlp_ratio, LayerScale, no_ln_pre, avg pool + final_ln_after_pool, LayerNorm eps; text
     # bidirectional, pooled at the last position, an nn.Linear projection with bias, GELU-tanh.
     "tiny-options": dict(
-        embed_dim=64,
+        embed_dim=64, init_logit_bias=-5.0,
         vision_cfg=dict(image_size=64, layers=2, width=128, head_width=32, mlp_ratio=3.5,
                         patch_size=16, ls_init_value=0.1, no_ln_pre=True, pool_type="avg",
                         final_ln_after_pool=True, norm_kwargs={"eps": 1e-6}),
@@ -241,6 +242,9 @@ def export(name, out_dir, seed):
         img_f = model.encode_image(images)
         txt_f = model.encode_text(tokens)
         logits = model.logit_scale.exp() * torch.nn.functional.normalize(img_f, dim=-1) @ torch.nn.functional.normalize(txt_f, dim=-1).t()
+        if getattr(model, "logit_bias", None) is not None:
+            # SigLIP-style scoring: open_clip's logits carry the learned bias.
+            logits = logits + model.logit_bias
     io = {"images": images, "tokens": tokens.long(), "image_features": img_f.contiguous(),
           "text_features": txt_f.contiguous(), "logits": logits.contiguous()}
     if name in ("tiny-vit", "tiny-rn"):

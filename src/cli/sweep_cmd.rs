@@ -274,6 +274,7 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
         threads: tch::get_num_threads(),
         workers,
         precision: precision.name().into(),
+        scoring: classifier.scoring().into(),
         variant_filter: args.variant.join(","),
         libtorch_version: LIBTORCH_VERSION.into(),
         defenses: defenses.records(),

@@ -275,11 +275,16 @@ impl ClipModel {
             .forward_embedded(embedded, &eot.to_device(self.device()), probe)
     }
 
-    /// CLIP logits `exp(logit_scale) · cos(image, text)`: `[N, D] × [M, D] → [N, M]`.
+    /// CLIP logits `exp(logit_scale) · cos(image, text)` (`+ logit_bias` for a sigmoid-scored
+    /// model, as open_clip's SigLIP): `[N, D] × [M, D] → [N, M]`.
     pub fn logits(&self, image_features: &Tensor, text_features: &Tensor) -> Tensor {
         let i = l2_normalize(image_features);
         let t = l2_normalize(text_features);
-        i.matmul(&t.transpose(0, 1)) * self.logit_scale_exp()
+        let logits = i.matmul(&t.transpose(0, 1)) * self.logit_scale_exp();
+        match self.logit_bias() {
+            Some(b) => logits + b,
+            None => logits,
+        }
     }
 }
 
