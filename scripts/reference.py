@@ -14,7 +14,10 @@ rounds the weights that OpenAI stores in fp16 through fp16, and writes for each 
                             text_features, logits (fp32, computed by open_clip)
 
 plus tokenizer.json (a fuzzed corpus and open_clip's token ids) and, when the shared photos are
-present, preprocess.safetensors (CLIP's PIL + torchvision transform of real photos).
+present, preprocess.safetensors (CLIP's PIL + torchvision transform of real photos). The
+`preprocess-modes` config writes preprocess-modes.safetensors/.json: open_clip's own eval
+transform for each (interpolation, resize_mode) pair on generated odd-aspect PNGs and, when
+present, a few shared photos.
 
 The `decode` config writes image files and the RGB bytes Pillow decodes them to
 (`Image.open(p).convert("RGB")`, open_clip's first step), listed in decode.json: CMYK JPEGs that
@@ -346,6 +349,60 @@ def preprocess_fixture(out_dir, data_dir):
         json.dump(meta, f)
 
 
+def preprocess_modes_fixture(out_dir, data_dir):
+    """open_clip's eval transform (`image_transform_v2(PreprocessCfg(...), is_train=False)`) for
+    every (interpolation, resize_mode) pair, square and non-square sizes, on generated
+    odd-aspect images and, when present, a few shared photos."""
+    from PIL import Image
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+    rng = np.random.default_rng(20261201)
+    images = []
+    for w, h in [(9, 7), (7, 9), (1600, 90), (60, 900), (300, 1000), (301, 199), (224, 224), (225, 224),
+                 (100, 100)]:
+        y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+        planes = [255 * x / max(w - 1, 1), 127.5 + 127.5 * np.sin(x / 4.0 + y / 7.0),
+                  255.0 * ((x // 5 + y // 3) % 2)]
+        a = np.stack(planes, -1) + rng.normal(0, 20, (h, w, 3))
+        path = os.path.join(out_dir, f"modes-{w}x{h}.png")
+        Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "RGB").save(path)
+        images.append(path)
+    photos = []
+    for sub, step in [("imagenet-sample", 211), ("distill-in-the-wild/in-the-wild-2", 53)]:
+        d = os.path.join(data_dir, sub)
+        if os.path.isdir(d):
+            names = sorted(n for n in os.listdir(d) if n.lower().endswith((".jpg", ".jpeg", ".png")))
+            photos += [os.path.join(d, n) for n in names[::step]]
+    # open_clip resizes the image in its own mode; typoclip decodes to RGB first, so only RGB
+    # (and grayscale, resized channel by channel alike) photos are compared.
+    photos = [p for p in photos if Image.open(p).mode in ("RGB", "L")]
+    if not photos:
+        print("reference: no shared photos found; preprocess-modes uses generated images only", file=sys.stderr)
+    cfgs = []
+    for interpolation in ("bicubic", "bilinear"):
+        for resize_mode in ("shortest", "squash", "longest"):
+            for size in (224, [160, 256]):
+                cfg = dict(size=size, interpolation=interpolation, resize_mode=resize_mode)
+                if resize_mode == "longest" and size != 224:
+                    cfg["fill_color"] = 127
+                if interpolation == "bilinear":
+                    cfg.update(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+                elif resize_mode == "squash":
+                    cfg.update(mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])
+                cfgs.append(cfg)
+    tensors, meta = {}, []
+    for c, cfg in enumerate(cfgs):
+        transform = image_transform_v2(PreprocessCfg(**{**cfg, "size": tuple(cfg["size"]) if isinstance(cfg["size"], list) else cfg["size"]}), is_train=False)
+        for i, path in enumerate(images + photos):
+            key = f"{c}/{i}"
+            tensors[key] = transform(Image.open(path)).contiguous()
+            meta.append({"key": key, "path": os.path.abspath(path), "cfg": cfg})
+    save_file(tensors, os.path.join(out_dir, "preprocess-modes.safetensors"))
+    with open(os.path.join(out_dir, "preprocess-modes.json"), "w") as f:
+        json.dump(meta, f)
+    print(f"reference: preprocess-modes fixture ({len(cfgs)} configs x {len(images + photos)} images) written",
+          file=sys.stderr)
+
+
 def _without_app14(data):
     """The same JPEG without its Adobe (APP14) segment: libjpeg then reads plain CMYK."""
     out, i = bytearray(data[:2]), 2
@@ -458,6 +515,8 @@ def main():
             tokenizer_corpus(args.out, args.seed)
         elif name == "preprocess":
             preprocess_fixture(args.out, args.data)
+        elif name == "preprocess-modes":
+            preprocess_modes_fixture(args.out, args.data)
         elif name == "decode":
             decode_fixture(args.out, args.data)
         else:
