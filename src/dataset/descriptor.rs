@@ -667,8 +667,6 @@ mod tests {
                 && e.contains("class folder `cat` has no images"),
             "{e}"
         );
-        for e in [&e] {
-            assert!(!e.contains('\n'), "{e}");
-        }
+        assert!(!e.contains('\n'), "{e}");
     }
 }
