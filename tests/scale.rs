@@ -293,6 +293,29 @@ fn plan_writes_job_files_runs_locally_and_merges_to_a_plain_sweep() {
             "{f} differs between the plan's merged run and a plain sweep"
         );
     }
+    // The zoo view of compare: both runs have parameter counts (counted from the weights), no
+    // pretraining facts (local files the registry does not know): left out, with a note.
+    let cmp = dir.path().join("cmp");
+    ok(&typoclip(&[
+        "compare",
+        out.join(run_vit).to_str().unwrap(),
+        out.join(run_rn).to_str().unwrap(),
+        "--out",
+        cmp.to_str().unwrap(),
+    ]));
+    let html = String::from_utf8(read(&cmp.join("comparison.html"))).unwrap();
+    let md = String::from_utf8(read(&cmp.join("comparison.md"))).unwrap();
+    assert!(html.contains("id=\"zoo\""), "zoo section");
+    assert!(md.contains("accuracy drop vs parameters"), "{md}");
+    assert!(
+        md.contains("Left out of \"accuracy drop vs pretraining-set size\"")
+            && md.contains("the registry has no pretraining facts for this model"),
+        "{md}"
+    );
+    assert!(
+        !md.contains("Left out of \"accuracy drop vs parameters\""),
+        "{md}"
+    );
     // Out of range.
     refused(
         &typoclip(&["plan", p, "--out", o, "--job", "4"]),

@@ -83,7 +83,9 @@ pub fn run_plan(args: PlanArgs) -> Result<()> {
 }
 
 fn write_job_files(plan: &Plan, args: &PlanArgs) -> Result<()> {
-    std::fs::create_dir_all(&args.out).with_context(|| args.out.display().to_string())?;
+    // Slurm does not make the folder of `--output`.
+    let logs = args.out.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| logs.display().to_string())?;
     let inv = Invocation {
         workdir: std::env::current_dir().context("current folder")?,
         program: std::env::current_exe().context("the typoclip binary")?,
