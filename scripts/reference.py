@@ -38,19 +38,48 @@ from safetensors.torch import save_file
 
 TINY = {
     "tiny-vit": dict(
-        embed_dim=64,
+        embed_dim=64, quick_gelu=True,
         vision_cfg=dict(image_size=64, layers=2, width=128, patch_size=16),
         text_cfg=dict(context_length=77, vocab_size=49408, width=128, heads=2, layers=2),
     ),
     "tiny-rn": dict(
-        embed_dim=64,
+        embed_dim=64, quick_gelu=True,
         vision_cfg=dict(image_size=64, layers=[1, 2, 1, 1], width=32),
         text_cfg=dict(context_length=77, vocab_size=49408, width=128, heads=2, layers=2),
     ),
+    # Every native option at once (open_clip's own names and defaults): a logit bias (sigmoid
+    # scoring), GELU, head_width,
+    # mlp_ratio, LayerScale, no_ln_pre, avg pool + final_ln_after_pool, LayerNorm eps; text
+    # bidirectional, pooled at the last position, an nn.Linear projection with bias, GELU-tanh.
+    "tiny-options": dict(
+        embed_dim=64, init_logit_bias=-5.0,
+        vision_cfg=dict(image_size=64, layers=2, width=128, head_width=32, mlp_ratio=3.5,
+                        patch_size=16, ls_init_value=0.1, no_ln_pre=True, pool_type="avg",
+                        final_ln_after_pool=True, norm_kwargs={"eps": 1e-6}),
+        text_cfg=dict(context_length=32, vocab_size=1000, width=128, heads=4, layers=2,
+                      mlp_ratio=3.0, ls_init_value=0.1, no_causal_mask=True, pool_type="last",
+                      proj_bias=True, act_kwargs={"approximate": "tanh"},
+                      norm_kwargs={"eps": 1e-6}),
+    ),
+    # Text pooled at the first eos_id, no projection; a 48 px ViT with avg pool before ln_post.
+    "tiny-eos": dict(
+        embed_dim=128,
+        vision_cfg=dict(image_size=48, layers=2, width=128, patch_size=16, pool_type="avg",
+                        act_kwargs={"approximate": "tanh"}),
+        text_cfg=dict(context_length=16, vocab_size=500, width=128, heads=2, layers=2,
+                      pool_type="eos", eos_id=3, proj_type="none"),
+    ),
 }
-REAL_CI = ["ViT-B-32", "RN50"]
-REAL_ALL = ["ViT-B-16", "ViT-L-14", "ViT-L-14-336", "RN101", "RN50x4", "RN50x16", "RN50x64"]
-
+# Fixture name -> open_clip architecture. The OpenAI-sized fixtures stand for OpenAI's files
+# (their TorchScript export is what OpenAI ships), so they are the `-quickgelu` architectures;
+# `ViT-B-32-gelu` is open_clip's `ViT-B-32` (GELU), as the LAION / DataComp tags build it.
+ARCH = {
+    "ViT-B-32": "ViT-B-32-quickgelu", "RN50": "RN50-quickgelu", "ViT-B-32-gelu": "ViT-B-32",
+    "ViT-B-16": "ViT-B-16-quickgelu", "ViT-L-14": "ViT-L-14-quickgelu",
+    "ViT-L-14-336": "ViT-L-14-336-quickgelu", "RN101": "RN101-quickgelu",
+    "RN50x4": "RN50x4-quickgelu", "RN50x16": "RN50x16-quickgelu", "RN50x64": "RN50x64-quickgelu",
+}
+REAL_CI = ["ViT-B-32", "RN50", "ViT-B-32-gelu"]
 PROMPTS = [
     "a photo of a cat.",
     "iPod",
@@ -62,12 +91,23 @@ PROMPTS = [
 ]
 
 
+def model_cfg(name):
+    """The open_clip model config of a fixture (what its open_clip_config.json holds)."""
+    if name in TINY:
+        return TINY[name]
+    return open_clip.get_model_config(ARCH.get(name, name))
+
+
+def build(name):
+    """Exactly as open_clip builds the architecture: no forced QuickGELU."""
+    if name in TINY:
+        return CLIP(**TINY[name])
+    return open_clip.create_model(ARCH.get(name, name), pretrained=None)
+
+
 def make_model(name, seed):
     torch.manual_seed(seed)
-    if name in TINY:
-        model = CLIP(**TINY[name], quick_gelu=True)
-    else:
-        model = open_clip.create_model(name, pretrained=None, force_quick_gelu=True)
+    model = build(name)
     model.eval()
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
@@ -83,10 +123,15 @@ def make_model(name, seed):
                 b.copy_(0.5 + torch.rand(b.shape, generator=g))
         model.logit_scale.fill_(float(np.log(1 / 0.07)) + 0.1)
     # Round what OpenAI stores in fp16 through fp16, so every export holds identical values.
-    lp = CLIP(**TINY[name], quick_gelu=True) if name in TINY else open_clip.create_model(name, pretrained=None, force_quick_gelu=True)
+    lp = build(name)
     lp.load_state_dict(model.state_dict())
-    convert_weights_to_lp(lp, dtype=torch.float16)
-    half_keys = {k for k, v in lp.state_dict().items() if v.dtype == torch.float16}
+    try:
+        convert_weights_to_lp(lp, dtype=torch.float16)
+        half_keys = {k for k, v in lp.state_dict().items() if v.dtype == torch.float16}
+    except AttributeError:
+        # open_clip's converter cannot handle an nn.Linear text projection (proj_bias): such
+        # models are not OpenAI's, so nothing is stored in fp16.
+        half_keys = set()
     with torch.no_grad():
         sd = model.state_dict()
         for k in half_keys:
@@ -146,6 +191,34 @@ def hf_state_dict(sd):
     return out
 
 
+def hf_folder(name, cfg, sd, folder):
+    """A Hugging Face `CLIPModel` folder (config.json + model.safetensors) made by transformers
+    itself from the same weights (strict load), with the activation of the open_clip config."""
+    try:
+        from transformers import CLIPConfig, CLIPModel
+    except ImportError:
+        return
+    v, t = cfg["vision_cfg"], cfg["text_cfg"]
+    act = "quick_gelu" if cfg.get("quick_gelu") else "gelu"
+    hf_cfg = CLIPConfig(
+        projection_dim=cfg["embed_dim"],
+        text_config=dict(hidden_size=t["width"], intermediate_size=4 * t["width"],
+                         num_attention_heads=t["heads"], num_hidden_layers=t["layers"],
+                         max_position_embeddings=t["context_length"], vocab_size=t["vocab_size"],
+                         hidden_act=act, layer_norm_eps=1e-5),
+        vision_config=dict(hidden_size=v["width"], intermediate_size=4 * v["width"],
+                           num_attention_heads=v["width"] // 64, num_hidden_layers=v["layers"],
+                           image_size=v["image_size"], patch_size=v["patch_size"],
+                           hidden_act=act, layer_norm_eps=1e-5),
+    )
+    hf = CLIPModel(hf_cfg)
+    missing, unexpected = hf.load_state_dict(hf_state_dict(sd), strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    unexpected = [k for k in unexpected if not k.endswith("position_ids")]
+    assert not missing and not unexpected, (missing, unexpected)
+    hf.save_pretrained(folder, safe_serialization=True)
+
+
 def export(name, out_dir, seed):
     model, half_keys = make_model(name, seed)
     res = model.visual.image_size
@@ -153,14 +226,28 @@ def export(name, out_dir, seed):
     g = torch.Generator().manual_seed(seed + 2)
     images = torch.randn(3, 3, res, res, generator=g)
     tokenizer = open_clip.get_tokenizer("ViT-B-32")
-    tokens = tokenizer(PROMPTS)
+    tcfg = model_cfg(name)["text_cfg"]
+    ctx, vocab = tcfg.get("context_length", 77), tcfg.get("vocab_size", 49408)
+    if (ctx, vocab) == (77, 49408):
+        tokens = tokenizer(PROMPTS)
+    else:
+        # Rows of random ids ending in an end token (the eos_id, or the highest id), zero-padded.
+        end = tcfg.get("eos_id", vocab - 1) if tcfg.get("pool_type") == "eos" else vocab - 1
+        tokens = torch.zeros(len(PROMPTS), ctx, dtype=torch.long)
+        for r in range(len(PROMPTS)):
+            n = int(torch.randint(1, ctx, (1,), generator=g))
+            tokens[r, :n] = torch.randint(4, vocab - 1, (n,), generator=g)
+            tokens[r, n - 1] = end
     with torch.no_grad():
         img_f = model.encode_image(images)
         txt_f = model.encode_text(tokens)
         logits = model.logit_scale.exp() * torch.nn.functional.normalize(img_f, dim=-1) @ torch.nn.functional.normalize(txt_f, dim=-1).t()
+        if getattr(model, "logit_bias", None) is not None:
+            # SigLIP-style scoring: open_clip's logits carry the learned bias.
+            logits = logits + model.logit_bias
     io = {"images": images, "tokens": tokens.long(), "image_features": img_f.contiguous(),
           "text_features": txt_f.contiguous(), "logits": logits.contiguous()}
-    if name in TINY:
+    if name in ("tiny-vit", "tiny-rn"):
         # Zero-shot classifier of 10 ImageNet classes (every 100th) with the 80 CLIP templates.
         from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
         names = [IMAGENET_CLASSNAMES[i] for i in range(0, 1000, 100)]
@@ -173,12 +260,16 @@ def export(name, out_dir, seed):
     save_file(io, os.path.join(out_dir, f"{name}.io.safetensors"))
 
     sd = model.state_dict()
+    with open(os.path.join(out_dir, f"{name}.open_clip_config.json"), "w") as f:
+        json.dump({"model_cfg": model_cfg(name), "preprocess_cfg": {}}, f, indent=1)
     torch.save(sd, os.path.join(out_dir, f"{name}.state_dict.pt"))
     torch.save({"state_dict": {"module." + k: v for k, v in sd.items()}, "epoch": 1, "name": name},
                os.path.join(out_dir, f"{name}.wrapped.pt"))
     save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(out_dir, f"{name}.open_clip.safetensors"))
-    if "visual.proj" in sd:
+    plain_vit = "visual.proj" in sd and name not in ("tiny-options", "tiny-eos")
+    if plain_vit:
         save_file(hf_state_dict(sd), os.path.join(out_dir, f"{name}.hf.safetensors"))
+        hf_folder(name, model_cfg(name), sd, os.path.join(out_dir, f"{name}.hf"))
 
     with torch.no_grad():
         traced = torch.jit.trace(model, (images[:1], tokens[:1]), check_trace=False)

@@ -14,6 +14,8 @@ pub mod attack;
 pub mod cli;
 pub mod dataset;
 pub mod defense;
+pub mod html_unescape;
+pub mod hub;
 pub mod metrics;
 pub mod model;
 pub mod npy;

@@ -400,6 +400,25 @@ pub fn fetch_url_with(
     dest: &Path,
     opts: &FetchOptions,
 ) -> Result<PathBuf, FetchError> {
+    let response = http_get(name, url, opts, true)?;
+    save_response(
+        name,
+        url,
+        response,
+        Some(expected_sha256),
+        dest,
+        opts.progress,
+    )
+}
+
+/// GET `url` (following redirects or not) with `opts`' timeouts; an HTTP error status or a
+/// transport failure becomes the matching one-line [`FetchError`] naming `name`.
+pub fn http_get(
+    name: &str,
+    url: &str,
+    opts: &FetchOptions,
+    follow_redirects: bool,
+) -> Result<ureq::Response, FetchError> {
     let host = host_of(url);
     let loopback = is_loopback(&host);
     let agent = ureq::AgentBuilder::new()
@@ -407,20 +426,19 @@ pub fn fetch_url_with(
         .timeout_read(opts.read_timeout)
         .user_agent(concat!("typoclip/", env!("CARGO_PKG_VERSION")))
         .try_proxy_from_env(!loopback)
+        .redirects(if follow_redirects { 5 } else { 0 })
         .build();
-    let response = match agent.get(url).call() {
-        Ok(r) => r,
-        Err(ureq::Error::Status(status, r)) => {
-            return Err(FetchError::Http {
-                name: name.into(),
-                url: url.into(),
-                status,
-                reason: r.status_text().to_string(),
-            })
-        }
+    match agent.get(url).call() {
+        Ok(r) => Ok(r),
+        Err(ureq::Error::Status(status, r)) => Err(FetchError::Http {
+            name: name.into(),
+            url: url.into(),
+            status,
+            reason: r.status_text().to_string(),
+        }),
         Err(ureq::Error::Transport(t)) => {
             let detail = transport_detail(&t);
-            return Err(match t.kind() {
+            Err(match t.kind() {
                 ureq::ErrorKind::Dns
                 | ureq::ErrorKind::ConnectionFailed
                 | ureq::ErrorKind::ProxyConnect
@@ -435,30 +453,41 @@ pub fn fetch_url_with(
                     url: url.into(),
                     detail,
                 },
-            });
+            })
         }
-    };
+    }
+}
+
+/// Streams `response` (of `url`) into `<dest>.part`, hashing as it goes, checks the sha256
+/// against `expected_sha256` when there is one, syncs and renames it to `dest`; on any failure
+/// nothing is left at `<dest>.part` and a previous file at `dest` stays.
+pub fn save_response(
+    name: &str,
+    url: &str,
+    response: ureq::Response,
+    expected_sha256: Option<&str>,
+    dest: &Path,
+    progress: bool,
+) -> Result<PathBuf, FetchError> {
     let content_length: Option<u64> = response
         .header("Content-Length")
         .and_then(|v| v.trim().parse().ok());
-
     let dir = dest.parent().filter(|p| !p.as_os_str().is_empty());
     if let Some(dir) = dir {
         std::fs::create_dir_all(dir).map_err(io_err("cannot create the cache folder", dir))?;
     }
     let part = part_path(dest);
-    let result = stream_to_part(name, url, response, content_length, &part, opts.progress)
-        .and_then(|got| {
-            if got.eq_ignore_ascii_case(expected_sha256) {
-                Ok(())
-            } else {
+    let result = stream_to_part(name, url, response, content_length, &part, progress)
+        .and_then(|got| match expected_sha256 {
+            Some(expected) if !got.eq_ignore_ascii_case(expected) => {
                 Err(FetchError::ChecksumMismatch {
                     what: format!("fetch {name}"),
-                    expected: expected_sha256.to_ascii_lowercase(),
+                    expected: expected.to_ascii_lowercase(),
                     got,
                     partial: part.clone(),
                 })
             }
+            _ => Ok(()),
         })
         .and_then(|()| commit(&part, dest));
     if result.is_err() {

@@ -331,8 +331,9 @@ impl LabelSet {
     }
 }
 
-/// Encodes prompts, sorted by token length, each batch cut to its longest prompt.
-/// Returns `[N, D]` in the input order, not normalised.
+/// Encodes prompts, sorted by token length, each batch cut to its longest prompt (where the
+/// text tower allows it, [`ClipModel::text_accepts_unpadded`]; otherwise every row is padded to
+/// the context length, as open_clip does). Returns `[N, D]` in the input order, not normalised.
 pub fn encode_prompts(
     model: &ClipModel,
     tokenizer: &ClipTokenizer,
@@ -340,6 +341,9 @@ pub fn encode_prompts(
     batch_size: usize,
 ) -> Tensor {
     let ctx = model.config().text.context_length as usize;
+    if !model.text_accepts_unpadded() {
+        return encode_prompts_padded(model, tokenizer, prompts, batch_size);
+    }
     let rows: Vec<Vec<i64>> = prompts
         .iter()
         .map(|p| tokenizer.encode_row(p, ctx))
@@ -419,6 +423,9 @@ pub struct ZeroShotClassifier {
     pub weights: Tensor,
     /// `exp(logit_scale)`.
     pub logit_scale: f64,
+    /// The learned logit bias of a sigmoid-scored (SigLIP-style) model: probabilities are then
+    /// `sigmoid(scale · cos + bias)`, independent per class; `None`: softmax over the classes.
+    pub logit_bias: Option<f64>,
     /// The classes, in row order.
     pub labels: LabelSet,
     /// The templates used.
@@ -437,8 +444,18 @@ impl ZeroShotClassifier {
         ZeroShotClassifier {
             weights,
             logit_scale: model.logit_scale_exp(),
+            logit_bias: model.logit_bias(),
             labels,
             templates,
+        }
+    }
+
+    /// `softmax` or `sigmoid`: how [`Self::probs`] turns logits into probabilities.
+    pub fn scoring(&self) -> &'static str {
+        if self.logit_bias.is_some() {
+            "sigmoid"
+        } else {
+            "softmax"
         }
     }
 
@@ -449,12 +466,22 @@ impl ZeroShotClassifier {
                 .to_device(self.weights.device())
                 .to_kind(Kind::Float),
         );
-        img.matmul(&self.weights.transpose(0, 1)) * self.logit_scale
+        let logits = img.matmul(&self.weights.transpose(0, 1)) * self.logit_scale;
+        match self.logit_bias {
+            Some(b) => logits + b,
+            None => logits,
+        }
     }
 
-    /// Softmax probabilities `[N, C]`.
+    /// Probabilities `[N, C]`: softmax over the classes, or — for a model with a logit bias —
+    /// each class's own sigmoid (SigLIP's zero-shot formula). Rankings follow the logits either
+    /// way.
     pub fn probs(&self, image_features: &Tensor) -> Tensor {
-        self.logits(image_features).softmax(-1, Kind::Float)
+        let logits = self.logits(image_features);
+        match self.logit_bias {
+            Some(_) => logits.sigmoid(),
+            None => logits.softmax(-1, Kind::Float),
+        }
     }
 
     /// The classifier restricted to some classes (small-set / binary mode, e.g. SCAM's
@@ -464,6 +491,7 @@ impl ZeroShotClassifier {
         ZeroShotClassifier {
             weights: self.weights.index_select(0, &idx),
             logit_scale: self.logit_scale,
+            logit_bias: self.logit_bias,
             labels: LabelSet {
                 name: format!("{}[subset]", self.labels.name),
                 classes: indices
@@ -504,6 +532,8 @@ struct CacheMeta {
     labels_hash: String,
     shape: Vec<i64>,
     logit_scale: f64,
+    #[serde(default)]
+    logit_bias: Option<f64>,
     data_sha256: String,
 }
 
@@ -540,7 +570,7 @@ impl TextCache {
         )
     }
 
-    fn try_load(&self, key: &str, labels: &LabelSet) -> Option<(Tensor, f64)> {
+    fn try_load(&self, key: &str, labels: &LabelSet) -> Option<(Tensor, f64, Option<f64>)> {
         let (data, meta) = self.paths(key);
         let meta: CacheMeta = serde_json::from_str(&std::fs::read_to_string(meta).ok()?).ok()?;
         if meta.key != key || meta.labels_hash != labels.hash() {
@@ -551,7 +581,7 @@ impl TextCache {
         if w.size() != meta.shape || w.size().first() != Some(&(labels.len() as i64)) {
             return None;
         }
-        (tensor_sha256(&w) == meta.data_sha256).then_some((w, meta.logit_scale))
+        (tensor_sha256(&w) == meta.data_sha256).then_some((w, meta.logit_scale, meta.logit_bias))
     }
 
     /// Loads the classifier for (model_id, templates, labels) or builds and stores it.
@@ -563,13 +593,21 @@ impl TextCache {
         labels: LabelSet,
         templates: TemplateSet,
     ) -> Result<(ZeroShotClassifier, CacheOutcome), ZeroShotError> {
+        let vocab = model.config().text.vocab_size;
+        if vocab != 49408 {
+            return Err(ZeroShotError::Invalid(format!(
+                "{model_id}: text_cfg.vocab_size {vocab}: this model's tokenizer is not CLIP's BPE \
+                 (49408 ids), and its own tokenizer is not wired into text encoding yet"
+            )));
+        }
         let key = TextCache::key(model_id, &templates, &labels);
         let (data, meta) = self.paths(&key);
-        if let Some((weights, logit_scale)) = self.try_load(&key, &labels) {
+        if let Some((weights, logit_scale, logit_bias)) = self.try_load(&key, &labels) {
             return Ok((
                 ZeroShotClassifier {
                     weights,
                     logit_scale,
+                    logit_bias,
                     labels,
                     templates,
                 },
@@ -610,6 +648,7 @@ impl TextCache {
             labels_hash: clf.labels.hash(),
             shape: clf.weights.size(),
             logit_scale: clf.logit_scale,
+            logit_bias: clf.logit_bias,
             data_sha256: tensor_sha256(&clf.weights),
         };
         let tmp_data = data.with_extension(format!("tmp{}", std::process::id()));

@@ -76,6 +76,11 @@ fn wrong_shapes_and_missing_keys_are_named() {
     let named: Vec<(String, Tensor)> = sd.into_iter().collect();
     let p = dir.path().join("bad-shapes.safetensors");
     Tensor::write_safetensors(&named, &p).unwrap();
+    std::fs::copy(
+        fixtures().join("tiny-vit.open_clip_config.json"),
+        dir.path().join("bad-shapes.open_clip_config.json"),
+    )
+    .unwrap();
     let out = typoclip(&["info", "--model", p.to_str().unwrap()]);
     assert_one_line_error(
         &out,

@@ -25,7 +25,7 @@ fn tiny() -> PathBuf {
 }
 
 fn tiny_model() -> ClipModel {
-    typoclip::model::load::load_checkpoint(&tiny(), Device::Cpu)
+    typoclip::model::load::load_checkpoint(&tiny(), None, Device::Cpu)
         .unwrap()
         .model
 }
@@ -179,7 +179,7 @@ fn interpolation_reaches_the_other_checkpoint() {
     let _g = tch::no_grad_guard();
     let dir = tempfile::tempdir().unwrap();
     let other_path = perturbed_checkpoint(dir.path());
-    let other = typoclip::model::load::load_checkpoint(&other_path, Device::Cpu)
+    let other = typoclip::model::load::load_checkpoint(&other_path, None, Device::Cpu)
         .unwrap()
         .model;
     let images = tiny_images();

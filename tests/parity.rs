@@ -13,6 +13,7 @@ use typoclip::model::load::{load_checkpoint, CheckpointFormat, KeyNaming};
 const TOL: f64 = 1e-4;
 
 fn check_config(dir: &Path, name: &str, is_vit: bool) {
+    let is_vit = is_vit && dir.join(format!("{name}.hf.safetensors")).exists();
     let _g = tch::no_grad_guard();
     let io = read_tensors(&dir.join(format!("{name}.io.safetensors")));
     let mut files = vec![
@@ -38,7 +39,7 @@ fn check_config(dir: &Path, name: &str, is_vit: bool) {
     }
     for (suffix, format, naming) in files {
         let path = dir.join(format!("{name}.{suffix}"));
-        let loaded = load_checkpoint(&path, Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+        let loaded = load_checkpoint(&path, None, Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(loaded.format, format, "{suffix}");
         assert_eq!(loaded.naming, naming, "{suffix}");
         let m = &loaded.model;
@@ -81,6 +82,110 @@ fn vit_b_32_real_shapes_match_open_clip() {
 #[test]
 fn rn50_real_shapes_match_open_clip() {
     check_config(fixtures(), "RN50", false);
+}
+
+/// open_clip's `ViT-B-32` (GELU, as the LAION / DataComp / CommonPool tags build it): its
+/// tensors have OpenAI's shapes, so only its config tells it apart.
+#[test]
+fn vit_b_32_gelu_real_shapes_match_open_clip() {
+    check_config(fixtures(), "ViT-B-32-gelu", true);
+}
+
+/// Every native option at once: GELU, head_width, mlp_ratio, LayerScale, no_ln_pre, avg pool
+/// with final_ln_after_pool, LayerNorm eps; a bidirectional text tower pooled at the last
+/// position with a biased linear projection and GELU-tanh.
+#[test]
+fn native_options_match_open_clip() {
+    check_config(fixtures(), "tiny-options", true);
+}
+
+/// Text pooled at the first `eos_id`, no text projection; avg pool before `ln_post`.
+#[test]
+fn eos_pool_and_no_projection_match_open_clip() {
+    check_config(fixtures(), "tiny-eos", true);
+}
+
+/// Hugging Face `CLIPModel` folders (config.json + model.safetensors, saved by transformers):
+/// `hidden_act` decides the activation — `gelu` for open_clip's ViT-B-32, `quick_gelu` for OpenAI's.
+#[test]
+fn hugging_face_folders_follow_their_config() {
+    let _g = tch::no_grad_guard();
+    for name in ["ViT-B-32-gelu", "ViT-B-32", "tiny-vit"] {
+        let folder = fixtures().join(format!("{name}.hf"));
+        if !folder.is_dir() {
+            eprintln!(
+                "skipping {name}: transformers is not installed (scripts/test.sh installs it)"
+            );
+            continue;
+        }
+        let loaded = load_checkpoint(&folder, None, Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            matches!(
+                loaded.config_source,
+                typoclip::model::load::ConfigSource::HuggingFaceConfig(_)
+            ),
+            "{:?}",
+            loaded.config_source
+        );
+        let io = read_tensors(&fixtures().join(format!("{name}.io.safetensors")));
+        let d_img = max_abs_diff(
+            &loaded.model.encode_image(&io["images"]),
+            &io["image_features"],
+        );
+        let d_txt = max_abs_diff(
+            &loaded.model.encode_text(&io["tokens"]),
+            &io["text_features"],
+        );
+        eprintln!("{name}.hf/: image {d_img:.2e} text {d_txt:.2e}");
+        assert!(d_img <= TOL && d_txt <= TOL, "{name}.hf: {d_img} {d_txt}");
+    }
+}
+
+/// A bare state dict (no config beside it, not OpenAI's file) is refused with a line that says
+/// to pass --arch and names the matching architectures; with --arch it loads, and the wrong
+/// activation is caught by parity, not by shapes.
+#[test]
+fn bare_state_dict_needs_arch() {
+    let _g = tch::no_grad_guard();
+    let dir = tempfile::tempdir().unwrap();
+    let bare = dir.path().join("weights.pt");
+    std::fs::copy(fixtures().join("ViT-B-32-gelu.state_dict.pt"), &bare).unwrap();
+    let e = load_checkpoint(&bare, None, Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with(&bare.display().to_string()) && e.contains("--arch") && !e.contains('\n'),
+        "{e}"
+    );
+    assert!(e.contains("ViT-B-32, ") || e.contains("ViT-B-32)"), "{e}");
+    assert!(e.contains("ViT-B-32-quickgelu"), "{e}");
+    let io = read_tensors(&fixtures().join("ViT-B-32-gelu.io.safetensors"));
+    let right = load_checkpoint(&bare, Some("ViT-B-32"), Device::Cpu).unwrap();
+    let d = max_abs_diff(
+        &right.model.encode_image(&io["images"]),
+        &io["image_features"],
+    );
+    assert!(d <= TOL, "{d}");
+    let tagged = load_checkpoint(&bare, Some("ViT-B-32:laion2b_s34b_b79k"), Device::Cpu).unwrap();
+    let d = max_abs_diff(
+        &tagged.model.encode_image(&io["images"]),
+        &io["image_features"],
+    );
+    assert!(d <= TOL, "{d}");
+    // QuickGELU on GELU weights loads (same shapes) but is far off: what the config prevents.
+    let wrong = load_checkpoint(&bare, Some("ViT-B-32-quickgelu"), Device::Cpu).unwrap();
+    let d = max_abs_diff(
+        &wrong.model.encode_image(&io["images"]),
+        &io["image_features"],
+    );
+    assert!(
+        d > 100.0 * TOL,
+        "QuickGELU should not match GELU weights: {d}"
+    );
+    let e = load_checkpoint(&bare, Some("ViT-Q-99"), Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--arch") && e.contains("ViT-Q-99"), "{e}");
 }
 
 /// The other OpenAI sizes: `cargo test --release --test parity -- --ignored` (passed on

@@ -46,6 +46,7 @@ fn fixtures() -> &'static Path {
 fn model(name: &str) -> ClipModel {
     load_checkpoint(
         &fixtures().join(format!("{name}.open_clip.safetensors")),
+        None,
         Device::Cpu,
     )
     .unwrap()

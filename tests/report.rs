@@ -113,6 +113,7 @@ fn provenance(random: bool, started: &str, finished: &str) -> Provenance {
         threads: 2,
         workers: 2,
         precision: "fp32".into(),
+        scoring: "softmax".into(),
         variant_filter: String::new(),
         libtorch_version: "2.13.0".into(),
         defenses: Vec::new(),

@@ -380,3 +380,32 @@ fn bad_plans_are_one_line_errors_naming_file_and_field() {
         &["plan.toml", "datasets[0]", "no/such/folder"],
     );
 }
+
+/// Any shard count gives the unsharded run's bytes once merged (1, 2 and 7 here; 3 above).
+#[test]
+fn every_shard_count_merges_to_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = photos(dir.path());
+    let full = dir.path().join("full");
+    run(&sweep_args(&photos, &full));
+    for n in [1usize, 2, 7] {
+        let sharded = dir.path().join(format!("n{n}"));
+        for i in 0..n {
+            let mut a = sweep_args(&photos, &sharded);
+            a.extend(["--shard".into(), format!("{i}/{n}")]);
+            run(&a);
+        }
+        ok(&typoclip(&[
+            "sweep",
+            "--merge",
+            "--out",
+            sharded.to_str().unwrap(),
+        ]));
+        for f in ["records.jsonl", "summary.json", "summary.csv"] {
+            assert!(
+                read(&full.join(f)) == read(&sharded.join(f)),
+                "{f} differs after merging {n} shards"
+            );
+        }
+    }
+}

@@ -823,3 +823,83 @@ fn flat_folder_of_unlabelled_images() {
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("empty folder") && e.lines().count() == 1, "{e}");
 }
+
+/// A model with a logit bias (SigLIP-style) is scored with a per-class sigmoid in sweeps:
+/// provenance says so, the probabilities of the whole label set do not sum to one, and the
+/// report's first line names the scoring.
+#[test]
+fn sigmoid_model_sweeps_with_sigmoid_scores_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = common::fixtures();
+    let mut tensors: Vec<(String, tch::Tensor)> =
+        tch::Tensor::read_safetensors(f.join("tiny-vit.open_clip.safetensors")).unwrap();
+    tensors.push(("logit_bias".into(), tch::Tensor::from(-3.0f32)));
+    let weights = dir.path().join("biased.safetensors");
+    tch::Tensor::write_safetensors(&tensors, &weights).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(f.join("tiny-vit.open_clip_config.json")).unwrap(),
+    )
+    .unwrap();
+    cfg["model_cfg"]["init_logit_bias"] = serde_json::json!(-3.0);
+    std::fs::write(
+        dir.path().join("biased.open_clip_config.json"),
+        cfg.to_string(),
+    )
+    .unwrap();
+    let photos = dir.path().join("photos/apple");
+    std::fs::create_dir_all(&photos).unwrap();
+    for i in 0..2u32 {
+        image::RgbImage::from_fn(80, 70, |x, y| {
+            image::Rgb([(x * 3) as u8, (y + i * 50) as u8, 60])
+        })
+        .save(photos.join(format!("{i}.png")))
+        .unwrap();
+    }
+    let out = dir.path().join("run");
+    let o = typoclip(&[
+        "sweep",
+        "--model",
+        weights.to_str().unwrap(),
+        "--dataset",
+        dir.path().join("photos").to_str().unwrap(),
+        "--attacks",
+        common::repo()
+            .join("attacks/ipod-label.toml")
+            .to_str()
+            .unwrap(),
+        "--labels",
+        "apple,pear,plum",
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+        "--report",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let prov: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("provenance.json")).unwrap())
+            .unwrap();
+    assert_eq!(prov["scoring"], "sigmoid");
+    for line in std::fs::read_to_string(out.join("records.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        // Four classes (the three labels and the target iPod): all in the top 5.
+        let sum: f64 = r["clean_top5"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["prob"].as_f64().unwrap())
+            .sum();
+        assert_eq!(r["clean_top5"].as_array().unwrap().len(), 4, "{line}");
+        assert!(
+            (sum - 1.0).abs() > 1e-3,
+            "sigmoid scores summed to one: {line}"
+        );
+    }
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.lines().next().unwrap().contains("sigmoid scoring"),
+        "{md}"
+    );
+}

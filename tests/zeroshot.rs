@@ -28,6 +28,7 @@ fn classifier_matches_open_clip_with_80_templates() {
         let io = read_tensors(&fixtures().join(format!("{name}.io.safetensors")));
         let m = load_checkpoint(
             &fixtures().join(format!("{name}.state_dict.pt")),
+            None,
             Device::Cpu,
         )
         .unwrap()
@@ -56,6 +57,7 @@ fn length_sorted_encoding_equals_padded() {
     let _g = tch::no_grad_guard();
     let m = load_checkpoint(
         &fixtures().join("tiny-vit.open_clip.safetensors"),
+        None,
         Device::Cpu,
     )
     .unwrap()
@@ -80,6 +82,7 @@ fn text_cache_hit_miss_and_corruption() {
     let cache = TextCache::new(dir.path());
     let m = load_checkpoint(
         &fixtures().join("tiny-rn.open_clip.safetensors"),
+        None,
         Device::Cpu,
     )
     .unwrap()
@@ -159,4 +162,38 @@ fn imagenet_sample_wnids_map_to_classes() {
     }
     eprintln!("{in_cls} of 200 sample wnids are ImageNet-1k classes");
     assert!(in_cls >= 100);
+}
+
+/// A model with a logit bias scores with a sigmoid per class (SigLIP's zero-shot formula):
+/// `sigmoid(exp(logit_scale) · cos + bias)` equals open_clip's logits through a sigmoid.
+#[test]
+fn sigmoid_scoring_follows_the_logit_bias() {
+    let _g = tch::no_grad_guard();
+    let io = read_tensors(&fixtures().join("tiny-options.io.safetensors"));
+    let m = load_checkpoint(
+        &fixtures().join("tiny-options.open_clip.safetensors"),
+        None,
+        Device::Cpu,
+    )
+    .unwrap()
+    .model;
+    assert!(m.logit_bias().is_some());
+    let names: Vec<String> = (0..io["tokens"].size()[0])
+        .map(|i| format!("c{i}"))
+        .collect();
+    let clf = typoclip::zeroshot::ZeroShotClassifier {
+        weights: typoclip::model::l2_normalize(&m.encode_text(&io["tokens"])),
+        logit_scale: m.logit_scale_exp(),
+        logit_bias: m.logit_bias(),
+        labels: LabelSet::parse_list("test", &names.join(",")).unwrap(),
+        templates: TemplateSet::builtin("single").unwrap(),
+    };
+    assert_eq!(clf.scoring(), "sigmoid");
+    let probs = clf.probs(&m.encode_image(&io["images"]));
+    let expected = io["logits"].sigmoid();
+    let d = max_abs_diff(&probs, &expected);
+    assert!(d <= 1e-5, "sigmoid probabilities differ by {d}");
+    // Independent per class: rows do not sum to one.
+    let sums = Vec::<f32>::try_from(probs.sum_dim_intlist(-1, false, tch::Kind::Float)).unwrap();
+    assert!(sums.iter().all(|s| (s - 1.0).abs() > 1e-3), "{sums:?}");
 }

@@ -21,6 +21,10 @@ pub struct ModelArgs {
     /// Default: the cached `ViT-B-32`.
     #[arg(long, short = 'm')]
     pub model: Option<String>,
+    /// The architecture of a checkpoint that does not say it (a bare state dict): an open_clip
+    /// name (`ViT-B-32` is GELU, `ViT-B-32-quickgelu` OpenAI's) or `ARCH:TAG`.
+    #[arg(long)]
+    pub arch: Option<String>,
     /// `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when libtorch has it).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -73,7 +77,7 @@ pub enum Command {
         #[arg(long)]
         builtin: bool,
         /// When no --model is given and the default checkpoint is not cached, use
-        /// `random:ViT-B-32` (every output then says it is random).
+        /// `random:ViT-B-32-quickgelu`, OpenAI's architecture (every output then says it is random).
         #[arg(long)]
         fallback_random: bool,
         /// How many labels to show per image.
@@ -157,7 +161,7 @@ pub struct SweepArgs {
     #[arg(long)]
     pub builtin: bool,
     /// When no --model is given and the default checkpoint is not cached, use
-    /// `random:ViT-B-32` (every output then says it is random).
+    /// `random:ViT-B-32-quickgelu`, OpenAI's architecture (every output then says it is random).
     #[arg(long)]
     pub fallback_random: bool,
     /// Write the run's report (`report.html`, `report.md`) when the sweep ends and print its path.

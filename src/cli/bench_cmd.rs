@@ -121,6 +121,7 @@ fn fitted_kinds(spec: &str) -> Vec<&'static str> {
 fn model_args(m: &ModelArgs) -> ModelArgs {
     ModelArgs {
         model: m.model.clone(),
+        arch: m.arch.clone(),
         device: m.device.clone(),
         cache_dir: m.cache_dir.clone(),
     }

@@ -202,6 +202,7 @@ pub fn run(cli: Cli) -> Result<()> {
             } else {
                 println!("{}", m.banner_line());
                 println!("architecture:  {}", info.architecture);
+                println!("config from:   {}", info.config_source);
                 println!("input size:    {} px", info.image_resolution);
                 println!("embed dim:     {}", info.embed_dim);
                 println!(

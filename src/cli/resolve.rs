@@ -18,44 +18,69 @@ pub const RANDOM_WEIGHTS_BANNER: &str = "random weights — output is not a prop
 /// Where a model comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSpec {
-    /// A checkpoint file.
+    /// A checkpoint file or a hub snapshot / Hugging Face folder.
     Path(PathBuf),
     /// A known OpenAI checkpoint, looked up in the cache.
     Known(&'static str),
-    /// Seeded random weights at the shapes of a known architecture.
-    Random {
+    /// An open_clip `ARCH:TAG` (other than OpenAI's), looked up in the cache as a hub folder.
+    Tagged {
         /// open_clip architecture name.
-        arch: &'static str,
+        arch: String,
+        /// Pretrained tag.
+        tag: String,
+    },
+    /// Seeded random weights at the shapes of an open_clip architecture (`ViT-B-32` is GELU,
+    /// `ViT-B-32-quickgelu` OpenAI's; `ARCH:TAG` as open_clip builds it for that tag).
+    Random {
+        /// open_clip architecture name, or `ARCH:TAG`.
+        arch: String,
         /// libtorch seed.
         seed: i64,
     },
 }
 
 impl ModelSpec {
-    /// Parses `random:<arch>[:seed]`, a known name, or a path (anything else).
+    /// Parses `random:<arch>[:seed]`, a known name, `ARCH:TAG`, or a path (anything else).
     pub fn parse(s: &str) -> Result<ModelSpec> {
         if let Some(rest) = s.strip_prefix("random:") {
             let (arch, seed) = match rest.rsplit_once(':') {
                 Some((a, seed)) if seed.parse::<i64>().is_ok() => (a, seed.parse::<i64>()?),
                 _ => (rest, 0),
             };
-            let arch = canonical_arch_name(arch).ok_or_else(|| {
-                anyhow!(
-                    "--model: unknown architecture `{arch}` in `{s}` (known: {})",
-                    KNOWN_ARCHITECTURES.join(", ")
-                )
-            })?;
+            let arch = match canonical_arch_name(arch) {
+                // OpenAI's spellings (`ViT-B/32`) name OpenAI's models.
+                Some(a) if arch.contains('/') || arch.contains('@') => format!("{a}-quickgelu"),
+                _ => arch.to_string(),
+            };
+            ClipConfig::from_arch(&arch).map_err(|e| anyhow!("--model {s}: {e}"))?;
             return Ok(ModelSpec::Random { arch, seed });
         }
         let path = PathBuf::from(s);
         if path.exists() {
             return Ok(ModelSpec::Path(path));
         }
+        if let Some((arch, tag)) = s.split_once(':') {
+            if tag == "openai" {
+                if let Some(name) = canonical_arch_name(arch.trim_end_matches("-quickgelu")) {
+                    return Ok(ModelSpec::Known(name));
+                }
+            }
+            if crate::model::open_clip::zoo()
+                .pretrained(arch, tag)
+                .is_some()
+            {
+                return Ok(ModelSpec::Tagged {
+                    arch: arch.into(),
+                    tag: tag.into(),
+                });
+            }
+            bail!("--model {s}: not in open_clip's pretrained list (`typoclip models` lists every ARCH:TAG)");
+        }
         if let Some(name) = canonical_arch_name(s) {
             return Ok(ModelSpec::Known(name));
         }
         bail!(
-            "--model: {s}: no such file, and not a known model name ({}) nor random:<arch>[:seed]",
+            "--model: {s}: no such file or folder, and not a known model name ({}), ARCH:TAG nor random:<arch>[:seed]",
             KNOWN_ARCHITECTURES.join(", ")
         )
     }
@@ -102,6 +127,8 @@ pub struct OpenedModel {
     pub format: String,
     /// The file the weights came from.
     pub path: Option<PathBuf>,
+    /// Where the architecture came from (`--arch`, a config file, OpenAI's build_model).
+    pub config_source: String,
 }
 
 /// What `typoclip info` prints.
@@ -134,7 +161,10 @@ pub struct ModelInfo {
     pub sha256: Option<String>,
     /// True for random weights.
     pub random_weights: bool,
-    /// The full config.
+    /// Where the architecture came from (`--arch`, an open_clip or Hugging Face config,
+    /// OpenAI's build_model, or the random spec's open_clip name).
+    pub config_source: String,
+    /// The full resolved config.
     pub config: ClipConfig,
 }
 
@@ -184,6 +214,7 @@ impl OpenedModel {
             format: self.format.clone(),
             sha256: self.sha256.clone(),
             random_weights: self.random,
+            config_source: self.config_source.clone(),
             config: c.clone(),
         }
     }
@@ -206,7 +237,7 @@ pub fn open_model_or_random(args: &ModelArgs, fallback_random: bool) -> Result<O
         None => {
             let cached = cache_dir(args.cache_dir.as_deref()).join(cached_file_name(DEFAULT_MODEL));
             if !cached.exists() && fallback_random {
-                format!("random:{DEFAULT_MODEL}")
+                format!("random:{DEFAULT_MODEL}-quickgelu")
             } else {
                 DEFAULT_MODEL.to_string()
             }
@@ -215,7 +246,7 @@ pub fn open_model_or_random(args: &ModelArgs, fallback_random: bool) -> Result<O
     let spec = ModelSpec::parse(&spec_text)?;
     let path = match spec {
         ModelSpec::Random { arch, seed } => {
-            let config = ClipConfig::preset(arch).expect("known architecture");
+            let config = ClipConfig::from_arch(&arch)?;
             let model = ClipModel::random(&config, seed, device)?;
             return Ok(OpenedModel {
                 model,
@@ -224,9 +255,24 @@ pub fn open_model_or_random(args: &ModelArgs, fallback_random: bool) -> Result<O
                 sha256: None,
                 format: "random".into(),
                 path: None,
+                config_source: format!("{arch} (open_clip's config)"),
             });
         }
         ModelSpec::Path(p) => p,
+        ModelSpec::Tagged { arch, tag } => {
+            let p = cache_dir(args.cache_dir.as_deref())
+                .join("hub")
+                .join(&arch)
+                .join(&tag);
+            if !p.is_dir() {
+                bail!(
+                    "--model {arch}:{tag}: not in the cache ({}); download the tag's hub snapshot \
+                     (open_clip_config.json and weights) into that folder, or pass its folder as --model",
+                    p.display()
+                );
+            }
+            p
+        }
         ModelSpec::Known(name) => {
             let p = cache_dir(args.cache_dir.as_deref()).join(cached_file_name(name));
             if !p.exists() {
@@ -240,15 +286,18 @@ pub fn open_model_or_random(args: &ModelArgs, fallback_random: bool) -> Result<O
             p
         }
     };
-    let loaded = load_checkpoint(&path, device)?;
-    let sha256 = sha256_file(&path).map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?;
+    let loaded = load_checkpoint(&path, args.arch.as_deref(), device)?;
+    let weights = loaded.weights.clone();
+    let sha256 =
+        sha256_file(&weights).map_err(|e| anyhow!("{}: cannot read: {e}", weights.display()))?;
     Ok(OpenedModel {
         model: loaded.model,
         spec: spec_text,
         random: false,
         sha256: Some(sha256),
         format: format!("{:?}/{:?}", loaded.format, loaded.naming),
-        path: Some(path),
+        path: Some(weights),
+        config_source: loaded.config_source.to_string(),
     })
 }
 
@@ -261,17 +310,33 @@ mod tests {
         assert_eq!(
             ModelSpec::parse("random:ViT-B/32:7").unwrap(),
             ModelSpec::Random {
-                arch: "ViT-B-32",
+                arch: "ViT-B-32-quickgelu".into(),
                 seed: 7
             }
         );
         assert_eq!(
             ModelSpec::parse("random:RN50").unwrap(),
             ModelSpec::Random {
-                arch: "RN50",
+                arch: "RN50".into(),
                 seed: 0
             }
         );
+        assert_eq!(
+            ModelSpec::parse("random:ViT-H-14:3").unwrap(),
+            ModelSpec::Random {
+                arch: "ViT-H-14".into(),
+                seed: 3
+            }
+        );
+        assert!(matches!(
+            ModelSpec::parse("ViT-B-32:openai"),
+            Ok(ModelSpec::Known("ViT-B-32"))
+        ));
+        assert!(matches!(
+            ModelSpec::parse("ViT-B-32:laion2b_s34b_b79k"),
+            Ok(ModelSpec::Tagged { .. })
+        ));
+        assert!(ModelSpec::parse("ViT-B-32:no_such_tag").is_err());
         assert!(ModelSpec::parse("random:ViT-Z").is_err());
         assert!(matches!(
             ModelSpec::parse("ViT-L-14"),

@@ -129,6 +129,7 @@ pub fn resolve(args: &SweepArgs) -> Result<RunSpec> {
     let spec = RunSpec {
         model: ModelChoice {
             spec: args.model.model.clone(),
+            arch: args.model.arch.clone(),
             device: args.model.device.clone(),
             cache_dir: args.model.cache_dir.clone(),
             fallback_random: args.fallback_random,
@@ -343,6 +344,7 @@ pub fn execute(run: &RunSpec, banner: bool) -> Result<Executed> {
     }
     let model_args = ModelArgs {
         model: run.model.spec.clone(),
+        arch: run.model.arch.clone(),
         device: run.model.device.clone(),
         cache_dir: run.model.cache_dir.clone(),
     };
@@ -435,6 +437,7 @@ pub fn execute(run: &RunSpec, banner: bool) -> Result<Executed> {
         threads: tch::get_num_threads(),
         workers,
         precision: precision.name().into(),
+        scoring: classifier.scoring().into(),
         variant_filter: args.variants.join(","),
         libtorch_version: LIBTORCH_VERSION.into(),
         defenses: defenses.records(),

@@ -48,7 +48,7 @@ impl Defense for Interpolate {
         if self.alpha == 0.0 {
             return Ok(());
         }
-        let other = crate::model::load::load_checkpoint(&self.with, model.device())
+        let other = crate::model::load::load_checkpoint(&self.with, None, model.device())
             .map_err(|e| err(e.to_string()))?
             .model;
         if other.config() != model.config() {

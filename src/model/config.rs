@@ -8,13 +8,62 @@ use serde::Serialize;
 
 use super::ModelError;
 
+/// The activation of a transformer MLP: open_clip's `nn.GELU` (exact erf, or the tanh
+/// approximation through `act_kwargs`) or OpenAI's `QuickGELU`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// `x · Φ(x)` (`nn.GELU()`).
+    Gelu,
+    /// `nn.GELU(approximate='tanh')`.
+    GeluTanh,
+    /// `x · σ(1.702 x)` (OpenAI's checkpoints, and open_clip's `quick_gelu: true`).
+    QuickGelu,
+}
+
+/// What the ViT image tower pools (open_clip's `pool_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VitPool {
+    /// The class token (`tok`).
+    Tok,
+    /// The mean of the patch tokens (`avg`).
+    Avg,
+}
+
+/// Where the text tower takes its features (open_clip's `pool_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "id")]
+pub enum TextPool {
+    /// At the highest token id (OpenAI's end-of-text).
+    Argmax,
+    /// At the first occurrence of this token id.
+    Eos(i64),
+    /// At the last position.
+    Last,
+    /// At the first position.
+    First,
+}
+
+/// The text tower's projection to the joint space (open_clip's `proj_type` / `proj_bias`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TextProjection {
+    /// A `[width, embed_dim]` parameter `text_projection`, applied as `x @ P`.
+    Matrix,
+    /// An `nn.Linear` `text_projection.{weight,bias}`.
+    Linear,
+    /// No projection (`proj_type: none`): the pooled width is the embedding.
+    None,
+}
+
 /// The image tower of a CLIP model.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind")]
 pub enum VisionConfig {
-    /// OpenAI `VisionTransformer`.
+    /// open_clip / OpenAI `VisionTransformer`.
     VisionTransformer {
-        /// Input side in pixels (`input_resolution`).
+        /// Input side in pixels (`image_size`).
         image_resolution: i64,
         /// Patch side (`visual.conv1` kernel).
         patch_size: i64,
@@ -22,8 +71,22 @@ pub enum VisionConfig {
         width: i64,
         /// Number of residual attention blocks.
         layers: i64,
-        /// Attention heads (`width / 64`).
+        /// Attention heads (`width / head_width`).
         heads: i64,
+        /// Hidden width of each MLP (`width · mlp_ratio`).
+        mlp_width: i64,
+        /// The MLP activation.
+        act: Activation,
+        /// LayerScale after attention and MLP (`ls_init_value` set: `ls_1.gamma`, `ls_2.gamma`).
+        layer_scale: bool,
+        /// `ln_pre` before the transformer (`no_ln_pre: false`).
+        ln_pre: bool,
+        /// What is pooled.
+        pool: VitPool,
+        /// `ln_post` after pooling instead of before (`final_ln_after_pool`).
+        final_ln_after_pool: bool,
+        /// LayerNorm epsilon (`norm_kwargs.eps`, default 1e-5).
+        ln_eps: f64,
     },
     /// OpenAI `ModifiedResNet`.
     ModifiedResNet {
@@ -60,19 +123,33 @@ impl VisionConfig {
     }
 }
 
-/// The text tower of a CLIP model.
+/// The text tower of a CLIP model (open_clip's `TextTransformer`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TextConfig {
     /// Maximum number of tokens (77 for every OpenAI model).
     pub context_length: i64,
-    /// BPE vocabulary size (49408).
+    /// Vocabulary size (49408 for CLIP's BPE).
     pub vocab_size: i64,
     /// Residual width.
     pub width: i64,
-    /// Attention heads (`width / 64`).
+    /// Attention heads.
     pub heads: i64,
     /// Number of residual attention blocks.
     pub layers: i64,
+    /// Hidden width of each MLP (`width · mlp_ratio`).
+    pub mlp_width: i64,
+    /// The MLP activation.
+    pub act: Activation,
+    /// LayerScale in each block (`ls_init_value` set).
+    pub layer_scale: bool,
+    /// Causal attention mask (`no_causal_mask: false`).
+    pub causal: bool,
+    /// Where the features are taken.
+    pub pool: TextPool,
+    /// The projection.
+    pub projection: TextProjection,
+    /// LayerNorm epsilon.
+    pub ln_eps: f64,
 }
 
 /// A whole CLIP model: joint embedding size plus both towers.
@@ -84,6 +161,8 @@ pub struct ClipConfig {
     pub vision: VisionConfig,
     /// Text tower.
     pub text: TextConfig,
+    /// The model has a learned `logit_bias` (`init_logit_bias`: SigLIP-style sigmoid scoring).
+    pub logit_bias: bool,
 }
 
 /// Names of the OpenAI checkpoints, in the spelling open_clip uses.
@@ -99,65 +178,86 @@ pub const KNOWN_ARCHITECTURES: [&str; 9] = [
     "ViT-L-14-336",
 ];
 
-fn text(width: i64) -> TextConfig {
-    TextConfig {
-        context_length: 77,
-        vocab_size: 49408,
-        width,
-        heads: width / 64,
-        layers: 12,
-    }
-}
-
-fn vit(embed_dim: i64, res: i64, patch: i64, width: i64, layers: i64, tw: i64) -> ClipConfig {
-    ClipConfig {
-        embed_dim,
-        vision: VisionConfig::VisionTransformer {
-            image_resolution: res,
-            patch_size: patch,
+impl TextConfig {
+    /// OpenAI's text tower of `width` (what `build_model` makes: QuickGELU, causal, argmax pool).
+    pub fn openai(context_length: i64, vocab_size: i64, width: i64, layers: i64) -> TextConfig {
+        TextConfig {
+            context_length,
+            vocab_size,
             width,
-            layers,
             heads: width / 64,
-        },
-        text: text(tw),
-    }
-}
-
-fn resnet(embed_dim: i64, res: i64, layers: [i64; 4], width: i64, tw: i64) -> ClipConfig {
-    ClipConfig {
-        embed_dim,
-        vision: VisionConfig::ModifiedResNet {
-            image_resolution: res,
             layers,
-            width,
-            heads: width * 32 / 64,
-        },
-        text: text(tw),
+            mlp_width: 4 * width,
+            act: Activation::QuickGelu,
+            layer_scale: false,
+            causal: true,
+            pool: TextPool::Argmax,
+            projection: TextProjection::Matrix,
+            ln_eps: 1e-5,
+        }
     }
 }
 
 impl ClipConfig {
-    /// The preset of an OpenAI checkpoint, by open_clip name (`ViT-B-32`) or OpenAI name
-    /// (`ViT-B/32`, `ViT-L/14@336px`). Shapes follow open_clip's `model_configs/*.json`.
+    /// The config open_clip builds for an architecture name of its `model_configs/`
+    /// (`ViT-B-32`, `ViT-B-32-quickgelu`, `ViT-H-14`, …), as `create_model(name)` does: note that
+    /// `ViT-B-32` is GELU — OpenAI's weights are `ViT-B-32-quickgelu` or `ViT-B-32:openai`. OpenAI's
+    /// own spellings (`ViT-B/32`, `ViT-L/14@336px`) name OpenAI's checkpoints, hence QuickGELU.
+    /// `None` for a name open_clip does not know or whose towers typoclip does not build (see
+    /// [`super::open_clip::ModelCfg::to_clip_config`] for the reason).
     pub fn preset(name: &str) -> Option<ClipConfig> {
-        let canonical = canonical_arch_name(name)?;
-        Some(match canonical {
-            "RN50" => resnet(1024, 224, [3, 4, 6, 3], 64, 512),
-            "RN101" => resnet(512, 224, [3, 4, 23, 3], 64, 512),
-            "RN50x4" => resnet(640, 288, [4, 6, 10, 6], 80, 640),
-            "RN50x16" => resnet(768, 384, [6, 8, 18, 8], 96, 768),
-            "RN50x64" => resnet(1024, 448, [3, 15, 36, 10], 128, 1024),
-            "ViT-B-32" => vit(512, 224, 32, 768, 12, 512),
-            "ViT-B-16" => vit(512, 224, 16, 768, 12, 512),
-            "ViT-L-14" => vit(768, 224, 14, 1024, 24, 768),
-            "ViT-L-14-336" => vit(768, 336, 14, 1024, 24, 768),
-            _ => return None,
-        })
+        if name.contains('/') || name.contains('@') {
+            let arch = canonical_arch_name(name)?;
+            return ClipConfig::for_tag(arch, "openai").ok();
+        }
+        super::open_clip::zoo()
+            .model(name)?
+            .to_clip_config(false)
+            .ok()
     }
 
-    /// Infers the architecture from tensor shapes (keys in OpenAI/open_clip naming), as
-    /// OpenAI's `build_model` does.
-    pub fn from_shapes(shapes: &BTreeMap<String, Vec<i64>>) -> Result<ClipConfig, ModelError> {
+    /// `NAME` or `NAME:TAG` as `--arch` takes it: [`ClipConfig::preset`] or
+    /// [`ClipConfig::for_tag`], with the reason when neither applies.
+    pub fn from_arch(spec: &str) -> Result<ClipConfig, ModelError> {
+        if let Some((arch, tag)) = spec.split_once(':') {
+            return ClipConfig::for_tag(arch, tag);
+        }
+        if let Some(c) = ClipConfig::preset(spec) {
+            return Ok(c);
+        }
+        match super::open_clip::zoo().model(spec) {
+            Some(cfg) => cfg
+                .to_clip_config(false)
+                .map_err(|e| ModelError::Config(format!("`{spec}`: {e}"))),
+            None => Err(ModelError::Config(format!(
+                "`{spec}` is not an open_clip architecture name (`typoclip models` lists them)"
+            ))),
+        }
+    }
+
+    /// The config open_clip builds for `ARCH:TAG`: the architecture's config with the tag's
+    /// `quick_gelu` (open_clip turns QuickGELU on for `openai` and a few other tags).
+    pub fn for_tag(arch: &str, tag: &str) -> Result<ClipConfig, ModelError> {
+        let zoo = super::open_clip::zoo();
+        let cfg = zoo.model(arch).ok_or_else(|| {
+            ModelError::Config(format!("`{arch}` is not an open_clip architecture name"))
+        })?;
+        let quick = zoo.pretrained(arch, tag).map(|p| p.quick_gelu).ok_or_else(|| {
+            ModelError::Config(format!(
+                "`{arch}:{tag}` is not in open_clip's pretrained list (`typoclip models` lists them)"
+            ))
+        })?;
+        cfg.to_clip_config(quick)
+    }
+
+    /// OpenAI's `build_model`: the architecture of one of OpenAI's checkpoints inferred from its
+    /// tensor shapes (keys in OpenAI/open_clip naming). Every OpenAI model uses QuickGELU, a
+    /// causal argmax-pooled text tower and default LayerNorms, so the shapes say everything —
+    /// for OpenAI's files only (TorchScript archives, the nine official sha256s). Other
+    /// checkpoints need their config ([`super::load`]).
+    pub fn openai_from_shapes(
+        shapes: &BTreeMap<String, Vec<i64>>,
+    ) -> Result<ClipConfig, ModelError> {
         let get = |key: &str| -> Result<&Vec<i64>, ModelError> {
             shapes
                 .get(key)
@@ -190,6 +290,13 @@ impl ClipConfig {
                 width,
                 layers,
                 heads: width / 64,
+                mlp_width: 4 * width,
+                act: Activation::QuickGelu,
+                layer_scale: false,
+                ln_pre: true,
+                pool: VitPool::Tok,
+                final_ln_after_pool: false,
+                ln_eps: 1e-5,
             }
         } else if shapes.contains_key("visual.attnpool.positional_embedding") {
             let layers = [
@@ -218,13 +325,13 @@ impl ClipConfig {
         let config = ClipConfig {
             embed_dim: dim("text_projection", 1)?,
             vision,
-            text: TextConfig {
-                context_length: dim("positional_embedding", 0)?,
-                vocab_size: dim("token_embedding.weight", 0)?,
+            text: TextConfig::openai(
+                dim("positional_embedding", 0)?,
+                dim("token_embedding.weight", 0)?,
                 width,
-                heads: width / 64,
-                layers: count_blocks("transformer.resblocks."),
-            },
+                count_blocks("transformer.resblocks."),
+            ),
+            logit_bias: false,
         };
         config.validate()?;
         Ok(config)
@@ -239,9 +346,15 @@ impl ClipConfig {
                 layers,
                 heads,
                 patch_size,
+                mlp_width,
                 ..
             } => {
-                if *layers < 1 || *heads < 1 || width % heads != 0 || *patch_size < 1 {
+                if *layers < 1
+                    || *heads < 1
+                    || width % heads != 0
+                    || *patch_size < 1
+                    || *mlp_width < 1
+                {
                     return bad(format!(
                         "invalid ViT shape: width {width}, layers {layers}, heads {heads}"
                     ));
@@ -261,7 +374,7 @@ impl ClipConfig {
             }
         }
         let t = &self.text;
-        if t.layers < 1 || t.heads < 1 || t.width % t.heads != 0 {
+        if t.layers < 1 || t.heads < 1 || t.width % t.heads != 0 || t.mlp_width < 1 {
             return bad(format!(
                 "invalid text transformer: width {}, layers {}, heads {}",
                 t.width, t.layers, t.heads
@@ -272,24 +385,32 @@ impl ClipConfig {
 
     /// A short architecture description such as `ViT-B/32-like (ViT, width 768, 12 layers, patch 32)`.
     pub fn describe(&self) -> String {
+        let act = |a: Activation| match a {
+            Activation::Gelu => "GELU",
+            Activation::GeluTanh => "GELU-tanh",
+            Activation::QuickGelu => "QuickGELU",
+        };
         match &self.vision {
             VisionConfig::VisionTransformer {
                 image_resolution,
                 patch_size,
                 width,
                 layers,
+                act: a,
                 ..
             } => format!(
-                "ViT (width {width}, {layers} layers, patch {patch_size}, {image_resolution} px)"
+                "ViT (width {width}, {layers} layers, patch {patch_size}, {image_resolution} px, {})",
+                act(*a)
             ),
             VisionConfig::ModifiedResNet {
                 image_resolution,
                 layers,
                 width,
                 ..
-            } => {
-                format!("ModifiedResNet (stages {layers:?}, width {width}, {image_resolution} px)")
-            }
+            } => format!(
+                "ModifiedResNet (stages {layers:?}, width {width}, {image_resolution} px; text {})",
+                act(self.text.act)
+            ),
         }
     }
 }

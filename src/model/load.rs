@@ -390,7 +390,7 @@ pub fn copy_into(
         .flatten()
         .collect();
         return Err(ModelError::Config(format!(
-            "checkpoint does not match the inferred {}: {}",
+            "checkpoint does not match the configured {}: {}",
             model.config().describe(),
             parts.join("; ")
         )));
@@ -404,6 +404,33 @@ pub fn copy_into(
     Ok(())
 }
 
+/// Where the architecture of a loaded model came from. Nothing is guessed: a file whose
+/// configuration none of these gives is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "from", rename_all = "snake_case")]
+pub enum ConfigSource {
+    /// `--arch NAME[:TAG]` (open_clip's names).
+    Arch(String),
+    /// An `open_clip_config.json` (`model_cfg`), in a hub folder or beside the weights.
+    OpenClipConfig(String),
+    /// A Hugging Face `config.json` (`CLIPConfig`).
+    HuggingFaceConfig(String),
+    /// OpenAI's own file — a TorchScript archive, or one of the nine official sha256s — whose
+    /// architecture OpenAI's `build_model` reads from the tensor shapes (all QuickGELU).
+    OpenAi(String),
+}
+
+impl std::fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigSource::Arch(a) => write!(f, "--arch {a}"),
+            ConfigSource::OpenClipConfig(p) => write!(f, "open_clip config {p}"),
+            ConfigSource::HuggingFaceConfig(p) => write!(f, "Hugging Face config {p}"),
+            ConfigSource::OpenAi(why) => write!(f, "OpenAI build_model ({why})"),
+        }
+    }
+}
+
 /// A model loaded from a file, with what was learned about the file.
 #[derive(Debug)]
 pub struct LoadedCheckpoint {
@@ -413,23 +440,262 @@ pub struct LoadedCheckpoint {
     pub format: CheckpointFormat,
     /// Key scheme of the file.
     pub naming: KeyNaming,
+    /// The weights file (inside the folder, when a folder was given).
+    pub weights: std::path::PathBuf,
+    /// Where the architecture came from.
+    pub config_source: ConfigSource,
+    /// `preprocess_cfg` of an `open_clip_config.json`, when there is one.
+    pub preprocess_cfg: Option<serde_json::Value>,
 }
 
-/// Reads `path`, infers the architecture and returns the loaded model on `device`.
-pub fn load_checkpoint(path: &Path, device: Device) -> Result<LoadedCheckpoint, ModelError> {
-    let sd = read_state_dict(path)?;
-    let shapes = sd
-        .tensors
+/// The weight files a hub snapshot folder may hold, in the order they are preferred.
+pub const HUB_WEIGHT_FILES: [&str; 4] = [
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "model.safetensors",
+    "pytorch_model.bin",
+];
+
+/// `open_clip_config.json` files that describe `weights`: `<prefix>.open_clip_config.json`
+/// (`prefix` = the file name up to its first `.`), then `open_clip_config.json` in its folder.
+fn configs_beside(weights: &Path) -> Vec<std::path::PathBuf> {
+    let dir = weights.parent().unwrap_or(Path::new("."));
+    let name = weights
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let prefix = name.split('.').next().unwrap_or(&name);
+    vec![
+        dir.join(format!("{prefix}.open_clip_config.json")),
+        dir.join("open_clip_config.json"),
+    ]
+}
+
+/// An `open_clip_config.json`: its model config and preprocessing config.
+fn read_open_clip_config(
+    path: &Path,
+) -> Result<(ClipConfig, Option<serde_json::Value>), ModelError> {
+    let text = std::fs::read_to_string(path).map_err(|e| bad(path, format!("cannot read: {e}")))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(path, format!("line {}: {e}", e.line())))?;
+    let model_cfg = v
+        .get("model_cfg")
+        .ok_or_else(|| bad(path, "model_cfg: missing"))?;
+    let cfg: super::open_clip::ModelCfg = serde_json::from_value(model_cfg.clone())
+        .map_err(|e| bad(path, format!("model_cfg: {e}")))?;
+    let config = cfg
+        .to_clip_config(false)
+        .map_err(|e| bad(path, format!("model_cfg.{e}")))?;
+    Ok((config, v.get("preprocess_cfg").cloned()))
+}
+
+/// A Hugging Face `CLIPConfig` (`config.json` of a `CLIPModel` folder).
+pub fn read_hf_config(path: &Path) -> Result<ClipConfig, ModelError> {
+    use super::config::{Activation, TextConfig, TextPool, TextProjection, VisionConfig, VitPool};
+    let text = std::fs::read_to_string(path).map_err(|e| bad(path, format!("cannot read: {e}")))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(path, format!("line {}: {e}", e.line())))?;
+    let int = |tower: &str, key: &str, default: Option<i64>| -> Result<i64, ModelError> {
+        v.get(tower)
+            .and_then(|t| t.get(key))
+            .and_then(|x| x.as_i64())
+            .or(default)
+            .ok_or_else(|| bad(path, format!("{tower}.{key}: missing")))
+    };
+    let act = |tower: &str| -> Result<Activation, ModelError> {
+        let a = v
+            .get(tower)
+            .and_then(|t| t.get("hidden_act"))
+            .and_then(|x| x.as_str())
+            .unwrap_or("quick_gelu");
+        match a {
+            "quick_gelu" => Ok(Activation::QuickGelu),
+            "gelu" => Ok(Activation::Gelu),
+            "gelu_new" | "gelu_pytorch_tanh" => Ok(Activation::GeluTanh),
+            other => Err(bad(
+                path,
+                format!("{tower}.hidden_act: `{other}` is not one of quick_gelu, gelu, gelu_new"),
+            )),
+        }
+    };
+    let eps = |tower: &str| {
+        v.get(tower)
+            .and_then(|t| t.get("layer_norm_eps"))
+            .and_then(|x| x.as_f64())
+            .unwrap_or(1e-5)
+    };
+    if let Some(m) = v.get("model_type").and_then(|m| m.as_str()) {
+        if m != "clip" {
+            return Err(bad(
+                path,
+                format!("model_type: `{m}`: only `clip` (CLIPModel) is read"),
+            ));
+        }
+    }
+    let vw = int("vision_config", "hidden_size", Some(768))?;
+    let tw = int("text_config", "hidden_size", Some(512))?;
+    let eos = int("text_config", "eos_token_id", Some(49407))?;
+    let config = ClipConfig {
+        embed_dim: v
+            .get("projection_dim")
+            .and_then(|x| x.as_i64())
+            .unwrap_or(512),
+        vision: VisionConfig::VisionTransformer {
+            image_resolution: int("vision_config", "image_size", Some(224))?,
+            patch_size: int("vision_config", "patch_size", Some(32))?,
+            width: vw,
+            layers: int("vision_config", "num_hidden_layers", Some(12))?,
+            heads: int("vision_config", "num_attention_heads", Some(12))?,
+            mlp_width: int("vision_config", "intermediate_size", Some(3072))?,
+            act: act("vision_config")?,
+            layer_scale: false,
+            ln_pre: true,
+            pool: VitPool::Tok,
+            final_ln_after_pool: false,
+            ln_eps: eps("vision_config"),
+        },
+        text: TextConfig {
+            context_length: int("text_config", "max_position_embeddings", Some(77))?,
+            vocab_size: int("text_config", "vocab_size", Some(49408))?,
+            width: tw,
+            heads: int("text_config", "num_attention_heads", Some(8))?,
+            layers: int("text_config", "num_hidden_layers", Some(12))?,
+            mlp_width: int("text_config", "intermediate_size", Some(2048))?,
+            act: act("text_config")?,
+            layer_scale: false,
+            causal: true,
+            // transformers' CLIPTextTransformer: eos_token_id 2 (old configs) means argmax.
+            pool: if eos == 2 {
+                TextPool::Argmax
+            } else {
+                TextPool::Eos(eos)
+            },
+            projection: TextProjection::Matrix,
+            ln_eps: eps("text_config"),
+        },
+        logit_bias: false,
+    };
+    config.validate().map_err(|e| e.with_path(path))?;
+    Ok(config)
+}
+
+/// open_clip names whose shapes match an OpenAI-style inference of `shapes` (for the refusal
+/// message of a bare state dict).
+fn matching_names(shapes: &BTreeMap<String, Vec<i64>>) -> Vec<String> {
+    let Ok(inferred) = ClipConfig::openai_from_shapes(shapes) else {
+        return Vec::new();
+    };
+    let size = |c: &ClipConfig| {
+        let mut c = c.clone();
+        c.text.act = super::config::Activation::QuickGelu;
+        if let super::config::VisionConfig::VisionTransformer { act, .. } = &mut c.vision {
+            *act = super::config::Activation::QuickGelu;
+        }
+        c
+    };
+    super::open_clip::zoo()
+        .models
         .iter()
-        .map(|(k, t)| (k.clone(), t.size()))
-        .collect();
-    let config = ClipConfig::from_shapes(&shapes).map_err(|e| e.with_path(path))?;
-    let mut model = ClipModel::new(&config, device).map_err(|e| e.with_path(path))?;
-    copy_into(&mut model, &sd.tensors).map_err(|e| e.with_path(path))?;
+        .filter_map(|(name, cfg)| {
+            let c = cfg.to_clip_config(false).ok()?;
+            (size(&c) == inferred).then(|| name.clone())
+        })
+        .collect()
+}
+
+/// Reads `path` — a weights file, or a hub snapshot / Hugging Face folder — resolves its
+/// architecture (`arch` from `--arch`, else the folder's or a neighbouring config, else
+/// OpenAI's own files) and returns the loaded model on `device`. A file whose configuration
+/// cannot be known is refused with one line saying to pass `--arch`.
+pub fn load_checkpoint(
+    path: &Path,
+    arch: Option<&str>,
+    device: Device,
+) -> Result<LoadedCheckpoint, ModelError> {
+    let weights = if path.is_dir() {
+        HUB_WEIGHT_FILES
+            .iter()
+            .map(|f| path.join(f))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                bad(
+                    path,
+                    format!(
+                        "folder holds no weights (looked for {})",
+                        HUB_WEIGHT_FILES.join(", ")
+                    ),
+                )
+            })?
+    } else {
+        path.to_path_buf()
+    };
+    let sd = read_state_dict(&weights)?;
+    let mut preprocess_cfg = None;
+    let (config, config_source) = if let Some(a) = arch {
+        (
+            ClipConfig::from_arch(a).map_err(|e| bad(&weights, format!("--arch {e}")))?,
+            ConfigSource::Arch(a.to_string()),
+        )
+    } else if let Some(cfg_path) = configs_beside(&weights).into_iter().find(|p| p.is_file()) {
+        let (c, pre) = read_open_clip_config(&cfg_path)?;
+        preprocess_cfg = pre;
+        (
+            c,
+            ConfigSource::OpenClipConfig(cfg_path.display().to_string()),
+        )
+    } else if let Some(hf) = Some(weights.with_file_name("config.json"))
+        .filter(|p| p.is_file() && sd.naming == KeyNaming::HuggingFace)
+    {
+        (
+            read_hf_config(&hf)?,
+            ConfigSource::HuggingFaceConfig(hf.display().to_string()),
+        )
+    } else {
+        let shapes: BTreeMap<String, Vec<i64>> = sd
+            .tensors
+            .iter()
+            .map(|(k, t)| (k.clone(), t.size()))
+            .collect();
+        let why = if sd.format == CheckpointFormat::TorchScript {
+            Some("a TorchScript archive, as OpenAI ships".to_string())
+        } else {
+            let sha =
+                sha256_file(&weights).map_err(|e| bad(&weights, format!("cannot read: {e}")))?;
+            crate::registry::KNOWN_CHECKPOINTS
+                .iter()
+                .find(|k| k.sha256 == sha)
+                .map(|k| format!("the official {} file", k.openai_name))
+        };
+        match why {
+            Some(why) => (
+                ClipConfig::openai_from_shapes(&shapes).map_err(|e| e.with_path(&weights))?,
+                ConfigSource::OpenAi(why),
+            ),
+            None => {
+                let names = matching_names(&shapes);
+                let hint = if names.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (open_clip names with these shapes: {})", names.join(", "))
+                };
+                return Err(bad(
+                    &weights,
+                    format!(
+                        "a bare state dict says nothing of its activation (GELU or QuickGELU)                          or other options: pass --arch NAME[:TAG]{hint}, or put its                          open_clip_config.json beside it"
+                    ),
+                ));
+            }
+        }
+    };
+    let mut model = ClipModel::new(&config, device).map_err(|e| e.with_path(&weights))?;
+    copy_into(&mut model, &sd.tensors).map_err(|e| e.with_path(&weights))?;
     Ok(LoadedCheckpoint {
         model,
         format: sd.format,
         naming: sd.naming,
+        weights,
+        config_source,
+        preprocess_cfg,
     })
 }
 

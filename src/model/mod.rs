@@ -13,6 +13,7 @@ pub mod config;
 pub mod jit;
 pub mod kernels;
 pub mod load;
+pub mod open_clip;
 pub mod pickle;
 pub mod probe;
 mod resnet;
@@ -73,6 +74,9 @@ pub struct ClipModel {
     visual: Visual,
     text: text::TextTransformer,
     logit_scale: Tensor,
+    /// SigLIP-style models' learned bias (`init_logit_bias`): their scores are
+    /// `sigmoid(scale · cos + bias)`.
+    logit_bias: Option<Tensor>,
     /// Bumped by [`ClipModel::weights_changed`]: caches derived from the weights (the ResNet
     /// tower's folded BatchNorms) are recomputed when it moves.
     weights_generation: std::sync::atomic::AtomicU64,
@@ -94,14 +98,32 @@ impl ClipModel {
                 width,
                 layers,
                 heads,
+                mlp_width,
+                act,
+                layer_scale,
+                ln_pre,
+                pool,
+                final_ln_after_pool,
+                ln_eps,
             } => Visual::Vit(vision::VisionTransformer::new(
                 vp,
-                image_resolution,
-                patch_size,
-                width,
-                layers,
-                heads,
-                config.embed_dim,
+                vision::VitCfg {
+                    image_resolution,
+                    patch_size,
+                    layers,
+                    ln_pre,
+                    pool,
+                    final_ln_after_pool,
+                    embed_dim: config.embed_dim,
+                },
+                transformer::BlockCfg {
+                    width,
+                    heads,
+                    mlp_width,
+                    act,
+                    layer_scale,
+                    ln_eps,
+                },
             )),
             VisionConfig::ModifiedResNet {
                 image_resolution,
@@ -117,23 +139,18 @@ impl ClipModel {
                 width,
             ))),
         };
-        let t = &config.text;
-        let text = text::TextTransformer::new(
-            &root,
-            t.context_length,
-            t.vocab_size,
-            t.width,
-            t.layers,
-            t.heads,
-            config.embed_dim,
-        );
+        let text = text::TextTransformer::new(&root, &config.text, config.embed_dim);
         let logit_scale = root.var("logit_scale", &[], nn::Init::Const((1.0f64 / 0.07).ln()));
+        let logit_bias = config
+            .logit_bias
+            .then(|| root.var("logit_bias", &[], nn::Init::Const(-10.0)));
         Ok(ClipModel {
             vs,
             config: config.clone(),
             visual,
             text,
             logit_scale,
+            logit_bias,
             weights_generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -189,6 +206,17 @@ impl ClipModel {
     /// `exp(logit_scale)`, the temperature applied to cosine similarities.
     pub fn logit_scale_exp(&self) -> f64 {
         self.logit_scale.exp().double_value(&[])
+    }
+
+    /// The learned logit bias of a sigmoid-scored model (`None`: softmax scoring).
+    pub fn logit_bias(&self) -> Option<f64> {
+        self.logit_bias.as_ref().map(|b| b.double_value(&[]))
+    }
+
+    /// Whether text rows may be shorter than the context length (causal towers pooled inside
+    /// the row); otherwise callers pad every row to the context length, as open_clip does.
+    pub fn text_accepts_unpadded(&self) -> bool {
+        self.text.accepts_unpadded()
     }
 
     /// Image embeddings: `[B, 3, R, R] f32 → [B, embed_dim] f32` (not normalised).
@@ -247,11 +275,16 @@ impl ClipModel {
             .forward_embedded(embedded, &eot.to_device(self.device()), probe)
     }
 
-    /// CLIP logits `exp(logit_scale) · cos(image, text)`: `[N, D] × [M, D] → [N, M]`.
+    /// CLIP logits `exp(logit_scale) · cos(image, text)` (`+ logit_bias` for a sigmoid-scored
+    /// model, as open_clip's SigLIP): `[N, D] × [M, D] → [N, M]`.
     pub fn logits(&self, image_features: &Tensor, text_features: &Tensor) -> Tensor {
         let i = l2_normalize(image_features);
         let t = l2_normalize(text_features);
-        i.matmul(&t.transpose(0, 1)) * self.logit_scale_exp()
+        let logits = i.matmul(&t.transpose(0, 1)) * self.logit_scale_exp();
+        match self.logit_bias() {
+            Some(b) => logits + b,
+            None => logits,
+        }
     }
 }
 
@@ -264,23 +297,32 @@ pub fn l2_normalize(x: &Tensor) -> Tensor {
 mod tests {
     use super::*;
 
+    fn vit(width: i64, heads: i64) -> VisionConfig {
+        VisionConfig::VisionTransformer {
+            image_resolution: 32,
+            patch_size: 8,
+            width,
+            layers: 2,
+            heads,
+            mlp_width: 4 * width,
+            act: config::Activation::QuickGelu,
+            layer_scale: false,
+            ln_pre: true,
+            pool: config::VitPool::Tok,
+            final_ln_after_pool: false,
+            ln_eps: 1e-5,
+        }
+    }
+
     fn tiny_vit() -> ClipConfig {
         ClipConfig {
             embed_dim: 32,
-            vision: VisionConfig::VisionTransformer {
-                image_resolution: 32,
-                patch_size: 8,
-                width: 64,
-                layers: 2,
-                heads: 1,
-            },
+            vision: vit(64, 1),
             text: TextConfig {
-                context_length: 77,
-                vocab_size: 49408,
-                width: 64,
                 heads: 1,
-                layers: 2,
+                ..TextConfig::openai(77, 49408, 64, 2)
             },
+            logit_bias: false,
         }
     }
 
@@ -306,7 +348,7 @@ mod tests {
 
     #[test]
     fn shapes_round_trip_through_inference() {
-        for name in ["RN50", "ViT-B-32"] {
+        for name in ["RN50-quickgelu", "ViT-B-32-quickgelu"] {
             let cfg = ClipConfig::preset(name).unwrap();
             let m = ClipModel::random(&cfg, 0, Device::Cpu).unwrap();
             let shapes = m
@@ -315,7 +357,7 @@ mod tests {
                 .into_iter()
                 .map(|(k, v)| (k, v.size()))
                 .collect();
-            assert_eq!(ClipConfig::from_shapes(&shapes).unwrap(), cfg);
+            assert_eq!(ClipConfig::openai_from_shapes(&shapes).unwrap(), cfg);
         }
     }
 
@@ -342,13 +384,7 @@ mod tests {
     #[test]
     fn head_ablation_changes_output_and_taps_record() {
         let cfg = ClipConfig {
-            vision: VisionConfig::VisionTransformer {
-                image_resolution: 32,
-                patch_size: 8,
-                width: 128,
-                layers: 2,
-                heads: 2,
-            },
+            vision: vit(128, 2),
             ..tiny_vit()
         };
         let m = ClipModel::random(&cfg, 1, Device::Cpu).unwrap();

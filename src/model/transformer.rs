@@ -1,11 +1,30 @@
 //! The residual attention transformer shared by the ViT image tower and the text tower
-//! (OpenAI `Transformer` / `ResidualAttentionBlock` with fused `in_proj`, QuickGELU MLP), plus
-//! the small parameter helpers used by every tower. Field names spell the checkpoint keys.
+//! (open_clip's `Transformer` / `ResidualAttentionBlock`: fused `in_proj`, MLP `c_fc` → activation
+//! → `c_proj` of any width, GELU or QuickGELU, optional LayerScale `ls_1` / `ls_2`), plus the
+//! small parameter helpers used by every tower. Field names spell the checkpoint keys.
 
 use tch::{nn, Tensor};
 
+use super::config::Activation;
 use super::kernels;
 use super::probe::Probe;
+
+/// The shape and options of every block of one [`Transformer`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BlockCfg {
+    /// Residual width.
+    pub width: i64,
+    /// Attention heads.
+    pub heads: i64,
+    /// MLP hidden width.
+    pub mlp_width: i64,
+    /// MLP activation.
+    pub act: Activation,
+    /// LayerScale after attention and MLP (`ls_1.gamma`, `ls_2.gamma`).
+    pub layer_scale: bool,
+    /// LayerNorm epsilon.
+    pub ln_eps: f64,
+}
 
 /// Creates a trainable parameter at `p / name`, normal(0, std) initialised.
 pub(crate) fn param(p: &nn::Path, name: &str, shape: &[i64], std: f64) -> Tensor {
@@ -25,19 +44,27 @@ pub(crate) struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
     dim: i64,
+    eps: f64,
 }
 
 impl LayerNorm {
-    pub(crate) fn new(p: nn::Path, dim: i64) -> LayerNorm {
+    pub(crate) fn with_eps(p: nn::Path, dim: i64, eps: f64) -> LayerNorm {
         LayerNorm {
             weight: p.var("weight", &[dim], nn::Init::Const(1.0)),
             bias: p.var("bias", &[dim], nn::Init::Const(0.0)),
             dim,
+            eps,
         }
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
-        x.layer_norm([self.dim], Some(&self.weight), Some(&self.bias), 1e-5, true)
+        x.layer_norm(
+            [self.dim],
+            Some(&self.weight),
+            Some(&self.bias),
+            self.eps,
+            true,
+        )
     }
 }
 
@@ -63,6 +90,15 @@ impl Linear {
     /// `residual + forward(x)`, the add fused into the kernel where it can be.
     pub(crate) fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Tensor {
         kernels::linear_add(x, &self.weight, Some(&self.bias), residual)
+    }
+}
+
+/// The MLP activation of `act` on `x`.
+fn activate(x: Tensor, act: Activation) -> Tensor {
+    match act {
+        Activation::QuickGelu => quick_gelu(x),
+        Activation::Gelu => x.gelu("none"),
+        Activation::GeluTanh => x.gelu("tanh"),
     }
 }
 
@@ -133,17 +169,24 @@ impl MultiheadAttention {
         }
     }
 
-    /// `residual` + self-attention over `x` `[B, L, W]`; `causal` masks future tokens (text tower).
+    /// `residual` + `gamma` · self-attention over `x` `[B, L, W]` (`gamma`: LayerScale, or none);
+    /// `causal` masks future tokens (text tower).
     fn forward_add(
         &self,
         x: &Tensor,
         residual: &Tensor,
         causal: bool,
+        gamma: Option<&Tensor>,
         site: &str,
         probe: &mut Probe,
     ) -> Tensor {
         let w = x.size3().expect("[B, L, W]").2;
-        if !causal && !probe.touches(site) && !x.requires_grad() && !kernels::uses_onednn(x) {
+        if !causal
+            && gamma.is_none()
+            && !probe.touches(site)
+            && !x.requires_grad()
+            && !kernels::uses_onednn(x)
+        {
             // libtorch's fused kernel (what nn.MultiheadAttention runs in eval under no_grad).
             let (out, _) = Tensor::internal_native_multi_head_attention(
                 x,
@@ -166,13 +209,21 @@ impl MultiheadAttention {
         let parts = qkv.chunk(3, -1);
         let heads = attend(&parts[0], &parts[1], &parts[2], self.heads, causal);
         let heads = probe.site(site, heads, 1);
-        self.out_proj.forward_add(&merge_heads(&heads), residual)
+        match gamma {
+            None => self.out_proj.forward_add(&merge_heads(&heads), residual),
+            Some(g) => residual + self.out_proj.forward(&merge_heads(&heads)) * g,
+        }
     }
 
     /// `residual` `[B, 1, W]` + the first token's row of non-causal self-attention over `x`
     /// `[B, L, W]`: the query of token 0 only, the keys and values of every token. Equal to
     /// `forward_add(x, …)[:, :1]` at a fraction of the cost.
-    fn forward_first_token_add(&self, x: &Tensor, residual: &Tensor) -> Tensor {
+    fn forward_first_token_add(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        gamma: Option<&Tensor>,
+    ) -> Tensor {
         let w = x.size()[2];
         let q = kernels::linear(
             &x.narrow(1, 0, 1),
@@ -186,7 +237,10 @@ impl MultiheadAttention {
         );
         let parts = kv.chunk(2, -1);
         let heads = attend(&q, &parts[0], &parts[1], self.heads, false);
-        self.out_proj.forward_add(&merge_heads(&heads), residual)
+        match gamma {
+            None => self.out_proj.forward_add(&merge_heads(&heads), residual),
+            Some(g) => residual + self.out_proj.forward(&merge_heads(&heads)) * g,
+        }
     }
 }
 
@@ -196,13 +250,33 @@ struct Mlp {
     c_proj: Linear,
 }
 
-/// `ResidualAttentionBlock`: `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`.
+/// open_clip's `LayerScale`: a learned per-channel `gamma`.
+#[derive(Debug)]
+struct LayerScale {
+    gamma: Tensor,
+}
+
+/// `ResidualAttentionBlock`: `x + ls_1(attn(ln_1(x)))`, then `x + ls_2(mlp(ln_2(x)))`.
 #[derive(Debug)]
 struct ResidualAttentionBlock {
     attn: MultiheadAttention,
     ln_1: LayerNorm,
+    ls_1: Option<LayerScale>,
     mlp: Mlp,
     ln_2: LayerNorm,
+    ls_2: Option<LayerScale>,
+}
+
+impl ResidualAttentionBlock {
+    /// `x + ls_2(mlp(ln_2(x)))`, the MLP's hidden activation through `site`.
+    fn mlp_add(&self, x: &Tensor, act: Activation, site: &str, probe: &mut Probe) -> Tensor {
+        let hidden = activate(self.mlp.c_fc.forward(&self.ln_2.forward(x)), act);
+        let hidden = probe.site(site, hidden, -1);
+        match &self.ls_2 {
+            None => self.mlp.c_proj.forward_add(&hidden, x),
+            Some(ls) => x + self.mlp.c_proj.forward(&hidden) * &ls.gamma,
+        }
+    }
 }
 
 /// A stack of residual attention blocks (`<prefix>.resblocks.N`).
@@ -211,31 +285,34 @@ pub(crate) struct Transformer {
     resblocks: Vec<ResidualAttentionBlock>,
     /// Site names per block: (block, heads, mlp).
     sites: Vec<[String; 3]>,
+    act: Activation,
 }
 
 impl Transformer {
     /// Builds `layers` blocks under `p` (whose path is `prefix`, e.g. `visual.transformer`).
-    pub(crate) fn new(
-        p: nn::Path,
-        prefix: &str,
-        width: i64,
-        layers: i64,
-        heads: i64,
-    ) -> Transformer {
+    pub(crate) fn new(p: nn::Path, prefix: &str, layers: i64, c: BlockCfg) -> Transformer {
         let rp = &p / "resblocks";
         let mut resblocks = Vec::new();
         let mut sites = Vec::new();
+        let width = c.width;
+        let ls = |bp: nn::Path| {
+            c.layer_scale.then(|| LayerScale {
+                gamma: bp.var("gamma", &[width], nn::Init::Const(1.0)),
+            })
+        };
         for i in 0..layers {
             let bp = &rp / i;
             let mp = &bp / "mlp";
             resblocks.push(ResidualAttentionBlock {
-                attn: MultiheadAttention::new(&bp / "attn", width, heads),
-                ln_1: LayerNorm::new(&bp / "ln_1", width),
+                attn: MultiheadAttention::new(&bp / "attn", width, c.heads),
+                ln_1: LayerNorm::with_eps(&bp / "ln_1", width, c.ln_eps),
+                ls_1: ls(&bp / "ls_1"),
                 mlp: Mlp {
-                    c_fc: Linear::new(&mp / "c_fc", width, 4 * width),
-                    c_proj: Linear::new(&mp / "c_proj", 4 * width, width),
+                    c_fc: Linear::new(&mp / "c_fc", width, c.mlp_width),
+                    c_proj: Linear::new(&mp / "c_proj", c.mlp_width, width),
                 },
-                ln_2: LayerNorm::new(&bp / "ln_2", width),
+                ln_2: LayerNorm::with_eps(&bp / "ln_2", width, c.ln_eps),
+                ls_2: ls(&bp / "ls_2"),
             });
             let name = format!("{prefix}.resblocks.{i}");
             sites.push([
@@ -244,7 +321,11 @@ impl Transformer {
                 format!("{name}.mlp.c_fc"),
             ]);
         }
-        Transformer { resblocks, sites }
+        Transformer {
+            resblocks,
+            sites,
+            act: c.act,
+        }
     }
 
     /// `[B, L, W] → [B, L, W]`.
@@ -273,23 +354,29 @@ impl Transformer {
             x = self.block_forward(i, &x, false, probe);
         }
         let block = &self.resblocks[last];
-        let x = block
-            .attn
-            .forward_first_token_add(&block.ln_1.forward(&x), &x.narrow(1, 0, 1));
-        let hidden = quick_gelu(block.mlp.c_fc.forward(&block.ln_2.forward(&x)));
-        block.mlp.c_proj.forward_add(&hidden, &x).select(1, 0)
+        let x = block.attn.forward_first_token_add(
+            &block.ln_1.forward(&x),
+            &x.narrow(1, 0, 1),
+            block.ls_1.as_ref().map(|l| &l.gamma),
+        );
+        block
+            .mlp_add(&x, self.act, &self.sites[last][2], probe)
+            .select(1, 0)
     }
 
     /// Block `i`: `x + attn(ln_1(x))`, then `+ mlp(ln_2(x))`, through the block's probe sites.
     fn block_forward(&self, i: usize, x: &Tensor, causal: bool, probe: &mut Probe) -> Tensor {
         let block = &self.resblocks[i];
         let [name, heads, mlp] = &self.sites[i];
-        let x = block
-            .attn
-            .forward_add(&block.ln_1.forward(x), x, causal, heads, probe);
-        let hidden = quick_gelu(block.mlp.c_fc.forward(&block.ln_2.forward(&x)));
-        let hidden = probe.site(mlp, hidden, -1);
-        let x = block.mlp.c_proj.forward_add(&hidden, &x);
+        let x = block.attn.forward_add(
+            &block.ln_1.forward(x),
+            x,
+            causal,
+            block.ls_1.as_ref().map(|l| &l.gamma),
+            heads,
+            probe,
+        );
+        let x = block.mlp_add(&x, self.act, mlp, probe);
         probe.site(name, x, -1)
     }
 }

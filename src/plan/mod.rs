@@ -53,7 +53,11 @@ pub struct PlanError {
 #[serde(deny_unknown_fields)]
 struct PlanFile {
     description: String,
+    #[serde(default)]
     models: Vec<String>,
+    /// A file of `ARCH,TAG` lines (clip_benchmark's `models.txt`), relative to the plan.
+    #[serde(default)]
+    models_file: Option<String>,
     datasets: Vec<String>,
     #[serde(default)]
     attacks: Vec<String>,
@@ -197,7 +201,7 @@ impl Plan {
             message,
         };
         let text = std::fs::read_to_string(path).map_err(|e| err("(file)", e.to_string()))?;
-        let raw: PlanFile = toml::from_str(&text).map_err(|e| {
+        let mut raw: PlanFile = toml::from_str(&text).map_err(|e| {
             let span = e
                 .span()
                 .map(|s| {
@@ -207,6 +211,23 @@ impl Plan {
                 .unwrap_or_else(|| "(plan)".into());
             err(&span, e.message().to_string())
         })?;
+        if let Some(f) = &raw.models_file {
+            let list = path.parent().unwrap_or(Path::new(".")).join(f);
+            let text = std::fs::read_to_string(&list)
+                .map_err(|e| err("models_file", format!("{}: {e}", list.display())))?;
+            raw.models.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(String::from),
+            );
+        }
+        // open_clip's `ARCH,TAG` spelling (clip_benchmark's lists) is `--model ARCH:TAG`.
+        for m in raw.models.iter_mut() {
+            if let Some((arch, tag)) = m.split_once(',') {
+                *m = format!("{}:{}", arch.trim(), tag.trim());
+            }
+        }
         if raw.models.is_empty() {
             return Err(err("models", "names no model".into()));
         }
@@ -286,6 +307,7 @@ impl Plan {
                     let spec = RunSpec {
                         model: ModelChoice {
                             spec: Some(model.clone()),
+                            arch: None,
                             device: o.device.clone().unwrap_or_else(|| "cpu".into()),
                             cache_dir: None,
                             fallback_random: o.fallback_random,

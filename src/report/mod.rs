@@ -502,6 +502,9 @@ pub fn first_line(run: &RunData) -> String {
         run.summary.records,
         p.started.get(..10).unwrap_or(&p.started)
     ));
+    if p.scoring != "softmax" {
+        s.push_str(&format!(" · {} scoring", p.scoring));
+    }
     if run.unfinished {
         s.push_str(" · unfinished run");
     }

@@ -69,6 +69,10 @@ pub struct Provenance {
     /// Image-tower arithmetic (`fp32`, or `bf16` when asked for).
     #[serde(default = "default_precision")]
     pub precision: String,
+    /// How logits became probabilities: `softmax` over the label set, or `sigmoid` per class
+    /// (models with a logit bias, SigLIP's zero-shot formula).
+    #[serde(default = "default_scoring")]
+    pub scoring: String,
     /// CPU kernels of the linear layers (`onednn` or `aten`, see
     /// [`crate::model::kernels`]); runs before this field existed used `aten`.
     #[serde(default = "default_cpu_kernels")]
@@ -134,6 +138,10 @@ pub fn now_rfc3339() -> String {
     )
 }
 
+fn default_scoring() -> String {
+    "softmax".into()
+}
+
 impl Provenance {
     /// The random-weights banner for this run.
     pub fn banner(&self) -> String {
@@ -191,7 +199,7 @@ impl Provenance {
             )
         };
         let (old_defenses, new_defenses) = (defenses(old), defenses(self));
-        let fields: [(&str, &String, &String); 13] = [
+        let fields: [(&str, &String, &String); 14] = [
             ("model", &old.model_id, &self.model_id),
             ("dataset", &old.dataset_descriptor, &self.dataset_descriptor),
             (
@@ -205,6 +213,7 @@ impl Provenance {
             ("template set", &old.templates_hash, &self.templates_hash),
             ("seed", &old.seed.to_string(), &self.seed.to_string()),
             ("precision", &old.precision, &self.precision),
+            ("scoring", &old.scoring, &self.scoring),
             ("CPU kernels", &old.cpu_kernels, &self.cpu_kernels),
             ("variant filter", &old.variant_filter, &self.variant_filter),
             (

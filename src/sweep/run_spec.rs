@@ -17,6 +17,8 @@ use super::{EvalMode, Precision};
 pub struct ModelChoice {
     /// A checkpoint path, a known name, `random:<arch>[:seed]`; `None`: the cached default.
     pub spec: Option<String>,
+    /// `--arch`: the architecture of a checkpoint that does not say it.
+    pub arch: Option<String>,
     /// `cpu`, `cuda`, `cuda:N` or `auto`.
     pub device: String,
     /// The checkpoint cache folder (default `$XDG_CACHE_HOME/typoclip`).
@@ -90,6 +92,9 @@ impl RunSpec {
         };
         if let Some(m) = &self.model.spec {
             push("--model", m.clone());
+        }
+        if let Some(a) = &self.model.arch {
+            push("--arch", a.clone());
         }
         if self.model.device != "cpu" {
             push("--device", self.model.device.clone());

@@ -32,7 +32,8 @@ pub fn shared_data() -> Option<PathBuf> {
 }
 
 /// The configs every test run needs (tiny ones and the real shapes of ViT-B/32 and RN50).
-pub const CI_CONFIGS: &str = "tiny-vit,tiny-rn,ViT-B-32,RN50,tokenizer,preprocess";
+pub const CI_CONFIGS: &str =
+    "tiny-vit,tiny-rn,tiny-options,tiny-eos,ViT-B-32,RN50,ViT-B-32-gelu,tokenizer,preprocess";
 
 /// Runs `scripts/reference.py` for `configs` into `tests/fixtures/generated/<subdir>` unless a
 /// stamp shows the same script already made them. Returns the folder.
