@@ -7,8 +7,11 @@
 #  4. typoclip fetch ViT-B-32 (continues when offline).
 #  5. Debian's chromium, used only by the test that renders a report in a real browser
 #     (continues without it; that test then skips and says so).
+#  6. Debian's Slurm and MUNGE (slurmctld slurmd munge slurm-client), used only by the test
+#     that runs a plan's array script on a real single-node Slurm (tests/slurm.rs; continues
+#     without them; that test then skips and says so).
 # Environment: TYPOCLIP_SKIP_BUILD=1 skips steps 3-4, TYPOCLIP_SKIP_FETCH=1 skips step 4,
-# TYPOCLIP_SKIP_CHROMIUM=1 skips step 5.
+# TYPOCLIP_SKIP_CHROMIUM=1 skips step 5, TYPOCLIP_SKIP_SLURM=1 skips step 6.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -74,6 +77,16 @@ if [ "${TYPOCLIP_SKIP_CHROMIUM:-0}" != 1 ] && ! command -v chromium >/dev/null; 
       || say "could not install chromium: the browser test will skip"
   else
     say "chromium not installed and not root: the report browser test will skip"
+  fi
+fi
+if [ "${TYPOCLIP_SKIP_SLURM:-0}" != 1 ] && ! command -v slurmctld >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing Debian's Slurm and MUNGE (for the Slurm test)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      slurmctld slurmd munge slurm-client >/dev/null) \
+      || say "could not install Slurm: the Slurm test will skip"
+  else
+    say "Slurm not installed and not root: the Slurm test will skip"
   fi
 fi
 say "done"

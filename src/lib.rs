@@ -4,7 +4,8 @@
 //! pipeline stages are separate modules, each testable alone:
 //! [`model`] (CLIP towers, checkpoint loading, taps), [`tokenizer`] (CLIP BPE),
 //! [`preprocess`] (CLIP's resize/crop/normalise), [`dataset`] (reading images), [`attack`]
-//! (rendering text overlays), [`sweep`] (the evaluation pipeline), [`metrics`], [`records`],
+//! (rendering text overlays), [`sweep`] (the evaluation pipeline, its shards and their merge),
+//! [`plan`] (models × datasets × attacks expanded into sharded jobs), [`metrics`], [`records`],
 //! [`defense`] (mitigations as plug-ins at four hooks), [`probe`] (neuron activations, concept
 //! arithmetic, Stroop, linear probes), [`report`] (HTML/Markdown reports and run comparison),
 //! [`cli`].
@@ -19,6 +20,7 @@ pub mod hub;
 pub mod metrics;
 pub mod model;
 pub mod npy;
+pub mod plan;
 pub mod preprocess;
 pub mod probe;
 pub mod progress;

@@ -118,6 +118,9 @@ fn provenance(random: bool, started: &str, finished: &str) -> Provenance {
         libtorch_version: "2.13.0".into(),
         defenses: Vec::new(),
         linear_probe: None,
+        model_parameters: None,
+        shard: None,
+        merged_shards: None,
         started: started.into(),
         finished: Some(finished.into()),
     }

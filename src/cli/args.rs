@@ -125,6 +125,9 @@ pub enum Command {
     /// Run a comparison plan (`attacks/defense-bench.toml`): fit, then one sweep per
     /// (attack, defense set) into `--out/<attack>/<defense>`.
     Bench(crate::cli::bench_cmd::BenchArgs),
+    /// Expand a plan (models × datasets × attacks, sharded) into jobs: `jobs.tsv`, a Slurm
+    /// array script, a Kubernetes Indexed Job; `--job K`, `--local -j N`, `--status`, `--merge`.
+    Plan(crate::cli::plan_cmd::PlanArgs),
     /// Spatially pooled activations of image-tower units; top-activating images (HTML contact
     /// sheet); activation change per unit under an attack.
     Neurons(crate::cli::probe_cmd::NeuronsArgs),
@@ -148,7 +151,11 @@ pub struct SweepArgs {
     /// Dataset: a descriptor (`datasets/*.toml`), or a plain folder — of class sub-folders
     /// (class = folder name, or the ImageNet name of a WordNet-id folder) or of unlabelled
     /// images.
-    #[arg(long, required_unless_present = "builtin", conflicts_with = "builtin")]
+    #[arg(
+        long,
+        required_unless_present_any = ["builtin", "merge"],
+        conflicts_with = "builtin"
+    )]
     pub dataset: Option<PathBuf>,
     /// Sweep the built-in default images (`datasets/builtin-images.toml`).
     #[arg(long)]
@@ -224,4 +231,12 @@ pub struct SweepArgs {
     /// (`probe_clean_top5`, `probe_attacked_top5`) and its metrics into `summary_probe.json/csv`.
     #[arg(long)]
     pub probe: Option<PathBuf>,
+    /// Evaluate only shard `I` of `N` (zero-based) of the sweep's cells, into
+    /// `--out/shards/I-of-N/`; `--merge` then joins the shards (see `src/sweep/shard.rs`).
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// Merge the finished shards in `--out/shards/` into `--out` (records, summary,
+    /// provenance); nothing is evaluated.
+    #[arg(long, conflicts_with = "shard")]
+    pub merge: bool,
 }

@@ -295,6 +295,8 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
                 classes: None,
                 precision: "fp32".into(),
                 probe: None,
+                shard: None,
+                merge: false,
             })
             .with_context(|| format!("{stem} × {}", d.name))?;
             runs.push(BenchRun {

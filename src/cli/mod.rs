@@ -6,6 +6,7 @@ pub mod attack_cmd;
 pub mod bench_cmd;
 pub mod fit_cmd;
 pub mod models_cmd;
+pub mod plan_cmd;
 pub mod probe_cmd;
 pub mod report_cmd;
 pub mod resolve;
@@ -49,6 +50,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Models(args) => models_cmd::run_models(args),
         Command::Report(args) => report_cmd::run_report(args),
         Command::Compare(args) => report_cmd::run_compare(args),
+        Command::Plan(args) => plan_cmd::run_plan(args),
         Command::Fetch(args) => models_cmd::run_fetch(args),
         Command::Import(args) => models_cmd::run_import(args),
         Command::Embed {

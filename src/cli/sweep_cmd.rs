@@ -7,17 +7,110 @@ use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-use super::args::SweepArgs;
+use super::args::{ModelArgs, SweepArgs};
 use super::resolve::{cache_dir, open_model_or_random};
 use crate::dataset::descriptor::{file_list_hash, DatasetDescriptor, FolderShape, OpenedDataset};
 use crate::defense::{variant_words_and_fonts, DefenseStack, EvalSet};
 use crate::sweep::provenance::{now_rfc3339, Provenance, LIBTORCH_VERSION};
-use crate::sweep::{physical_cells, rendered_cells, run_physical, Cell, EvalMode, SweepSettings};
+use crate::sweep::run_spec::{ModelChoice, RunSpec};
+use crate::sweep::shard::{Shard, ShardRecord};
+use crate::sweep::{physical_cells, rendered_cells, run_cells, Cell, EvalMode, SweepSettings};
 use crate::tokenizer::ClipTokenizer;
 use crate::zeroshot::{ClassLabel, LabelSet, TemplateSet, TextCache};
 
-/// Runs `typoclip sweep`.
+/// Runs `typoclip sweep`: resolves the arguments into a [`RunSpec`], runs it, prints.
 pub fn run_sweep(args: SweepArgs) -> Result<()> {
+    if args.merge {
+        return run_merge(&args);
+    }
+    let spec = resolve(&args)?;
+    let ran = execute(&spec, !args.json)?;
+    let dir = spec.run_dir();
+    let summary = ran.summary;
+    let report = if args.report {
+        Some(crate::report::write_report(
+            &dir,
+            &crate::report::ReportOptions::default(),
+        )?)
+    } else {
+        None
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        println!("{}", ran.banner);
+        if !ran.defenses.is_empty() {
+            println!(
+                "defenses (in application order): {}",
+                ran.defenses.join(", ")
+            );
+        }
+        print_summary(&summary, &dir);
+    }
+    if let Some((html, md)) = report {
+        // Last, so the report's path is what a terminal shows at the end.
+        println!("report: {} (and {})", html.display(), md.display());
+    }
+    Ok(())
+}
+
+/// `typoclip sweep --merge --out DIR`: merges the finished shards in `DIR/shards/` into `DIR`.
+fn run_merge(args: &SweepArgs) -> Result<()> {
+    let summary = crate::sweep::shard::merge_shards(&args.out)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        if let Some(w) = &summary.warning {
+            println!("# {w}");
+        }
+        print_summary(&summary, &args.out);
+    }
+    Ok(())
+}
+
+/// The closing lines of a sweep: record counts and the headline rates per variant.
+pub fn print_summary(summary: &crate::sweep::SweepSummary, dir: &std::path::Path) {
+    println!(
+        "{} records ({} errors) in {}",
+        summary.records,
+        summary.errors,
+        dir.display()
+    );
+    let pct = |r: &Option<crate::metrics::Rate>| {
+        r.map(|r| {
+            format!(
+                "{:.1}% [{:.1}, {:.1}]",
+                100.0 * r.value,
+                100.0 * r.lo,
+                100.0 * r.hi
+            )
+        })
+        .unwrap_or_else(|| "-".into())
+    };
+    let scorers = std::iter::once(("", &summary.variants))
+        .chain(summary.linear_probe.as_ref().map(|v| ("linear probe: ", v)));
+    for (scorer, variants) in scorers {
+        for v in variants {
+            println!(
+                "  {scorer}{:<12} n={:<5} clean acc {}  attacked acc {}  changed to target {}  ASR {}",
+                v.variant,
+                v.records - v.errors,
+                pct(&v.clean_accuracy),
+                pct(&v.attacked_accuracy),
+                pct(&v.fraction_changed_to),
+                pct(&v.attack_success_rate)
+            );
+        }
+    }
+    for note in &summary.notes {
+        println!("note: {note}");
+    }
+}
+
+/// Resolves `typoclip sweep`'s arguments into a [`RunSpec`]; every argument that can be
+/// checked without reading files (mode, batch size, precision, defenses, shard) is checked
+/// here.
+pub fn resolve(args: &SweepArgs) -> Result<RunSpec> {
     let mode = match args.mode.as_str() {
         "zeroshot" => EvalMode::Zeroshot,
         "binary" => EvalMode::Binary,
@@ -29,11 +122,71 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
     let precision = crate::sweep::Precision::parse(&args.precision).ok_or_else(|| {
         anyhow::anyhow!("--precision: `{}` is not one of fp32, bf16", args.precision)
     })?;
-    // Bad defenses are refused before any work.
-    let defenses = DefenseStack::parse(&args.defense)?;
-    if precision == crate::sweep::Precision::Bf16 && !defenses.is_empty() {
+    let shard = match &args.shard {
+        Some(s) => Some(Shard::parse(s).map_err(|e| anyhow::anyhow!("--shard: {e}"))?),
+        None => None,
+    };
+    let spec = RunSpec {
+        model: ModelChoice {
+            spec: args.model.model.clone(),
+            arch: args.model.arch.clone(),
+            device: args.model.device.clone(),
+            cache_dir: args.model.cache_dir.clone(),
+            fallback_random: args.fallback_random,
+        },
+        dataset: args.dataset.clone(),
+        data_root: args.data_root.clone(),
+        out: args.out.clone(),
+        attacks: args.attacks.clone(),
+        mode,
+        labels: args.labels.clone(),
+        templates: args.templates.clone(),
+        limit: args.limit,
+        variants: args.variant.clone(),
+        classes: args.classes.clone(),
+        precision,
+        shuffle: args.shuffle,
+        seed: args.seed,
+        batch_size: args.batch_size,
+        workers: args.workers,
+        resume: args.resume,
+        defenses: args.defense.clone(),
+        probe: args.probe.clone(),
+        shard,
+        progress: !args.quiet,
+    };
+    check_spec(&spec)?;
+    Ok(spec)
+}
+
+/// The checks of a [`RunSpec`] that need no files: defenses parse, bf16 has none.
+pub fn check_spec(spec: &RunSpec) -> Result<()> {
+    let defenses = DefenseStack::parse(&spec.defenses)?;
+    if spec.precision == crate::sweep::Precision::Bf16 && !defenses.is_empty() {
         bail!("--precision bf16: not available together with --defense (defenses run in fp32)");
     }
+    Ok(())
+}
+
+/// What [`execute`] hands back for printing.
+pub struct Executed {
+    /// The run's (or shard's) summary.
+    pub summary: crate::sweep::SweepSummary,
+    /// The model line (random-weights warning first when it applies).
+    pub banner: String,
+    /// The defenses' specs, in application order.
+    pub defenses: Vec<String>,
+}
+
+/// Runs one resolved sweep (or its shard) into `spec.run_dir()`: opens the dataset, the
+/// attack spec, the model and the classifier, checks everything before any work, then runs
+/// the sweep stage. `banner` prints the model line on stderr first.
+pub fn execute(run: &RunSpec, banner: bool) -> Result<Executed> {
+    let args = run;
+    let mode = run.mode;
+    let precision = run.precision;
+    // Bad defenses are refused before any work.
+    let defenses = DefenseStack::parse(&run.defenses)?;
     let (opened, dataset_path) = match &args.dataset {
         Some(p) => (DatasetDescriptor::open(p)?, p.clone()),
         None => (
@@ -59,9 +212,9 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
     let spec = match &args.attacks {
         Some(p) => {
             let mut spec = crate::attack::AttackSpec::load(p)?;
-            if !args.variant.is_empty() {
+            if !args.variants.is_empty() {
                 spec.variants.retain(|v| {
-                    args.variant
+                    args.variants
                         .iter()
                         .any(|pat| super::attack_cmd::glob(pat, &v.name))
                 });
@@ -69,7 +222,7 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
                     bail!(
                         "{}: --variant {}: matches no variant of the spec",
                         p.display(),
-                        args.variant.join(", ")
+                        args.variants.join(", ")
                     );
                 }
             }
@@ -78,7 +231,7 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
                 std::fs::read_to_string(p).with_context(|| p.display().to_string())?,
             ))
         }
-        None if !args.variant.is_empty() => {
+        None if !args.variants.is_empty() => {
             bail!("--variant: only with --attacks (physical datasets have no spec variants)")
         }
         None => None,
@@ -189,7 +342,13 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
             dataset_path.display()
         );
     }
-    let mut m = open_model_or_random(&args.model, args.fallback_random)?;
+    let model_args = ModelArgs {
+        model: run.model.spec.clone(),
+        arch: run.model.arch.clone(),
+        device: run.model.device.clone(),
+        cache_dir: run.model.cache_dir.clone(),
+    };
+    let mut m = open_model_or_random(&model_args, run.model.fallback_random)?;
     defenses.check_model(&m.model, &m.cache_id())?;
     defenses.adapt_model(&mut m.model)?;
     let probe_note = match &linear_probe {
@@ -219,7 +378,7 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
         None => None,
     };
     let tok = ClipTokenizer::new();
-    let cache = TextCache::new(cache_dir(args.model.cache_dir.as_deref()).join("text-classifiers"));
+    let cache = TextCache::new(cache_dir(run.model.cache_dir.as_deref()).join("text-classifiers"));
     // Defenses that change the text tower's output (weight interpolation) key their own entries.
     let text_id = match defenses.text_cache_tag() {
         Some(tag) => format!("{}+{tag}", m.cache_id()),
@@ -263,7 +422,11 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
                 .to_string()
         }),
         image_size: Some(m.model.image_resolution() as u32),
-        mode: args.mode.clone(),
+        mode: match mode {
+            EvalMode::Zeroshot => "zeroshot",
+            EvalMode::Binary => "binary",
+        }
+        .into(),
         labels: classifier.labels.name.clone(),
         labels_hash: classifier.labels.hash(),
         templates: classifier.templates.name.clone(),
@@ -275,20 +438,31 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
         workers,
         precision: precision.name().into(),
         scoring: classifier.scoring().into(),
-        variant_filter: args.variant.join(","),
+        variant_filter: args.variants.join(","),
         libtorch_version: LIBTORCH_VERSION.into(),
         defenses: defenses.records(),
         started: now_rfc3339(),
         finished: None,
         linear_probe: probe_note,
+        model_parameters: Some(m.model.parameter_count() as u64),
+        shard: run.shard.map(|s| {
+            let r = s.cell_range(cells.len(), run.batch_size);
+            ShardRecord {
+                index: s.index,
+                count: s.count,
+                first_cell: r.start,
+                end_cell: r.end,
+            }
+        }),
+        merged_shards: None,
     };
     let settings = SweepSettings {
-        out_dir: args.out.clone(),
+        out_dir: run.run_dir(),
         mode,
         batch_size: args.batch_size,
         workers,
         resume: args.resume,
-        progress: !args.quiet,
+        progress: run.progress,
         precision,
         defenses: std::sync::Arc::new(defenses),
         linear_probe: linear_probe.map(|(p, _)| std::sync::Arc::new(p)),
@@ -297,71 +471,19 @@ pub fn run_sweep(args: SweepArgs) -> Result<()> {
         // After the fp32 text classifier: only the image tower runs in bfloat16.
         m.model.var_store_mut().bfloat16();
     }
-    if !args.json {
+    if banner {
         eprintln!("{}", m.banner_line());
     }
-    let summary = run_physical(&m.model, &classifier, &cells, &settings, &provenance)?;
-    let report = if args.report {
-        Some(crate::report::write_report(
-            &args.out,
-            &crate::report::ReportOptions::default(),
-        )?)
-    } else {
-        None
+    let range = match run.shard {
+        Some(s) => s.cell_range(cells.len(), run.batch_size),
+        None => 0..cells.len(),
     };
-    if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
-    } else {
-        println!("{}", m.banner_line());
-        if !provenance.defenses.is_empty() {
-            let specs: Vec<&str> = provenance
-                .defenses
-                .iter()
-                .map(|d| d.spec.as_str())
-                .collect();
-            println!("defenses (in application order): {}", specs.join(", "));
-        }
-        println!(
-            "{} records ({} errors) in {}",
-            summary.records,
-            summary.errors,
-            args.out.display()
-        );
-        let pct = |r: &Option<crate::metrics::Rate>| {
-            r.map(|r| {
-                format!(
-                    "{:.1}% [{:.1}, {:.1}]",
-                    100.0 * r.value,
-                    100.0 * r.lo,
-                    100.0 * r.hi
-                )
-            })
-            .unwrap_or_else(|| "-".into())
-        };
-        let scorers = std::iter::once(("", &summary.variants))
-            .chain(summary.linear_probe.as_ref().map(|v| ("linear probe: ", v)));
-        for (scorer, variants) in scorers {
-            for v in variants {
-                println!(
-                    "  {scorer}{:<12} n={:<5} clean acc {}  attacked acc {}  changed to target {}  ASR {}",
-                    v.variant,
-                    v.records - v.errors,
-                    pct(&v.clean_accuracy),
-                    pct(&v.attacked_accuracy),
-                    pct(&v.fraction_changed_to),
-                    pct(&v.attack_success_rate)
-                );
-            }
-        }
-        for note in &summary.notes {
-            println!("note: {note}");
-        }
-    }
-    if let Some((html, md)) = report {
-        // Last, so the report's path is what a terminal shows at the end.
-        println!("report: {} (and {})", html.display(), md.display());
-    }
-    Ok(())
+    let summary = run_cells(&m.model, &classifier, &cells, range, &settings, &provenance)?;
+    Ok(Executed {
+        summary,
+        banner: m.banner_line(),
+        defenses: provenance.defenses.iter().map(|d| d.spec.clone()).collect(),
+    })
 }
 
 /// Keeps the samples whose class (label or WordNet id) is in the comma-separated `list`;

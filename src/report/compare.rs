@@ -233,6 +233,10 @@ pub struct Row {
     pub differs: Vec<String>,
     /// Fitted defenses (spec, artifact and calibration split).
     pub fitted: Vec<(String, crate::defense::FittedRecord)>,
+    /// The model's parameter count, as the sweep counted it.
+    pub parameters: Option<u64>,
+    /// The model's pretraining set, where the registry knows it.
+    pub pretraining: Option<super::zoo::Pretraining>,
 }
 
 fn diff(a: Option<Rate>, b: Option<Rate>) -> Option<f64> {
@@ -309,6 +313,8 @@ pub fn leaderboard(dirs: &[PathBuf], opts: &CompareOptions) -> Result<Vec<Row>, 
                 .iter()
                 .filter_map(|d| d.fitted.clone().map(|f| (d.spec.clone(), f)))
                 .collect(),
+            parameters: run.provenance.model_parameters,
+            pretraining: super::zoo::pretraining_of(&run.provenance),
             metrics: m,
         });
     }
@@ -462,11 +468,18 @@ pub fn comparison_document(rows: &[Row]) -> Result<Document, ReportError> {
             r.differs.join("; ")
         )));
     }
-    let mut sections = vec![Section {
-        id: "leaderboard".into(),
-        title: "Leaderboard".into(),
-        blocks,
-    }];
+    let mut sections = vec![
+        Section {
+            id: "leaderboard".into(),
+            title: "Leaderboard".into(),
+            blocks,
+        },
+        Section {
+            id: "zoo".into(),
+            title: "Accuracy drop vs model and pretraining-set size".into(),
+            blocks: super::zoo::zoo_blocks(rows).map_err(ReportError::Plot)?,
+        },
+    ];
     let fitted_rows: Vec<Vec<Cell>> = rows
         .iter()
         .flat_map(|r| {

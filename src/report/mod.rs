@@ -8,6 +8,7 @@ pub mod examples;
 pub mod plots;
 pub mod reference;
 pub mod run;
+pub mod zoo;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

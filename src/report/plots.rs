@@ -12,7 +12,7 @@ use crate::metrics::Rate;
 
 static FONT: Once = Once::new();
 
-fn register_font() {
+pub(super) fn register_font() {
     FONT.call_once(|| {
         let bytes: &'static [u8] = include_bytes!("../../assets/fonts/DejaVuSans-Bold.ttf");
         // The bundled font is known to parse; if it ever did not, text would be skipped.

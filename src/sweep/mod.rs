@@ -19,6 +19,8 @@
 //! the plain pipeline, bit for bit.
 
 pub mod provenance;
+pub mod run_spec;
+pub mod shard;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -564,11 +566,33 @@ pub fn run_physical(
     settings: &SweepSettings,
     provenance: &provenance::Provenance,
 ) -> Result<SweepSummary, SweepError> {
+    run_cells(
+        model,
+        classifier,
+        cells,
+        0..cells.len(),
+        settings,
+        provenance,
+    )
+}
+
+/// As [`run_physical`], for the cells `cell_range` of `cells` only (a shard: it starts at a
+/// multiple of the batch size). The images are still encoded in the whole run's fixed image
+/// batches, so each record equals the one an unsharded run writes for the same cell.
+pub fn run_cells(
+    model: &ClipModel,
+    classifier: &ZeroShotClassifier,
+    cells: &[Cell],
+    cell_range: std::ops::Range<usize>,
+    settings: &SweepSettings,
+    provenance: &provenance::Provenance,
+) -> Result<SweepSummary, SweepError> {
     if cells.is_empty() {
         return Err(SweepError::Empty(
             "no (clean, attacked) pairs to evaluate in this dataset".into(),
         ));
     }
+    assert!(cell_range.end <= cells.len() && cell_range.start.is_multiple_of(settings.batch_size));
     let out = &settings.out_dir;
     std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
     let records_path = out.join("records.jsonl");
@@ -581,7 +605,7 @@ pub fn run_physical(
         let text = std::fs::read_to_string(&records_path).map_err(|e| io_err(&records_path, e))?;
         let (recs, _) = parse_jsonl(&text);
         // Keep whole batches only: a partly written batch is redone with the same composition.
-        let whole = recs.len() / settings.batch_size * settings.batch_size;
+        let whole = (recs.len() / settings.batch_size * settings.batch_size).min(cell_range.len());
         done = recs.into_iter().take(whole).collect();
         let keep: String = done.iter().map(|r| r.to_json_line() + "\n").collect();
         std::fs::write(&records_path, keep).map_err(|e| io_err(&records_path, e))?;
@@ -593,7 +617,7 @@ pub fn run_physical(
         .open(&records_path)
         .map_err(|e| io_err(&records_path, e))?;
     let n_px = model.image_resolution() as u32;
-    let bar = crate::progress::bar(cells.len() as u64, settings.progress);
+    let bar = crate::progress::bar(cell_range.len() as u64, settings.progress);
     bar.set_position(done.len() as u64);
     // Every distinct image, in first-use order, encoded in fixed image batches: the batch an
     // image falls in never depends on where a run was resumed, so the floating-point results
@@ -626,11 +650,11 @@ pub fn run_physical(
         cell_images.push(pair);
     }
     drop(image_index);
-    let start = done.len();
+    let start = cell_range.start + done.len();
     // How many remaining cells still need each image: a feature is dropped after its last use,
     // so memory holds only what is in flight, whatever the dataset's size.
     let mut uses = vec![0u32; images.len()];
-    for pair in &cell_images[start..] {
+    for pair in &cell_images[start..cell_range.end] {
         for &i in pair {
             uses[i] += 1;
         }
@@ -735,7 +759,7 @@ pub fn run_physical(
         }
         drop(batch);
         // Score every cell whose images are ready, in order; write whole cell batches.
-        while next_cell < cells.len() {
+        while next_cell < cell_range.end {
             let [ci, ai] = cell_images[next_cell];
             let (Some(clean), Some(attacked)) = (features.get(&ci), features.get(&ai)) else {
                 break;
@@ -775,7 +799,7 @@ pub fn run_physical(
             lines.push_str(&line);
             lines.push('\n');
             next_cell += 1;
-            if next_cell.is_multiple_of(settings.batch_size) || next_cell == cells.len() {
+            if next_cell.is_multiple_of(settings.batch_size) || next_cell == cell_range.end {
                 let writing = std::time::Instant::now();
                 file.write_all(lines.as_bytes())
                     .map_err(|e| io_err(&records_path, e))?;
@@ -787,7 +811,7 @@ pub fn run_physical(
             }
         }
     }
-    debug_assert_eq!(next_cell, cells.len());
+    debug_assert_eq!(next_cell, cell_range.end);
     let secs = clock.elapsed().as_secs_f64();
     eprintln!(
         "[sweep] {encoded_total} images read, attacked and encoded in {secs:.1} s ({:.2} images/s; \
@@ -797,23 +821,37 @@ pub fn run_physical(
         secs - time_forward - time_waiting - time_writing
     );
     bar.finish_and_clear();
+    let summary = write_run_summary(out, provenance, &done)?;
+    let mut finished = provenance.clone();
+    finished.finish();
+    finished.write(&out.join("provenance.json"))?;
+    Ok(summary)
+}
+
+/// Summarises a run's records (records.jsonl's order) and writes `summary.json` / `.csv`, and
+/// with a linear probe (`provenance.linear_probe`) `summary_probe.json` / `.csv`: the tail of
+/// a sweep, and all of a shard merge.
+pub fn write_run_summary(
+    out: &Path,
+    provenance: &provenance::Provenance,
+    records: &[Record],
+) -> Result<SweepSummary, SweepError> {
     let warning = provenance.random_weights.then(|| provenance.banner());
-    let probe_view: Option<Vec<Record>> = settings
-        .linear_probe
-        .as_ref()
-        .map(|_| done.iter().filter_map(Record::linear_probe_view).collect());
+    let probe_view: Option<Vec<Record>> = provenance.linear_probe.as_ref().map(|_| {
+        records
+            .iter()
+            .filter_map(Record::linear_probe_view)
+            .collect()
+    });
     let summary = SweepSummary {
         linear_probe: probe_view.as_deref().map(summarize),
-        ..SweepSummary::from_records(warning.clone(), &done)
+        ..SweepSummary::from_records(warning.clone(), records)
     };
     write_summary(out, &summary)?;
     if let Some(view) = &probe_view {
         let probe_summary = SweepSummary::from_records(warning, view);
         write_summary_named(out, "summary_probe", &probe_summary)?;
     }
-    let mut finished = provenance.clone();
-    finished.finish();
-    finished.write(&out.join("provenance.json"))?;
     Ok(summary)
 }
 

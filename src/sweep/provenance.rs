@@ -94,6 +94,15 @@ pub struct Provenance {
     /// The linear probe scored beside zero-shot (`--probe`): its file and sha256.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub linear_probe: Option<String>,
+    /// The model's scalar parameter count (buffers included), for zoo plots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_parameters: Option<u64>,
+    /// A shard's part of the sweep (`sweep --shard I/N`); absent for a whole run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<super::shard::ShardRecord>,
+    /// Set on a run folder made by merging this many shards ([`super::shard::merge_shards`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged_shards: Option<usize>,
 }
 
 fn default_precision() -> String {
@@ -161,6 +170,26 @@ impl Provenance {
         let text = std::fs::read_to_string(path).map_err(|e| super::io_err(path, e))?;
         let old: Provenance = serde_json::from_str(&text)
             .map_err(|e| super::io_err(path, format!("unreadable provenance: {e}")))?;
+        let shard = |p: &Provenance| {
+            p.shard
+                .map(|s| format!("{}/{}", s.index, s.count))
+                .unwrap_or_else(|| "none".into())
+        };
+        if shard(&old) != shard(self) {
+            return Err(SweepError::Mismatch {
+                path: path.display().to_string(),
+                what: "shard".into(),
+                before: shard(&old),
+                now: shard(self),
+            });
+        }
+        self.check_same_run(&old, path)
+    }
+
+    /// Refuses `self` as the same sweep as `old` (read from `path`), naming the first input
+    /// that differs: model, dataset, attack, mode, label and template sets, seed, precision,
+    /// kernels, variant filter, batch size, defenses, linear probe.
+    pub fn check_same_run(&self, old: &Provenance, path: &Path) -> Result<(), SweepError> {
         let defenses = |p: &Provenance| {
             let specs: Vec<&str> = p.defenses.iter().map(|d| d.spec.as_str()).collect();
             format!(
@@ -169,7 +198,7 @@ impl Provenance {
                 serde_json::to_string(&p.defenses).expect("serialisable")
             )
         };
-        let (old_defenses, new_defenses) = (defenses(&old), defenses(self));
+        let (old_defenses, new_defenses) = (defenses(old), defenses(self));
         let fields: [(&str, &String, &String); 14] = [
             ("model", &old.model_id, &self.model_id),
             ("dataset", &old.dataset_descriptor, &self.dataset_descriptor),
