@@ -31,7 +31,9 @@ fn main() {
     let _guard = tch::no_grad_guard();
     for arch in &archs {
         let config =
-            ClipConfig::preset(arch).unwrap_or_else(|| panic!("unknown architecture {arch}"));
+            // OpenAI's architecture (QuickGELU), as the Python side builds it.
+        ClipConfig::preset(&format!("{arch}-quickgelu"))
+            .unwrap_or_else(|| panic!("unknown architecture {arch}"));
         let model = ClipModel::random(&config, 0, Device::Cpu).expect("model");
         let r = model.image_resolution();
         for &batch in &batches {

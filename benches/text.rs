@@ -17,8 +17,12 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
     let _guard = tch::no_grad_guard();
-    let model =
-        ClipModel::random(&ClipConfig::preset("ViT-B-32").unwrap(), 0, Device::Cpu).unwrap();
+    let model = ClipModel::random(
+        &ClipConfig::preset("ViT-B-32-quickgelu").unwrap(),
+        0,
+        Device::Cpu,
+    )
+    .unwrap();
     let tok = ClipTokenizer::new();
     let templates = TemplateSet::builtin("imagenet80").unwrap();
     let labels = LabelSet::imagenet();

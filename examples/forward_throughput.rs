@@ -16,7 +16,9 @@ fn main() {
     let arch = args.get(1).map(String::as_str).unwrap_or("ViT-B-32");
     let batch: i64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(32);
     let images: i64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(320);
-    let config = ClipConfig::preset(arch).unwrap_or_else(|| panic!("unknown architecture {arch}"));
+    let config = // OpenAI's architecture (QuickGELU), as the Python side builds it.
+        ClipConfig::preset(&format!("{arch}-quickgelu"))
+            .unwrap_or_else(|| panic!("unknown architecture {arch}"));
     let model = ClipModel::random(&config, 0, Device::Cpu).expect("model");
     let n_px = model.image_resolution();
     let _guard = tch::no_grad_guard();

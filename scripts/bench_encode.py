@@ -16,7 +16,7 @@ def main():
     torch.manual_seed(0)
     with torch.no_grad():
         for arch in archs:
-            model = open_clip.create_model(arch, pretrained=None, force_quick_gelu=True).eval()
+            model = open_clip.create_model(arch + "-quickgelu", pretrained=None).eval()
             r = model.visual.image_size
             r = r[0] if isinstance(r, (tuple, list)) else r
             for batch in (1, 8, 32):

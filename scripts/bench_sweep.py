@@ -28,7 +28,7 @@ def main():
     paths = [l.strip() for l in open(paths_file) if l.strip()]
     labels = [l.rstrip("\n").split("\t")[-1] for l in open(labels_file) if l.strip() and not l.startswith("#")]
     labels += [t for t in TARGETS if t not in labels]
-    model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None, force_quick_gelu=True)
+    model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32-quickgelu", pretrained=None)
     model.eval()
     tok = open_clip.get_tokenizer("ViT-B-32")
     with torch.no_grad():

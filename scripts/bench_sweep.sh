@@ -20,7 +20,7 @@ cargo build --release --quiet --example forward_throughput
 BIN=target/release/typoclip
 tmp=$(mktemp -d)
 export XDG_CACHE_HOME="$tmp/cache"
-common=(--model random:ViT-B-32 --dataset datasets/imagenet-sample.toml --attacks attacks/distill-suite.toml
+common=(--model random:ViT-B-32-quickgelu --dataset datasets/imagenet-sample.toml --attacks attacks/distill-suite.toml
         --variant 'distill/*/pos=0' --shuffle --seed 0 --batch-size 16 --quiet)
 echo "[bench] warming the text-classifier cache"
 $BIN sweep "${common[@]}" --limit 1 --out "$tmp/warm" >/dev/null

@@ -10,7 +10,7 @@ import open_clip
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
 
 classes = int(os.environ.get("TYPOCLIP_BENCH_CLASSES", "10"))
-model = open_clip.create_model("ViT-B-32", pretrained=None, force_quick_gelu=True).eval()
+model = open_clip.create_model("ViT-B-32-quickgelu", pretrained=None).eval()
 tok = open_clip.get_tokenizer("ViT-B-32")
 prompts = [t(c) for c in IMAGENET_CLASSNAMES[:classes] for t in OPENAI_IMAGENET_TEMPLATES]
 with torch.no_grad():

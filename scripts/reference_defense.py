@@ -34,7 +34,7 @@ def main():
     images = load_file(os.path.join(args.fixtures, "tiny-vit.io.safetensors"))["images"]
     out = {}
     for i, heads in enumerate(CASES):
-        model = CLIP(**TINY["tiny-vit"], quick_gelu=True)
+        model = CLIP(**TINY["tiny-vit"])
         model.load_state_dict(sd)
         model.eval()
         blocks = model.visual.transformer.resblocks

@@ -27,7 +27,7 @@ import open_clip
 from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from reference import make_model  # noqa: E402
+from reference import make_model, model_cfg  # noqa: E402
 
 SITES = {
     "tiny-vit": [
@@ -53,6 +53,8 @@ def taps(name, out_dir, seed):
     model, _ = make_model(name, seed)
     sd = model.state_dict()
     save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(out_dir, f"{name}.open_clip.safetensors"))
+    with open(os.path.join(out_dir, f"{name}.open_clip_config.json"), "w") as f:
+        json.dump({"model_cfg": model_cfg(name), "preprocess_cfg": {}}, f, indent=1)
     res = model.visual.image_size
     res = res[0] if isinstance(res, (tuple, list)) else res
     g = torch.Generator().manual_seed(seed + 7)

@@ -124,6 +124,11 @@ fn perturbed_checkpoint(dir: &Path) -> PathBuf {
         .collect();
     let p = dir.join("other.safetensors");
     Tensor::write_safetensors(&vars, &p).unwrap();
+    std::fs::copy(
+        common::fixtures().join("tiny-vit.open_clip_config.json"),
+        dir.join("other.open_clip_config.json"),
+    )
+    .unwrap();
     p
 }
 

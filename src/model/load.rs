@@ -681,7 +681,9 @@ pub fn load_checkpoint(
                 return Err(bad(
                     &weights,
                     format!(
-                        "a bare state dict says nothing of its activation (GELU or QuickGELU)                          or other options: pass --arch NAME[:TAG]{hint}, or put its                          open_clip_config.json beside it"
+                        "a bare state dict says nothing of its activation (GELU or QuickGELU) \
+                         or other options: pass --arch NAME[:TAG]{hint}, or put its \
+                         open_clip_config.json beside it"
                     ),
                 ));
             }
