@@ -95,16 +95,26 @@ PROMPTS = [
 
 
 def model_cfg(name):
-    """The open_clip model config of a fixture (what its open_clip_config.json holds)."""
+    """The open_clip model config of a fixture (what its open_clip_config.json holds).
+    `zoo-ARCH` is open_clip's ARCH; `zoo-ARCH@L` the same with L blocks per tower (the widths,
+    head widths and MLP ratios of the real shapes, fewer blocks)."""
     if name in TINY:
         return TINY[name]
+    if name.startswith("zoo-"):
+        arch, _, depth = name[len("zoo-"):].partition("@")
+        cfg = json.loads(json.dumps(open_clip.get_model_config(arch)))
+        if depth:
+            cfg["vision_cfg"]["layers"] = int(depth)
+            cfg["text_cfg"]["layers"] = int(depth)
+        return cfg
     return open_clip.get_model_config(ARCH.get(name, name))
 
 
 def build(name):
     """Exactly as open_clip builds the architecture: no forced QuickGELU."""
-    if name in TINY:
-        return CLIP(**TINY[name])
+    if name in TINY or name.startswith("zoo-"):
+        # open_clip's create_model builds CLIP(**model_cfg) for these (no custom text tower).
+        return CLIP(**model_cfg(name))
     return open_clip.create_model(ARCH.get(name, name), pretrained=None)
 
 
@@ -269,7 +279,7 @@ def export(name, out_dir, seed):
     torch.save({"state_dict": {"module." + k: v for k, v in sd.items()}, "epoch": 1, "name": name},
                os.path.join(out_dir, f"{name}.wrapped.pt"))
     save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(out_dir, f"{name}.open_clip.safetensors"))
-    plain_vit = "visual.proj" in sd and name not in ("tiny-options", "tiny-eos")
+    plain_vit = "visual.proj" in sd and name not in ("tiny-options", "tiny-eos") and not name.startswith("zoo-")
     if plain_vit:
         save_file(hf_state_dict(sd), os.path.join(out_dir, f"{name}.hf.safetensors"))
         hf_folder(name, model_cfg(name), sd, os.path.join(out_dir, f"{name}.hf"))
