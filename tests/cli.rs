@@ -305,3 +305,36 @@ fn readme_first_command_sweeps_and_reports_the_builtin_images() {
         String::from_utf8_lossy(&again.stderr)
     );
 }
+
+/// A model trained with another image transform (its folder's `preprocess_cfg` says squash) is
+/// refused by the image commands, naming what differs; `info` still describes it.
+#[test]
+fn other_image_transforms_are_refused_not_computed() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("squash.safetensors");
+    std::fs::copy(fixtures().join("tiny-vit.open_clip.safetensors"), &weights).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("tiny-vit.open_clip_config.json")).unwrap(),
+    )
+    .unwrap();
+    cfg["preprocess_cfg"] = serde_json::json!({"resize_mode": "squash", "mean": [0.5, 0.5, 0.5]});
+    std::fs::write(
+        dir.path().join("squash.open_clip_config.json"),
+        cfg.to_string(),
+    )
+    .unwrap();
+    let img = dir.path().join("a.png");
+    write_png(&img, 3);
+    let w = weights.to_str().unwrap();
+    let out = typoclip(&[
+        "classify",
+        "--model",
+        w,
+        "--labels",
+        "cat,dog",
+        img.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&out, &["another image transform", "squash"]);
+    let o = typoclip(&["info", "--model", w]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -140,6 +140,7 @@ pub fn run_fit(args: FitArgs) -> Result<()> {
         );
     }
     let mut m = open_model(&args.model)?;
+    m.check_image_transform()?;
     if !args.quiet {
         eprintln!("{}", m.banner_line());
     }

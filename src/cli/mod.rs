@@ -68,6 +68,9 @@ pub fn run(cli: Cli) -> Result<()> {
             if text.is_empty() && images.is_empty() {
                 bail!("nothing to embed: give images or --text");
             }
+            if !images.is_empty() {
+                m.check_image_transform()?;
+            }
             let features = if text.is_empty() {
                 encode_image_files(&m, &images, batch_size.max(1))?
             } else {
@@ -113,6 +116,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 bail!("nothing to classify: give image files or --builtin");
             }
             let m = open_model_or_random(&model, fallback_random)?;
+            m.check_image_transform()?;
             let tok = ClipTokenizer::new();
             let cache =
                 TextCache::new(cache_dir(model.cache_dir.as_deref()).join("text-classifiers"));

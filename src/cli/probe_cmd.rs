@@ -290,6 +290,7 @@ pub fn run_neurons(args: NeuronsArgs) -> Result<()> {
         }
     };
     let m = open_model(&args.model)?;
+    m.check_image_transform()?;
     let layer = neurons::resolve_layer(m.model.config(), &args.layer)?;
     neurons::check_units(&layer, &args.unit)?;
     let n_px = m.model.image_resolution() as u32;
@@ -597,6 +598,7 @@ pub fn run_concepts(args: ConceptsArgs) -> Result<()> {
         None => None,
     };
     let m = open_model(&args.model)?;
+    m.check_image_transform()?;
     let tok = ClipTokenizer::new();
     let cache = TextCache::new(cache_dir(args.model.cache_dir.as_deref()).join("text-classifiers"));
     let mut report = ConceptsReport {
@@ -770,6 +772,7 @@ pub fn run_stroop(args: StroopArgs) -> Result<()> {
         None => None,
     };
     let m = open_model(&args.model)?;
+    m.check_image_transform()?;
     let tok = ClipTokenizer::new();
     let clf = stroop::colour_classifier(&m.model, &tok, &colours)?;
     let pairs = stroop::pairs(&colours);
@@ -921,6 +924,7 @@ pub fn run_probe_fit(args: ProbeFitArgs) -> Result<()> {
         );
     }
     let m = open_model(&args.model)?;
+    m.check_image_transform()?;
     let n_px = m.model.image_resolution() as u32;
     let mut feats = Vec::new();
     let mut ids = Vec::new();

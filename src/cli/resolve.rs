@@ -129,6 +129,9 @@ pub struct OpenedModel {
     pub path: Option<PathBuf>,
     /// Where the architecture came from (`--arch`, a config file, OpenAI's build_model).
     pub config_source: String,
+    /// The image transform the model was trained with (its hub folder's `preprocess_cfg`, its
+    /// tag's, or OpenAI's).
+    pub preprocess: crate::preprocess::PreprocessCfg,
 }
 
 /// What `typoclip info` prints.
@@ -173,6 +176,27 @@ impl OpenedModel {
     /// random spec).
     pub fn cache_id(&self) -> String {
         self.sha256.clone().unwrap_or_else(|| self.spec.clone())
+    }
+
+    /// Refuses a model trained with another image transform than the one typoclip's image
+    /// pipeline applies (OpenAI's: bicubic, shortest-side resize, centre crop, OpenAI mean/std),
+    /// naming what differs, rather than computing its embeddings from other pixels.
+    pub fn check_image_transform(&self) -> Result<()> {
+        let r = self.model.image_resolution() as u32;
+        let openai = crate::preprocess::PreprocessCfg {
+            size: (r, r),
+            ..Default::default()
+        };
+        if self.preprocess != openai {
+            bail!(
+                "--model {}: trained with another image transform ({}) than the one sweeps, \
+                 classify, embed and the probes apply (OpenAI's: bicubic, shortest side, centre \
+                 crop, OpenAI mean/std); refused rather than computed from other pixels",
+                self.spec,
+                serde_json::to_string(&self.preprocess).unwrap_or_default()
+            );
+        }
+        Ok(())
     }
 
     /// `Some(banner)` for random weights.
@@ -228,6 +252,25 @@ pub fn open_model(args: &ModelArgs) -> Result<OpenedModel> {
     open_model_or_random(args, false)
 }
 
+/// `cfg` at the model's input side.
+fn sized(cfg: crate::preprocess::PreprocessCfg, res: i64) -> crate::preprocess::PreprocessCfg {
+    crate::preprocess::PreprocessCfg {
+        size: (res as u32, res as u32),
+        ..cfg
+    }
+}
+
+/// The transform of an `--arch`/`random:` name: the tag's for `ARCH:TAG`, else open_clip's
+/// defaults (OpenAI's) at the model's size.
+fn arch_preprocess(arch: &str, res: i64) -> Result<crate::preprocess::PreprocessCfg> {
+    let cfg = match arch.split_once(':') {
+        Some((a, t)) => crate::preprocess::PreprocessCfg::for_tag(a, t)
+            .map_err(|e| anyhow!("--arch {arch}: {e}"))?,
+        None => crate::preprocess::PreprocessCfg::default(),
+    };
+    Ok(sized(cfg, res))
+}
+
 /// As [`open_model`]; with `fallback_random`, a missing default checkpoint becomes
 /// `random:<default>` instead of an error.
 pub fn open_model_or_random(args: &ModelArgs, fallback_random: bool) -> Result<OpenedModel> {
@@ -248,7 +291,9 @@ pub fn open_model_or_random(args: &ModelArgs, fallback_random: bool) -> Result<O
         ModelSpec::Random { arch, seed } => {
             let config = ClipConfig::from_arch(&arch)?;
             let model = ClipModel::random(&config, seed, device)?;
+            let preprocess = arch_preprocess(&arch, model.image_resolution())?;
             return Ok(OpenedModel {
+                preprocess,
                 model,
                 spec: format!("random:{arch}:{seed}"),
                 random: true,
@@ -288,6 +333,16 @@ pub fn open_model_or_random(args: &ModelArgs, fallback_random: bool) -> Result<O
     };
     let loaded = load_checkpoint(&path, args.arch.as_deref(), device)?;
     let weights = loaded.weights.clone();
+    let res = loaded.model.image_resolution();
+    let preprocess = match (&loaded.preprocess_cfg, &args.arch) {
+        (Some(v), _) => sized(
+            crate::preprocess::PreprocessCfg::from_open_clip_json(v)
+                .map_err(|e| anyhow!("{}: {e}", weights.display()))?,
+            res,
+        ),
+        (None, Some(a)) => arch_preprocess(a, res)?,
+        (None, None) => sized(crate::preprocess::PreprocessCfg::default(), res),
+    };
     let sha256 =
         sha256_file(&weights).map_err(|e| anyhow!("{}: cannot read: {e}", weights.display()))?;
     Ok(OpenedModel {
@@ -298,6 +353,7 @@ pub fn open_model_or_random(args: &ModelArgs, fallback_random: bool) -> Result<O
         format: format!("{:?}/{:?}", loaded.format, loaded.naming),
         path: Some(weights),
         config_source: loaded.config_source.to_string(),
+        preprocess,
     })
 }
 

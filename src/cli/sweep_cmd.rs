@@ -349,6 +349,7 @@ pub fn execute(run: &RunSpec, banner: bool) -> Result<Executed> {
         cache_dir: run.model.cache_dir.clone(),
     };
     let mut m = open_model_or_random(&model_args, run.model.fallback_random)?;
+    m.check_image_transform()?;
     defenses.check_model(&m.model, &m.cache_id())?;
     defenses.adapt_model(&mut m.model)?;
     let probe_note = match &linear_probe {
