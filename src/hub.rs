@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::model::open_clip::zoo;
-use crate::registry::{http_get, save_response, FetchError, FetchOptions};
+use crate::registry::{http_get, io_err, save_response, FetchError, FetchOptions};
 
 /// The hub's address (`HF_ENDPOINT` overrides it, as for Hugging Face's own tools).
 pub fn endpoint() -> String {
@@ -124,11 +124,8 @@ pub fn fetch_tag(
         return Ok(dest);
     }
     let partial = dest.with_file_name(format!("{tag}.partial"));
-    std::fs::create_dir_all(&partial).map_err(|e| FetchError::Io {
-        what: "cannot create the cache folder",
-        path: partial.clone(),
-        source: e,
-    })?;
+    std::fs::create_dir_all(&partial)
+        .map_err(io_err("cannot create the cache folder", &partial))?;
     let result = (|| {
         fetch_file(
             base,
@@ -163,11 +160,7 @@ pub fn fetch_tag(
     })();
     match result {
         Ok(()) => {
-            std::fs::rename(&partial, &dest).map_err(|e| FetchError::Io {
-                what: "cannot rename into place",
-                path: dest.clone(),
-                source: e,
-            })?;
+            std::fs::rename(&partial, &dest).map_err(io_err("cannot rename into place", &dest))?;
             Ok(dest)
         }
         Err(e) => {
@@ -188,10 +181,6 @@ pub fn import_tag(
     if zoo().pretrained(arch, tag).is_none() {
         return Err(FetchError::UnknownModel(format!("{arch}:{tag}")));
     }
-    let io = |what: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| FetchError::Io { what, path, source }
-    };
     let has = |f: &str| src.join(f).is_file();
     if !has("open_clip_config.json")
         || !(has("open_clip_model.safetensors") || has("open_clip_pytorch_model.bin"))
@@ -204,17 +193,18 @@ pub fn import_tag(
     }
     let dest = snapshot_dir(cache_dir, arch, tag);
     let partial = dest.with_file_name(format!("{tag}.partial"));
-    std::fs::create_dir_all(&partial).map_err(io("cannot create the cache folder", &partial))?;
-    for e in std::fs::read_dir(src).map_err(io("cannot list", src))? {
-        let e = e.map_err(io("cannot list", src))?;
+    std::fs::create_dir_all(&partial)
+        .map_err(io_err("cannot create the cache folder", &partial))?;
+    for e in std::fs::read_dir(src).map_err(io_err("cannot list", src))? {
+        let e = e.map_err(io_err("cannot list", src))?;
         if e.path().is_file() {
             std::fs::copy(e.path(), partial.join(e.file_name()))
-                .map_err(io("cannot copy", &e.path()))?;
+                .map_err(io_err("cannot copy", &e.path()))?;
         }
     }
     if dest.exists() {
-        std::fs::remove_dir_all(&dest).map_err(io("cannot replace", &dest))?;
+        std::fs::remove_dir_all(&dest).map_err(io_err("cannot replace", &dest))?;
     }
-    std::fs::rename(&partial, &dest).map_err(io("cannot rename into place", &dest))?;
+    std::fs::rename(&partial, &dest).map_err(io_err("cannot rename into place", &dest))?;
     Ok(dest)
 }

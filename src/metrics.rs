@@ -182,10 +182,6 @@ pub fn exact_mean(v: &[f64]) -> Option<f64> {
     (!v.is_empty()).then(|| v.iter().copied().collect::<ExactSum>().value() / v.len() as f64)
 }
 
-fn mean(v: &[f64]) -> Option<f64> {
-    exact_mean(v)
-}
-
 /// Summarises the records of one variant.
 pub fn summarize_variant(variant: &str, records: &[&Record]) -> VariantSummary {
     let ok: Vec<&&Record> = records.iter().filter(|r| r.is_ok()).collect();
@@ -246,7 +242,7 @@ pub fn summarize_variant(variant: &str, records: &[&Record]) -> VariantSummary {
         fraction_already_equal: rate_if(already, n_t),
         fraction_changed_away: rate_if(away, n_t),
         fraction_both_results_not_target: rate_if(neither, n_t),
-        avg_img_l0_norm_diff: mean(&l0).unwrap_or(0.0),
+        avg_img_l0_norm_diff: exact_mean(&l0).unwrap_or(0.0),
         clean_accuracy: rate_if(clean_ok, n_true),
         attacked_accuracy: rate_if(att_ok, n_true),
         clean_top5_accuracy: rate_if(clean5, n_true),
@@ -254,8 +250,8 @@ pub fn summarize_variant(variant: &str, records: &[&Record]) -> VariantSummary {
         flip_rate: Rate::new(flips, ok.len() as u64),
         attack_success_rate: rate_if(succ, succ + fail),
         accuracy_drop: (n_true > 0).then(|| (clean_ok as f64 - att_ok as f64) / n_true as f64),
-        mean_true_prob_drop: mean(&drops),
-        mean_target_rank: mean(&ranks),
+        mean_true_prob_drop: exact_mean(&drops),
+        mean_target_rank: exact_mean(&ranks),
     }
 }
 

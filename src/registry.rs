@@ -313,7 +313,7 @@ fn known_names() -> String {
         .join(", ")
 }
 
-fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> FetchError {
+pub(crate) fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> FetchError {
     let path = path.to_path_buf();
     move |source| FetchError::Io { what, path, source }
 }
