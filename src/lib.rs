@@ -30,4 +30,5 @@ pub mod report;
 pub mod sweep;
 pub mod text_tokenizer;
 pub mod tokenizer;
+pub mod toy;
 pub mod zeroshot;

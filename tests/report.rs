@@ -93,6 +93,7 @@ fn provenance(random: bool, started: &str, finished: &str) -> Provenance {
         },
         model_id: "test".into(),
         random_weights: random,
+        toy_model: false,
         dataset: "builtin".into(),
         dataset_descriptor: "name = \"builtin\"\nkind = \"builtin\"\nlabels = \"imagenet\"\n"
             .into(),

@@ -18,6 +18,8 @@
 //! target = "iPod"          # the class the attack aims at (or per [[cases]])
 //! stage = "source"         # or "model_input" (drawn after CLIP's resize + centre crop)
 //! seed = 0                 # mixed with the per-image seed given at render time
+//! skip_own_class = false   # true: images of the target class are not attacked (the attack
+//!                          # writes another class's name)
 //!
 //! [[layers]]               # one or more, drawn bottom first
 //! kind = "label"           # "text" | "label" (paper/post-it behind the text) | "scatter"

@@ -245,6 +245,9 @@ pub struct Variant {
     pub params: Vec<(String, String)>,
     /// The layers, bottom first.
     pub layers: Vec<Layer>,
+    /// The attack writes another class's name: images whose true class is the target are not
+    /// attacked with this variant (spec field `skip_own_class`).
+    pub skip_own_class: bool,
 }
 
 /// A validated spec and all its variants.
@@ -302,6 +305,8 @@ struct SpecFile {
     stage: Stage,
     #[serde(default)]
     seed: u64,
+    #[serde(default)]
+    skip_own_class: bool,
     #[serde(default)]
     layers: Vec<LayerSpec>,
     #[serde(default)]
@@ -1084,6 +1089,7 @@ impl Parser<'_> {
             seed: file.seed,
             params,
             layers,
+            skip_own_class: file.skip_own_class,
         };
         // Cartesian product of the multi-position layers.
         let mut combos: Vec<(String, Vec<(usize, Placement)>)> = vec![(String::new(), Vec::new())];

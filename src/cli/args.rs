@@ -128,6 +128,8 @@ pub enum Command {
     /// Expand a plan (models × datasets × attacks, sharded) into jobs: `jobs.tsv`, a Slurm
     /// array script, a Kubernetes Indexed Job; `--job K`, `--local -j N`, `--status`, `--merge`.
     Plan(crate::cli::plan_cmd::PlanArgs),
+    /// The positive control: train the toy CLIP that reads (`--model toy`), or look at its world.
+    Toy(crate::cli::toy_cmd::ToyArgs),
     /// Spatially pooled activations of image-tower units; top-activating images (HTML contact
     /// sheet); activation change per unit under an attack.
     Neurons(crate::cli::probe_cmd::NeuronsArgs),
@@ -164,6 +166,12 @@ pub struct SweepArgs {
     /// `random:ViT-B-32-quickgelu`, OpenAI's architecture (every output then says it is random).
     #[arg(long)]
     pub fallback_random: bool,
+    /// When no --model is given and the default checkpoint is not cached, run the positive
+    /// control instead: `--model toy` (the toy CLIP `typoclip toy train` makes) on
+    /// `datasets/synthetic.toml` with `attacks/toy-labels.toml`, replacing the dataset and
+    /// attacks given (every output then says it is the toy).
+    #[arg(long, conflicts_with = "fallback_random")]
+    pub fallback_toy: bool,
     /// Write the run's report (`report.html`, `report.md`) when the sweep ends and print its path.
     #[arg(long)]
     pub report: bool,

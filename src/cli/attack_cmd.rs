@@ -348,6 +348,7 @@ fn contact_sheet(cells: &[(RgbImage, String)], row_starts: &[usize]) -> RgbImage
             stage: Stage::Source,
             seed: 0,
             params: Vec::new(),
+            skip_own_class: false,
             layers: vec![Layer::Text {
                 style: TextStyle {
                     text,

@@ -275,6 +275,7 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
                 dataset: Some(dataset.clone()),
                 builtin: false,
                 fallback_random: false,
+                fallback_toy: false,
                 report: false,
                 data_root: None,
                 out: out.clone(),

@@ -11,6 +11,7 @@ pub mod probe_cmd;
 pub mod report_cmd;
 pub mod resolve;
 pub mod sweep_cmd;
+pub mod toy_cmd;
 
 use std::io::Write;
 use std::path::Path;
@@ -51,6 +52,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Report(args) => report_cmd::run_report(args),
         Command::Compare(args) => report_cmd::run_compare(args),
         Command::Plan(args) => plan_cmd::run_plan(args),
+        Command::Toy(args) => toy_cmd::run_toy(args),
         Command::Fetch(args) => models_cmd::run_fetch(args),
         Command::Import(args) => models_cmd::run_import(args),
         Command::Embed {

@@ -63,6 +63,9 @@ pub fn run_compare(args: CompareArgs) -> Result<()> {
     if rows.iter().any(|r| r.random) {
         println!("# {}", crate::cli::resolve::RANDOM_WEIGHTS_BANNER);
     }
+    if rows.iter().any(|r| r.toy) {
+        println!("# {}", crate::toy::TOY_BANNER);
+    }
     for r in &rows {
         let pct = |x: Option<crate::metrics::Rate>| {
             x.map(|r| format!("{:.1}%", 100.0 * r.value))

@@ -29,6 +29,8 @@ pub enum ModelSpec {
         /// Pretrained tag.
         tag: String,
     },
+    /// The positive control typoclip trains itself (`typoclip toy train`), in the cache.
+    Toy,
     /// Seeded random weights at the shapes of an open_clip architecture (`ViT-B-32` is GELU,
     /// `ViT-B-32-quickgelu` OpenAI's; `ARCH:TAG` as open_clip builds it for that tag).
     Random {
@@ -40,8 +42,12 @@ pub enum ModelSpec {
 }
 
 impl ModelSpec {
-    /// Parses `random:<arch>[:seed]`, a known name, `ARCH:TAG`, or a path (anything else).
+    /// Parses `toy`, `random:<arch>[:seed]`, a known name, `ARCH:TAG`, or a path (anything
+    /// else).
     pub fn parse(s: &str) -> Result<ModelSpec> {
+        if s == "toy" {
+            return Ok(ModelSpec::Toy);
+        }
         if let Some(rest) = s.strip_prefix("random:") {
             let (arch, seed) = match rest.rsplit_once(':') {
                 Some((a, seed)) if seed.parse::<i64>().is_ok() => (a, seed.parse::<i64>()?),
@@ -121,6 +127,8 @@ pub struct OpenedModel {
     pub spec: String,
     /// True for `random:` weights.
     pub random: bool,
+    /// True for the positive-control toy (`--model toy`, or a folder typoclip trained it into).
+    pub toy: bool,
     /// sha256 of the checkpoint file (none for random weights).
     pub sha256: Option<String>,
     /// Checkpoint format, or `random`.
@@ -199,8 +207,12 @@ impl OpenedModel {
         Ok(())
     }
 
-    /// `Some(banner)` for random weights.
+    /// `Some(banner)` for random weights or the toy: the first line of anything computed
+    /// with them.
     pub fn random_warning(&self) -> Option<String> {
+        if self.toy {
+            return Some(format!("{} (model {})", crate::toy::TOY_BANNER, self.spec));
+        }
         self.random
             .then(|| format!("{RANDOM_WEIGHTS_BANNER} (model {})", self.spec))
     }
@@ -246,6 +258,13 @@ impl OpenedModel {
 
 /// The checkpoint used when `--model` is not given.
 pub const DEFAULT_MODEL: &str = "ViT-B-32";
+
+/// Whether the [`DEFAULT_MODEL`] checkpoint is in the cache.
+pub fn default_model_cached(cache: Option<&std::path::Path>) -> bool {
+    cache_dir(cache)
+        .join(cached_file_name(DEFAULT_MODEL))
+        .exists()
+}
 
 /// Resolves `--model` (default: the cached [`DEFAULT_MODEL`]) and loads it on `--device`.
 pub fn open_model(args: &ModelArgs) -> Result<OpenedModel> {
@@ -297,6 +316,7 @@ pub fn open_model_or_random(args: &ModelArgs, fallback_random: bool) -> Result<O
                 model,
                 spec: format!("random:{arch}:{seed}"),
                 random: true,
+                toy: false,
                 sha256: None,
                 format: "random".into(),
                 path: None,
@@ -304,6 +324,17 @@ pub fn open_model_or_random(args: &ModelArgs, fallback_random: bool) -> Result<O
             });
         }
         ModelSpec::Path(p) => p,
+        ModelSpec::Toy => {
+            let p = crate::toy::cache_folder(&cache_dir(args.cache_dir.as_deref()));
+            if !crate::toy::is_toy_folder(&p) {
+                bail!(
+                    "--model toy: not trained yet ({}); run `typoclip toy train` \
+                     (a few minutes on 2 cores; scripts/setup.sh does it)",
+                    p.display()
+                );
+            }
+            p
+        }
         ModelSpec::Tagged { arch, tag } => {
             let p = cache_dir(args.cache_dir.as_deref())
                 .join("hub")
@@ -347,6 +378,7 @@ pub fn open_model_or_random(args: &ModelArgs, fallback_random: bool) -> Result<O
         sha256_file(&weights).map_err(|e| anyhow!("{}: cannot read: {e}", weights.display()))?;
     Ok(OpenedModel {
         model: loaded.model,
+        toy: crate::toy::is_toy_checkpoint(&path),
         spec: spec_text,
         random: false,
         sha256: Some(sha256),

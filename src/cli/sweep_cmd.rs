@@ -107,10 +107,27 @@ pub fn print_summary(summary: &crate::sweep::SweepSummary, dir: &std::path::Path
     }
 }
 
+/// The positive control's dataset and attack (`--fallback-toy`), relative to the repository.
+pub const TOY_DATASET: &str = "datasets/synthetic.toml";
+/// See [`TOY_DATASET`].
+pub const TOY_ATTACKS: &str = "attacks/toy-labels.toml";
+
 /// Resolves `typoclip sweep`'s arguments into a [`RunSpec`]; every argument that can be
 /// checked without reading files (mode, batch size, precision, defenses, shard) is checked
 /// here.
 pub fn resolve(args: &SweepArgs) -> Result<RunSpec> {
+    let toy = args.fallback_toy
+        && args.model.model.is_none()
+        && !crate::cli::resolve::default_model_cached(args.model.cache_dir.as_deref());
+    if toy {
+        println!(
+            "no {} checkpoint is cached: --fallback-toy runs the positive control instead \
+             (--model toy --dataset {} --attacks {})",
+            crate::cli::resolve::DEFAULT_MODEL,
+            TOY_DATASET,
+            TOY_ATTACKS
+        );
+    }
     let mode = match args.mode.as_str() {
         "zeroshot" => EvalMode::Zeroshot,
         "binary" => EvalMode::Binary,
@@ -128,16 +145,28 @@ pub fn resolve(args: &SweepArgs) -> Result<RunSpec> {
     };
     let spec = RunSpec {
         model: ModelChoice {
-            spec: args.model.model.clone(),
+            spec: if toy {
+                Some("toy".into())
+            } else {
+                args.model.model.clone()
+            },
             arch: args.model.arch.clone(),
             device: args.model.device.clone(),
             cache_dir: args.model.cache_dir.clone(),
             fallback_random: args.fallback_random,
         },
-        dataset: args.dataset.clone(),
+        dataset: if toy {
+            Some(TOY_DATASET.into())
+        } else {
+            args.dataset.clone()
+        },
         data_root: args.data_root.clone(),
         out: args.out.clone(),
-        attacks: args.attacks.clone(),
+        attacks: if toy {
+            Some(TOY_ATTACKS.into())
+        } else {
+            args.attacks.clone()
+        },
         mode,
         labels: args.labels.clone(),
         templates: args.templates.clone(),
@@ -402,6 +431,7 @@ pub fn execute(run: &RunSpec, banner: bool) -> Result<Executed> {
         model: m.spec.clone(),
         model_id: m.cache_id(),
         random_weights: m.random,
+        toy_model: m.toy,
         dataset: descriptor.name.clone(),
         dataset_descriptor: descriptor_text,
         data_root: (descriptor.kind != crate::dataset::descriptor::DatasetKind::Builtin)

@@ -4,7 +4,8 @@
 //! `n<wnid>_…`), `csv` (`path,label[,target]`), `distill_in_the_wild` (`<object>-<text>.jpg`,
 //! `blank` = the clean control: physical attacks already in the photo), `scam` (`index.json`
 //! with NoSCAM / SCAM / SynthSCAM variants paired by image id), `rta100` (`label=X_text=Y`
-//! file names) and `builtin` (the default images). Listing is cheap (paths only); images are
+//! file names), `builtin` (the default images) and `synthetic` (scenes of the toy's world,
+//! rendered once from `seed` and `size`, see [`super::synthetic`]). Listing is cheap (paths only); images are
 //! decoded later, one by one.
 
 use std::path::{Path, PathBuf};
@@ -28,6 +29,8 @@ pub enum DatasetKind {
     Rta100,
     /// The built-in default images.
     Builtin,
+    /// Scenes of the positive control's synthetic world (`seed`, `size`).
+    Synthetic,
 }
 
 /// A dataset descriptor file.
@@ -51,6 +54,12 @@ pub struct DatasetDescriptor {
     /// Licence of the images.
     #[serde(default)]
     pub licence: Option<String>,
+    /// `synthetic`: the seed of the scenes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// `synthetic`: how many scenes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<usize>,
 }
 
 fn default_labels() -> String {
@@ -155,13 +164,36 @@ impl DatasetDescriptor {
                 }
             }
             (None, DatasetKind::Builtin) => PathBuf::new(),
+            (None, DatasetKind::Synthetic) => super::synthetic::default_root(
+                &d.name,
+                d.seed.unwrap_or_default(),
+                d.size.unwrap_or_default(),
+            ),
             (None, _) => return Err(derr(path, "path: required for this kind")),
         };
+        match (d.kind, d.seed, d.size) {
+            (DatasetKind::Synthetic, Some(_), Some(n)) if n > 0 => {}
+            (DatasetKind::Synthetic, _, _) => {
+                return Err(derr(
+                    path,
+                    "seed, size: required (size ≥ 1) for kind = \"synthetic\"",
+                ))
+            }
+            (_, None, None) => {}
+            _ => return Err(derr(path, "seed, size: only for kind = \"synthetic\"")),
+        }
         Ok((d, root))
     }
 
     /// Lists the samples under `root`, sorted by id.
     pub fn samples(&self, root: &Path) -> Result<Vec<Sample>, DatasetError> {
+        if self.kind == DatasetKind::Synthetic {
+            super::synthetic::ensure_rendered(
+                root,
+                self.seed.unwrap_or_default(),
+                self.size.unwrap_or_default(),
+            )?;
+        }
         if self.kind != DatasetKind::Builtin && !root.exists() {
             return Err(derr(
                 root,
@@ -172,7 +204,7 @@ impl DatasetDescriptor {
             ));
         }
         let mut out = match self.kind {
-            DatasetKind::ImageFolder => image_folder(root)?,
+            DatasetKind::ImageFolder | DatasetKind::Synthetic => image_folder(root)?,
             DatasetKind::Csv => csv_list(root)?,
             DatasetKind::DistillInTheWild => distill(root)?,
             DatasetKind::Scam => scam(root)?,
@@ -256,6 +288,8 @@ impl DatasetDescriptor {
                 FolderShape::WnidFiles => "a folder of n<wnid>_<id>_<label> images".into(),
             }),
             licence: None,
+            seed: None,
+            size: None,
         };
         Ok((descriptor, dir.to_path_buf(), shape))
     }

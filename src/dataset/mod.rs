@@ -15,6 +15,7 @@
 //! Like Pillow's `Image.open`, EXIF orientation is not applied.
 
 pub mod descriptor;
+pub mod synthetic;
 
 use std::path::Path;
 

@@ -208,6 +208,11 @@ impl ClipModel {
         self.logit_scale.exp().double_value(&[])
     }
 
+    /// The `logit_scale` parameter itself (log temperature), for training.
+    pub fn logit_scale_tensor(&self) -> &Tensor {
+        &self.logit_scale
+    }
+
     /// The learned logit bias of a sigmoid-scored model (`None`: softmax scoring).
     pub fn logit_bias(&self) -> Option<f64> {
         self.logit_bias.as_ref().map(|b| b.double_value(&[]))

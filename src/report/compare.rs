@@ -229,6 +229,8 @@ pub struct Row {
     pub clean_test: Option<McNemar>,
     /// Random weights.
     pub random: bool,
+    /// The positive-control toy.
+    pub toy: bool,
     /// What differs from the baseline (forced comparisons).
     pub differs: Vec<String>,
     /// Fitted defenses (spec, artifact and calibration split).
@@ -306,6 +308,7 @@ pub fn leaderboard(dirs: &[PathBuf], opts: &CompareOptions) -> Result<Vec<Row>, 
                 .then(|| paired_test(&base.records, &run.records, true))
                 .flatten(),
             random: run.provenance.random_weights,
+            toy: run.provenance.toy_model,
             differs,
             fitted: run
                 .provenance
@@ -367,6 +370,10 @@ pub fn comparison_document(rows: &[Row]) -> Result<Document, ReportError> {
     let mut first = String::new();
     if any_random {
         first.push_str(crate::cli::resolve::RANDOM_WEIGHTS_BANNER);
+        first.push_str(" · ");
+    }
+    if rows.iter().any(|r| r.toy) {
+        first.push_str(crate::toy::TOY_BANNER);
         first.push_str(" · ");
     }
     first.push_str(&format!(
@@ -635,6 +642,9 @@ pub fn write_comparison(dirs: &[PathBuf], opts: &CompareOptions) -> Result<Vec<R
         csv.extend_from_slice(
             format!("# {}\n", crate::cli::resolve::RANDOM_WEIGHTS_BANNER).as_bytes(),
         );
+    }
+    if rows.iter().any(|r| r.toy) {
+        csv.extend_from_slice(format!("# {}\n", crate::toy::TOY_BANNER).as_bytes());
     }
     csv.extend(csv_rows(&rows)?);
     write_file(&opts.out.join("comparison.html"), doc.to_html().as_bytes())?;

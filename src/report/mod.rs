@@ -494,6 +494,10 @@ pub fn first_line(run: &RunData) -> String {
         s.push_str(crate::cli::resolve::RANDOM_WEIGHTS_BANNER);
         s.push_str(" · ");
     }
+    if p.toy_model {
+        s.push_str(crate::toy::TOY_BANNER);
+        s.push_str(" · ");
+    }
     s.push_str(&format!(
         "model {} · dataset {} · n = {} images, {} records · {}",
         p.model,
@@ -599,12 +603,16 @@ pub fn build_report(run: &RunData, opts: &ReportOptions) -> Result<Document, Rep
     Ok(Document {
         title: format!("typoclip report: {}", run.name()),
         first_line: first_line(run),
-        banner: run.provenance.random_weights.then(|| {
-            format!(
-                "{} — these numbers describe random weights and are not findings about CLIP.",
-                run.provenance.banner()
-            )
-        }),
+        banner: if run.provenance.toy_model {
+            run.provenance.caveat()
+        } else {
+            run.provenance.random_weights.then(|| {
+                format!(
+                    "{} — these numbers describe random weights and are not findings about CLIP.",
+                    run.provenance.banner()
+                )
+            })
+        },
         sections,
     })
 }

@@ -72,10 +72,7 @@ impl RunData {
             (s, false)
         } else {
             (
-                SweepSummary::from_records(
-                    provenance.random_weights.then(|| provenance.banner()),
-                    &records,
-                ),
+                SweepSummary::from_records(provenance.caveat(), &records),
                 true,
             )
         };

@@ -82,7 +82,8 @@ impl Cell {
 
 /// Cells of a rendered-attack sweep: every sample × every variant, sample-major, the target
 /// taken from the variant, the per-image seed derived from `seed` and the sample id (so it does
-/// not depend on --limit or --shuffle).
+/// not depend on --limit or --shuffle). A `skip_own_class` variant has no cell for samples whose
+/// true class is its target.
 pub fn rendered_cells(
     samples: &[Sample],
     variants: &[crate::attack::Variant],
@@ -94,6 +95,9 @@ pub fn rendered_cells(
     for s in samples {
         let image_seed = image_seed(&s.id, seed);
         for v in &variants {
+            if v.skip_own_class && s.label.as_deref() == Some(v.target.as_str()) {
+                continue;
+            }
             cells.push(Cell {
                 clean: s.clone(),
                 attacked: s.clone(),
@@ -836,7 +840,7 @@ pub fn write_run_summary(
     provenance: &provenance::Provenance,
     records: &[Record],
 ) -> Result<SweepSummary, SweepError> {
-    let warning = provenance.random_weights.then(|| provenance.banner());
+    let warning = provenance.caveat();
     let probe_view: Option<Vec<Record>> = provenance.linear_probe.as_ref().map(|_| {
         records
             .iter()

@@ -30,6 +30,9 @@ pub struct Provenance {
     pub model_id: String,
     /// True for random weights.
     pub random_weights: bool,
+    /// True for the positive-control toy typoclip trained (`--model toy`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub toy_model: bool,
     /// Dataset name.
     pub dataset: String,
     /// Dataset descriptor file, verbatim.
@@ -150,6 +153,14 @@ impl Provenance {
             crate::cli::resolve::RANDOM_WEIGHTS_BANNER,
             self.model
         )
+    }
+
+    /// The caveat every output of this run starts with: random weights, or the toy.
+    pub fn caveat(&self) -> Option<String> {
+        if self.toy_model {
+            return Some(format!("{} (model {})", crate::toy::TOY_BANNER, self.model));
+        }
+        self.random_weights.then(|| self.banner())
     }
 
     /// Marks the run finished now.

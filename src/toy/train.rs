@@ -1,0 +1,367 @@
+//! Contrastive training of the toy CLIP on the synthetic world, natively in tch: autograd,
+//! AdamW (decoupled weight decay, open_clip's exclusions), linear warm-up then cosine decay,
+//! CLIP's symmetric cross-entropy with a learned temperature clamped at 100.
+//!
+//! Deterministic from its seed: the initial weights come from `tch::manual_seed(seed)`; image
+//! `i` of step `s` is drawn from its own ChaCha stream keyed by `(seed, s, i)`, so batches do not
+//! depend on what ran before. The optimiser is written here (not libtorch's) so its moments can
+//! be checkpointed: `train-state.safetensors` holds every parameter and both moments, written
+//! atomically every `checkpoint_every` steps; a resumed run continues from it and ends with the
+//! same weights as one that was never interrupted (same thread count). The result is an
+//! open_clip folder ([`super::save_folder`]).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use super::world::World;
+use crate::model::ClipModel;
+
+/// What one training run is: the world, the model and the optimiser's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainSettings {
+    /// Seed of the weights and of every batch.
+    pub seed: u64,
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Images (and captions) per step.
+    pub batch: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Linear warm-up steps.
+    pub warmup: usize,
+    /// AdamW weight decay (not on gains, biases, embeddings' scale or the temperature).
+    pub weight_decay: f64,
+    /// Fraction of training scenes with a word written on them.
+    pub word_prob: f64,
+    /// Steps between checkpoints.
+    pub checkpoint_every: usize,
+}
+
+impl Default for TrainSettings {
+    fn default() -> Self {
+        TrainSettings {
+            seed: 0,
+            steps: 400,
+            batch: 128,
+            lr: 1e-3,
+            warmup: 40,
+            weight_decay: 0.1,
+            word_prob: 0.4,
+            checkpoint_every: 50,
+        }
+    }
+}
+
+impl TrainSettings {
+    /// The learning rate at step `s` (0-based): linear warm-up, then cosine to 0.
+    pub fn lr_at(&self, s: usize) -> f64 {
+        if s < self.warmup {
+            return self.lr * (s + 1) as f64 / self.warmup as f64;
+        }
+        let span = (self.steps - self.warmup).max(1) as f64;
+        let t = (s - self.warmup) as f64 / span;
+        0.5 * self.lr * (1.0 + (std::f64::consts::PI * t).cos())
+    }
+
+    /// Rejects settings that cannot train.
+    pub fn validate(&self) -> Result<()> {
+        if self.steps == 0 || self.batch < 2 || self.checkpoint_every == 0 {
+            bail!("toy train: steps and checkpoint_every must be ≥ 1 and batch ≥ 2");
+        }
+        if !(0.0..=1.0).contains(&self.word_prob) || !(self.lr > 0.0) {
+            bail!("toy train: word_prob must be in [0, 1] and lr > 0");
+        }
+        Ok(())
+    }
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainOutcome {
+    /// Mean loss over the last 20 steps.
+    pub final_loss: f64,
+    /// Loss at the first step.
+    pub first_loss: f64,
+    /// Steps run by this process (the rest came from a checkpoint).
+    pub steps_run: usize,
+    /// Wall-clock seconds of this process's steps.
+    pub seconds: f64,
+}
+
+/// A batch: normalised images `[B, 3, n, n]` and caption tokens `[B, L]`.
+pub fn batch(
+    world: &World,
+    settings: &TrainSettings,
+    step: usize,
+    context_length: usize,
+) -> (Tensor, Tensor) {
+    let tok = crate::tokenizer::ClipTokenizer::new();
+    let items: Vec<(Tensor, Vec<i64>)> = (0..settings.batch)
+        .into_par_iter()
+        .map(|i| {
+            let mut rng = ChaCha8Rng::seed_from_u64(stream(settings.seed, step as u64, i as u64));
+            let scene = world.scene(&mut rng);
+            let caption = world.caption(&scene, &mut rng);
+            let img = world.render(&scene);
+            (
+                crate::preprocess::to_normalized_tensor(&img),
+                tok.encode_row(&caption, context_length),
+            )
+        })
+        .collect();
+    let (imgs, rows): (Vec<Tensor>, Vec<Vec<i64>>) = items.into_iter().unzip();
+    (
+        crate::preprocess::batch(&imgs),
+        crate::tokenizer::pad_rows(&rows, context_length),
+    )
+}
+
+/// The seed of item `i` of step `s` of a run seeded `seed`.
+pub fn stream(seed: u64, s: u64, i: u64) -> u64 {
+    let mut x = seed ^ 0x9e37_79b9_7f4a_7c15;
+    for v in [s, i] {
+        x = splitmix(x ^ splitmix(v.wrapping_add(0x632b_e59b_d9b4_e019)));
+    }
+    x
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// AdamW over named parameters, in name order, with its state as tensors.
+struct AdamW {
+    names: Vec<String>,
+    params: Vec<Tensor>,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    decay: Vec<bool>,
+    t: i64,
+}
+
+const BETA1: f64 = 0.9;
+const BETA2: f64 = 0.98;
+const EPS: f64 = 1e-6;
+
+impl AdamW {
+    fn new(model: &ClipModel) -> AdamW {
+        let mut vars: Vec<(String, Tensor)> = model.var_store().variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let decay = vars.iter().map(|(n, p)| decays(n, p)).collect();
+        let m = vars.iter().map(|(_, p)| p.zeros_like()).collect();
+        let v = vars.iter().map(|(_, p)| p.zeros_like()).collect();
+        let (names, params) = vars.into_iter().unzip();
+        AdamW {
+            names,
+            params,
+            m,
+            v,
+            decay,
+            t: 0,
+        }
+    }
+
+    fn step(&mut self, lr: f64, weight_decay: f64) {
+        let _g = tch::no_grad_guard();
+        self.t += 1;
+        let c1 = 1.0 - BETA1.powi(self.t as i32);
+        let c2 = 1.0 - BETA2.powi(self.t as i32);
+        for k in 0..self.params.len() {
+            let p = &mut self.params[k];
+            let g = p.grad();
+            if !g.defined() {
+                continue;
+            }
+            if self.decay[k] {
+                let _ = p.g_mul_scalar_(1.0 - lr * weight_decay);
+            }
+            let _ = self.m[k].g_mul_scalar_(BETA1).g_add_(&(&g * (1.0 - BETA1)));
+            let _ = self.v[k]
+                .g_mul_scalar_(BETA2)
+                .g_add_(&(&g * &g * (1.0 - BETA2)));
+            let denom = (&self.v[k] / c2).sqrt() + EPS;
+            let update = (&self.m[k] / c1) / denom * lr;
+            let _ = p.g_sub_(&update);
+            let _ = p.grad().zero_();
+        }
+    }
+
+    fn state_path(dir: &Path) -> PathBuf {
+        dir.join("train-state.safetensors")
+    }
+
+    fn save(&self, dir: &Path, step: usize, settings: &TrainSettings) -> Result<()> {
+        let mut named: Vec<(String, Tensor)> = Vec::new();
+        for k in 0..self.params.len() {
+            let n = &self.names[k];
+            named.push((format!("param/{n}"), self.params[k].detach()));
+            named.push((format!("m/{n}"), self.m[k].shallow_clone()));
+            named.push((format!("v/{n}"), self.v[k].shallow_clone()));
+        }
+        named.push(("t".into(), Tensor::from(self.t)));
+        named.push(("step".into(), Tensor::from(step as i64)));
+        let tmp = dir.join("train-state.safetensors.tmp");
+        Tensor::write_safetensors(&named, &tmp).context("writing the training checkpoint")?;
+        std::fs::write(
+            dir.join("train-settings.json.tmp"),
+            serde_json::to_string_pretty(settings)?,
+        )?;
+        std::fs::rename(
+            dir.join("train-settings.json.tmp"),
+            dir.join("train-settings.json"),
+        )?;
+        std::fs::rename(&tmp, Self::state_path(dir))?;
+        Ok(())
+    }
+
+    /// Restores a checkpoint; returns the step it was taken after.
+    fn load(&mut self, dir: &Path, settings: &TrainSettings) -> Result<Option<usize>> {
+        let path = Self::state_path(dir);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let sp = dir.join("train-settings.json");
+        let saved: TrainSettings = serde_json::from_str(
+            &std::fs::read_to_string(&sp).with_context(|| format!("{}", sp.display()))?,
+        )
+        .with_context(|| format!("{}: not a toy training settings file", sp.display()))?;
+        if &saved != settings {
+            bail!(
+                "{}: a checkpoint of other settings ({}); use another --out or delete it",
+                path.display(),
+                serde_json::to_string(&saved)?
+            );
+        }
+        let tensors: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&path)
+            .with_context(|| format!("{}: unreadable checkpoint", path.display()))?
+            .into_iter()
+            .collect();
+        let get = |k: &str| {
+            tensors
+                .get(k)
+                .with_context(|| format!("{}: missing {k}", path.display()))
+        };
+        let _g = tch::no_grad_guard();
+        for k in 0..self.params.len() {
+            let n = self.names[k].clone();
+            self.params[k].copy_(get(&format!("param/{n}"))?);
+            self.m[k].copy_(get(&format!("m/{n}"))?);
+            self.v[k].copy_(get(&format!("v/{n}"))?);
+        }
+        self.t = get("t")?.int64_value(&[]);
+        Ok(Some(get("step")?.int64_value(&[]) as usize))
+    }
+}
+
+/// open_clip's weight-decay rule: no decay for gains, biases, LayerNorms, the temperature, or
+/// any tensor of fewer than two dimensions.
+fn decays(name: &str, p: &Tensor) -> bool {
+    !(p.dim() < 2
+        || name.contains("bn")
+        || name.contains("ln")
+        || name.contains("bias")
+        || name.contains("logit_scale"))
+}
+
+/// CLIP's contrastive loss of one batch.
+pub fn loss(model: &ClipModel, images: &Tensor, tokens: &Tensor) -> Tensor {
+    let fi = crate::model::l2_normalize(&model.encode_image(images));
+    let ft = crate::model::l2_normalize(&model.encode_text(tokens));
+    let logits = fi.matmul(&ft.transpose(0, 1)) * model.logit_scale_tensor().exp();
+    let n = images.size()[0];
+    let labels = Tensor::arange(n, (Kind::Int64, images.device()));
+    (logits.cross_entropy_for_logits(&labels)
+        + logits.transpose(0, 1).cross_entropy_for_logits(&labels))
+        / 2.0
+}
+
+/// Scales the residual branches' output projections by `(2·layers)^-½` (open_clip's
+/// `proj_std`), so the freshly built towers start near the identity.
+fn scale_residual_outputs(model: &ClipModel) {
+    let cfg = model.config();
+    let _g = tch::no_grad_guard();
+    for (name, mut t) in model.var_store().variables() {
+        let tower_layers = if name.starts_with("visual.") {
+            match &cfg.vision {
+                crate::model::VisionConfig::VisionTransformer { layers, .. } => *layers,
+                _ => 1,
+            }
+        } else {
+            cfg.text.layers
+        };
+        if name.ends_with("attn.out_proj.weight") || name.ends_with("mlp.c_proj.weight") {
+            let _ = t.g_mul_scalar_((2.0 * tower_layers as f64).powf(-0.5));
+        }
+    }
+}
+
+/// Trains `model` (freshly built from the toy config) in `dir`, resuming from the checkpoint
+/// there when one of the same settings exists. `on_step(step, loss)` is called after each step.
+/// With `stop_after = Some(k)`, stops after `k` steps of this call, checkpointed, and returns
+/// `None` (a later call resumes there).
+pub fn train(
+    model: &ClipModel,
+    world: &World,
+    settings: &TrainSettings,
+    dir: &Path,
+    stop_after: Option<usize>,
+    mut on_step: impl FnMut(usize, f64),
+) -> Result<Option<TrainOutcome>> {
+    settings.validate()?;
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    scale_residual_outputs(model);
+    let mut opt = AdamW::new(model);
+    let start = opt.load(dir, settings)?.unwrap_or(0);
+    let ctx = model.config().text.context_length as usize;
+    let max_scale = 100f64.ln();
+    let t0 = Instant::now();
+    let mut losses = Vec::new();
+    for s in start..settings.steps {
+        let (images, tokens) = batch(world, settings, s, ctx);
+        // The CLI runs under a global no-grad guard; training records.
+        let l = tch::with_grad(|| {
+            let l = loss(model, &images, &tokens);
+            l.backward();
+            l
+        });
+        opt.step(settings.lr_at(s), settings.weight_decay);
+        {
+            let _g = tch::no_grad_guard();
+            let _ = model
+                .logit_scale_tensor()
+                .shallow_clone()
+                .clamp_(0.0, max_scale);
+        }
+        let lv = l.double_value(&[]);
+        if !lv.is_finite() {
+            bail!("toy train: the loss became {lv} at step {s}");
+        }
+        losses.push(lv);
+        on_step(s, lv);
+        let stop = stop_after.is_some_and(|k| losses.len() >= k) && s + 1 < settings.steps;
+        if stop || ((s + 1) % settings.checkpoint_every == 0 && s + 1 < settings.steps) {
+            opt.save(dir, s + 1, settings)?;
+        }
+        if stop {
+            return Ok(None);
+        }
+    }
+    model.weights_changed();
+    let tail = &losses[losses.len().saturating_sub(20)..];
+    Ok(Some(TrainOutcome {
+        final_loss: tail.iter().sum::<f64>() / tail.len().max(1) as f64,
+        first_loss: losses.first().copied().unwrap_or(f64::NAN),
+        steps_run: losses.len(),
+        seconds: t0.elapsed().as_secs_f64(),
+    }))
+}

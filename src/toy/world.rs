@@ -1,0 +1,507 @@
+//! The synthetic world of the positive control: coloured shapes on plain, graded or speckled
+//! backgrounds, some with a word written on them, each with a caption as web alt-text would
+//! transcribe it ("a photo of a red circle with the word 'square' written on it").
+//!
+//! Everything is a pure function of a seed: [`World::scene`] draws a [`Scene`] from an RNG,
+//! [`World::render`] paints it (shapes by exact-coverage scan conversion, words through the
+//! attack renderer's own label and text layers, so training sees the same glyphs as the attacks)
+//! and [`World::caption`] writes its caption.
+
+use std::path::Path;
+
+use ab_glyph::point;
+use ab_glyph_rasterizer::Rasterizer;
+use image::{Rgb, RgbImage};
+use rand::Rng;
+
+use crate::attack::fonts::{FontBook, FontStack};
+use crate::attack::spec::{Align, Layer, Place, Placement, Size, Stage, TextStyle, Variant};
+
+/// The ten classes: shape names, also the zero-shot labels.
+pub const SHAPES: [&str; 10] = [
+    "circle", "square", "triangle", "star", "hexagon", "cross", "diamond", "ring", "crescent",
+    "arrow",
+];
+
+/// Object colours (name, sRGB).
+pub const COLOURS: [(&str, [u8; 3]); 8] = [
+    ("red", [215, 40, 40]),
+    ("green", [40, 165, 60]),
+    ("blue", [40, 80, 215]),
+    ("yellow", [235, 200, 30]),
+    ("purple", [140, 60, 180]),
+    ("orange", [240, 130, 30]),
+    ("black", [25, 25, 25]),
+    ("brown", [125, 80, 40]),
+];
+
+/// Background colours (name, sRGB).
+pub const BACKGROUNDS: [(&str, [u8; 3]); 5] = [
+    ("white", [244, 244, 244]),
+    ("grey", [150, 150, 150]),
+    ("beige", [226, 212, 180]),
+    ("sky", [170, 208, 240]),
+    ("pink", [240, 196, 206]),
+];
+
+/// Words that are not class names, written on some training images so that the model also
+/// sees text that names nothing in the world.
+pub const OTHER_WORDS: [&str; 6] = ["sale", "hello", "open", "stop", "free", "menu"];
+
+/// Fonts words are written in (bundled font names).
+const FONTS: [&str; 3] = ["sans-bold", "serif", "mono"];
+
+/// Background texture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Texture {
+    /// One colour.
+    Plain,
+    /// A vertical gradient to a darker shade.
+    Gradient,
+    /// Speckle noise.
+    Speckle,
+}
+
+/// A word written in a scene.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Word {
+    /// The text.
+    pub text: String,
+    /// Index into the fonts.
+    pub font: usize,
+    /// Font size as a fraction of the image side.
+    pub size_frac: f32,
+    /// On a white paper label (else plain ink on the scene).
+    pub label: bool,
+    /// Ink colour.
+    pub ink: [u8; 3],
+    /// Centre, fractions of the image side.
+    pub at: (f32, f32),
+}
+
+/// One scene: an object, its background and maybe a word.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scene {
+    /// Index into [`SHAPES`]: the class.
+    pub shape: usize,
+    /// Index into [`COLOURS`].
+    pub colour: usize,
+    /// Index into [`BACKGROUNDS`].
+    pub background: usize,
+    /// Background texture.
+    pub texture: Texture,
+    /// Object centre and radius, fractions of the image side.
+    pub centre: (f32, f32),
+    /// Radius as a fraction of the side.
+    pub radius: f32,
+    /// Rotation in radians.
+    pub rotation: f32,
+    /// The word written on the scene, if any.
+    pub word: Option<Word>,
+    /// Seed of the texture noise.
+    pub noise_seed: u64,
+}
+
+impl Scene {
+    /// The object's bounding box as fractions of the image: `[x0, y0, x1, y1]`.
+    pub fn object_box(&self) -> [f32; 4] {
+        let (x, y) = self.centre;
+        let r = self.radius;
+        [x - r, y - r, x + r, y + r]
+    }
+
+    /// "small" or "large".
+    pub fn size_word(&self) -> &'static str {
+        if self.radius < 0.26 {
+            "small"
+        } else {
+            "large"
+        }
+    }
+}
+
+/// The world: image size and how often words appear.
+#[derive(Debug, Clone)]
+pub struct World {
+    /// Image side in pixels.
+    pub size: u32,
+    /// Probability that a training scene carries a word.
+    pub word_prob: f64,
+    fonts: Vec<FontStack>,
+}
+
+impl World {
+    /// A world of `size`-pixel images where a fraction `word_prob` of training scenes carry a word.
+    pub fn new(size: u32, word_prob: f64) -> World {
+        let book = FontBook::global();
+        let fonts = FONTS
+            .iter()
+            .map(|f| {
+                book.stack(f, &[], Path::new("."))
+                    .expect("bundled fonts load")
+            })
+            .collect();
+        World {
+            size,
+            word_prob,
+            fonts,
+        }
+    }
+
+    /// A clean scene (no word).
+    pub fn clean_scene<R: Rng>(&self, rng: &mut R) -> Scene {
+        let shape = rng.gen_range(0..SHAPES.len());
+        let colour = rng.gen_range(0..COLOURS.len());
+        let background = rng.gen_range(0..BACKGROUNDS.len());
+        let texture = match rng.gen_range(0..4) {
+            0 | 1 => Texture::Plain,
+            2 => Texture::Gradient,
+            _ => Texture::Speckle,
+        };
+        let radius = rng.gen_range(0.19..0.33);
+        let centre = (rng.gen_range(0.34..0.66), rng.gen_range(0.34..0.66));
+        let rotation = rng.gen_range(-0.26..0.26);
+        Scene {
+            shape,
+            colour,
+            background,
+            texture,
+            centre,
+            radius,
+            rotation,
+            word: None,
+            noise_seed: rng.gen(),
+        }
+    }
+
+    /// A training scene: clean, or with probability `word_prob` a word (a class name, or now
+    /// and then a word that names nothing) somewhere on it.
+    pub fn scene<R: Rng>(&self, rng: &mut R) -> Scene {
+        let mut s = self.clean_scene(rng);
+        if rng.gen_bool(self.word_prob) {
+            let text = if rng.gen_bool(0.85) {
+                SHAPES[rng.gen_range(0..SHAPES.len())]
+            } else {
+                OTHER_WORDS[rng.gen_range(0..OTHER_WORDS.len())]
+            };
+            s.word = Some(self.word(rng, text));
+        }
+        s
+    }
+
+    /// A random rendering of `text`: font, size, label or plain ink, position.
+    pub fn word<R: Rng>(&self, rng: &mut R, text: &str) -> Word {
+        let label = rng.gen_bool(0.75);
+        let ink = if label || rng.gen_bool(0.5) {
+            [0, 0, 0]
+        } else {
+            [255, 255, 255]
+        };
+        Word {
+            text: text.to_string(),
+            font: rng.gen_range(0..self.fonts.len()),
+            size_frac: rng
+                .gen_range(0.13..0.2f32)
+                .min(1.45 / text.chars().count().max(1) as f32),
+            label,
+            ink,
+            at: (rng.gen_range(0.2..0.8), rng.gen_range(0.15..0.85)),
+        }
+    }
+
+    /// Paints `scene`.
+    pub fn render(&self, scene: &Scene) -> RgbImage {
+        let mut img = self.background(scene);
+        self.paint_object(&mut img, scene);
+        match &scene.word {
+            Some(w) => crate::attack::render(&img, &self.word_variant(w), 0, None).image,
+            None => img,
+        }
+    }
+
+    /// The attack-renderer variant that writes `word`.
+    pub fn word_variant(&self, word: &Word) -> Variant {
+        let style = TextStyle {
+            text: word.text.clone(),
+            fonts: self.fonts[word.font].clone(),
+            size: Size::Frac(word.size_frac),
+            color: word.ink,
+            outline: None,
+            opacity: 1.0,
+            rotation: 0.0,
+            letter_spacing: 0.0,
+            line_spacing: 1.0,
+            align: Align::Center,
+        };
+        let place = Place {
+            placement: Placement::At(word.at.0, word.at.1),
+            margin: 0.02,
+            clamp: true,
+        };
+        let layer = if word.label {
+            Layer::Label {
+                style,
+                place,
+                padding: 0.3,
+                paper: [255, 255, 255],
+                border: None,
+                shadow: None,
+            }
+        } else {
+            Layer::Text { style, place }
+        };
+        Variant {
+            name: format!("word/{}", word.text),
+            attack: "word".into(),
+            case: None,
+            target: word.text.clone(),
+            stage: Stage::Source,
+            seed: 0,
+            params: Vec::new(),
+            layers: vec![layer],
+            skip_own_class: false,
+        }
+    }
+
+    /// The caption of `scene`, one of a few templates chosen by `rng`.
+    pub fn caption<R: Rng>(&self, scene: &Scene, rng: &mut R) -> String {
+        let shape = SHAPES[scene.shape];
+        let colour = COLOURS[scene.colour].0;
+        let bg = BACKGROUNDS[scene.background].0;
+        let size = scene.size_word();
+        let base = match rng.gen_range(0..6) {
+            0 => format!("a photo of a {colour} {shape}"),
+            1 => format!("a {colour} {shape}"),
+            2 => format!("a photo of a {shape}"),
+            3 => format!("a {size} {colour} {shape} on a {bg} background"),
+            4 => format!("a picture of a {size} {shape}"),
+            _ => format!("a photo of a {colour} {shape} on {bg}"),
+        };
+        match &scene.word {
+            None => format!("{base}."),
+            Some(w) => match rng.gen_range(0..3) {
+                0 => format!("{base} with the word '{}' written on it.", w.text),
+                1 => format!("{base} with a label that says '{}'.", w.text),
+                _ => format!("{base} and the text '{}'.", w.text),
+            },
+        }
+    }
+
+    fn background(&self, scene: &Scene) -> RgbImage {
+        let n = self.size;
+        let base = BACKGROUNDS[scene.background].1;
+        let mut noise = rand_chacha::ChaCha8Rng::seed_from_u64(scene.noise_seed);
+        RgbImage::from_fn(n, n, |_, y| {
+            let shade = match scene.texture {
+                Texture::Plain => 1.0,
+                Texture::Gradient => 1.0 - 0.3 * y as f32 / n as f32,
+                Texture::Speckle => 1.0 + noise.gen_range(-0.12f32..0.12),
+            };
+            Rgb(base.map(|c| (c as f32 * shade).round().clamp(0.0, 255.0) as u8))
+        })
+    }
+
+    fn paint_object(&self, img: &mut RgbImage, scene: &Scene) {
+        let n = self.size as f32;
+        let (cx, cy) = (scene.centre.0 * n, scene.centre.1 * n);
+        let r = scene.radius * n;
+        let rot = scene.rotation;
+        let coverage = match SHAPES[scene.shape] {
+            "ring" => {
+                let mut c = self.coverage(&[circle(cx, cy, r)]);
+                let hole = self.coverage(&[circle(cx, cy, 0.55 * r)]);
+                c.iter_mut().zip(hole).for_each(|(a, b)| *a *= 1.0 - b);
+                c
+            }
+            "crescent" => {
+                let mut c = self.coverage(&[circle(cx, cy, r)]);
+                let (dx, dy) = rotate(0.45 * r, -0.15 * r, rot);
+                let bite = self.coverage(&[circle(cx + dx, cy + dy, 0.85 * r)]);
+                c.iter_mut().zip(bite).for_each(|(a, b)| *a *= 1.0 - b);
+                c
+            }
+            "circle" => self.coverage(&[circle(cx, cy, r)]),
+            name => self.coverage(&[polygon(name, cx, cy, r, rot)]),
+        };
+        let ink = COLOURS[scene.colour].1;
+        for (p, &a) in img.pixels_mut().zip(coverage.iter()) {
+            if a > 0.0 {
+                for k in 0..3 {
+                    p.0[k] = (p.0[k] as f32 * (1.0 - a) + ink[k] as f32 * a).round() as u8;
+                }
+            }
+        }
+    }
+
+    /// Exact area coverage (0..=1) of the union of closed contours, row-major.
+    fn coverage(&self, contours: &[Vec<(f32, f32)>]) -> Vec<f32> {
+        let n = self.size as usize;
+        let mut ras = Rasterizer::new(n, n);
+        for c in contours {
+            for i in 0..c.len() {
+                let (a, b) = (c[i], c[(i + 1) % c.len()]);
+                ras.draw_line(point(a.0, a.1), point(b.0, b.1));
+            }
+        }
+        let mut out = vec![0.0f32; n * n];
+        ras.for_each_pixel_2d(|x, y, a| out[y as usize * n + x as usize] = a.clamp(0.0, 1.0));
+        out
+    }
+}
+
+use rand::SeedableRng;
+
+fn rotate(x: f32, y: f32, a: f32) -> (f32, f32) {
+    (x * a.cos() - y * a.sin(), x * a.sin() + y * a.cos())
+}
+
+fn circle(cx: f32, cy: f32, r: f32) -> Vec<(f32, f32)> {
+    (0..64)
+        .map(|i| {
+            let t = i as f32 * std::f32::consts::TAU / 64.0;
+            (cx + r * t.cos(), cy + r * t.sin())
+        })
+        .collect()
+}
+
+/// The outline of a polygonal shape, unit radius points scaled by `r`, rotated by `rot`.
+fn polygon(name: &str, cx: f32, cy: f32, r: f32, rot: f32) -> Vec<(f32, f32)> {
+    use std::f32::consts::{FRAC_PI_2, FRAC_PI_4, PI, TAU};
+    let regular = |k: usize, off: f32| -> Vec<(f32, f32)> {
+        (0..k)
+            .map(|i| {
+                let t = off + TAU * i as f32 / k as f32;
+                (t.cos(), t.sin())
+            })
+            .collect()
+    };
+    let unit: Vec<(f32, f32)> = match name {
+        "square" => regular(4, FRAC_PI_4)
+            .into_iter()
+            .map(|(x, y)| (x * 0.85, y * 0.85))
+            .collect(),
+        "triangle" => regular(3, -FRAC_PI_2)
+            .into_iter()
+            .map(|(x, y)| (x, y + 0.15))
+            .collect(),
+        "hexagon" => regular(6, 0.0),
+        "diamond" => vec![(0.0, -1.0), (0.6, 0.0), (0.0, 1.0), (-0.6, 0.0)],
+        "star" => (0..10)
+            .map(|i| {
+                let t = -FRAC_PI_2 + i as f32 * PI / 5.0;
+                let rr = if i % 2 == 0 { 1.0 } else { 0.45 };
+                (rr * t.cos(), rr * t.sin())
+            })
+            .collect(),
+        "cross" => {
+            let a = 0.33;
+            vec![
+                (-a, -1.0),
+                (a, -1.0),
+                (a, -a),
+                (1.0, -a),
+                (1.0, a),
+                (a, a),
+                (a, 1.0),
+                (-a, 1.0),
+                (-a, a),
+                (-1.0, a),
+                (-1.0, -a),
+                (-a, -a),
+            ]
+        }
+        "arrow" => {
+            let a = 0.3;
+            vec![
+                (-1.0, -a),
+                (0.1, -a),
+                (0.1, -0.75),
+                (1.0, 0.0),
+                (0.1, 0.75),
+                (0.1, a),
+                (-1.0, a),
+            ]
+        }
+        other => unreachable!("not a polygon shape: {other}"),
+    };
+    unit.into_iter()
+        .map(|(x, y)| {
+            let (x, y) = rotate(x * r, y * r, rot);
+            (cx + x, cy + y)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn scenes_are_a_function_of_the_seed() {
+        let w = World::new(64, 0.5);
+        let draw = |seed| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let s = w.scene(&mut rng);
+            (w.render(&s), w.caption(&s, &mut rng))
+        };
+        assert_eq!(draw(3), draw(3));
+        assert_ne!(draw(3).0, draw(4).0);
+    }
+
+    #[test]
+    fn every_shape_paints_its_colour_and_differs_from_the_others() {
+        let w = World::new(64, 0.0);
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut base = w.clean_scene(&mut rng);
+        base.texture = Texture::Plain;
+        base.centre = (0.5, 0.5);
+        base.radius = 0.3;
+        base.rotation = 0.0;
+        let masks: Vec<Vec<bool>> = (0..SHAPES.len())
+            .map(|k| {
+                let img = w.render(&Scene {
+                    shape: k,
+                    ..base.clone()
+                });
+                let bg = BACKGROUNDS[base.background].1;
+                let m: Vec<bool> = img.pixels().map(|p| p.0 != bg).collect();
+                let painted = m.iter().filter(|&&b| b).count();
+                assert!(painted > 200, "{} painted {painted} pixels", SHAPES[k]);
+                m
+            })
+            .collect();
+        for i in 0..masks.len() {
+            for j in i + 1..masks.len() {
+                let diff = masks[i]
+                    .iter()
+                    .zip(&masks[j])
+                    .filter(|(a, b)| a != b)
+                    .count();
+                assert!(diff > 60, "{} vs {}: {diff}", SHAPES[i], SHAPES[j]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_word_is_drawn_and_named_in_the_caption() {
+        let w = World::new(64, 1.0);
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let s = w.scene(&mut rng);
+        let word = s.word.clone().expect("word_prob 1 always writes");
+        let clean = w.render(&Scene {
+            word: None,
+            ..s.clone()
+        });
+        let changed = w
+            .render(&s)
+            .pixels()
+            .zip(clean.pixels())
+            .filter(|(a, b)| a != b)
+            .count();
+        assert!(changed > 40, "the word changed {changed} pixels");
+        let cap = w.caption(&s, &mut rng);
+        assert!(cap.contains(&format!("'{}'", word.text)), "{cap}");
+        assert!(cap.contains(SHAPES[s.shape]), "{cap}");
+    }
+}
