@@ -102,6 +102,7 @@ fn provenance(random: bool, started: &str, finished: &str) -> Provenance {
         attack: spec,
         attack_path: Some("attacks/sweep-size.toml".into()),
         image_size: Some(224),
+        image_transform: None,
         mode: "zeroshot".into(),
         labels: "imagenet".into(),
         labels_hash: "labels".into(),
