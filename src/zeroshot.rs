@@ -417,6 +417,23 @@ pub fn encode_prompts_padded(
     Ok(Tensor::cat(&feats, 0))
 }
 
+/// Refuses CLIP's BPE for a text tower whose vocabulary is not CLIP's 49408 ids (its ids would
+/// fall outside the token embedding); other tokenizers are the model's own.
+pub fn check_vocabulary(
+    model_id: &str,
+    model: &ClipModel,
+    tokenizer: &dyn TextTokenizer,
+) -> Result<(), ZeroShotError> {
+    let vocab = model.config().text.vocab_size;
+    if tokenizer.identity() == "clip-bpe" && vocab != 49408 {
+        return Err(ZeroShotError::Invalid(format!(
+            "{model_id}: text_cfg.vocab_size {vocab}: CLIP's BPE has 49408 ids, and the model's \
+             config names no other tokenizer (hf_tokenizer_name)"
+        )));
+    }
+    Ok(())
+}
+
 /// Class embeddings `[C, D]` (unit rows): per class, the normalised mean of the normalised
 /// template embeddings.
 pub fn class_embeddings(
@@ -628,6 +645,7 @@ impl TextCache {
         labels: LabelSet,
         templates: TemplateSet,
     ) -> Result<(ZeroShotClassifier, CacheOutcome), ZeroShotError> {
+        check_vocabulary(model_id, model, tokenizer)?;
         let model_id = &TextCache::text_id(model_id, tokenizer);
         let key = TextCache::key(model_id, &templates, &labels);
         let (data, meta) = self.paths(&key);

@@ -4,7 +4,8 @@
 //! relative) in `embed`, and `classify` must take it; a text tower with a Hugging Face
 //! `tokenizer.json` must give open_clip's `HFTokenizer` ids and text embeddings in
 //! `embed --text` and a zero-shot classifier; without the tokenizer file, image commands still
-//! work and text commands fail with one line naming the folder and the file.
+//! work and text commands fail with one line naming the folder and the file; CLIP's BPE on a
+//! text tower with another vocabulary is refused in one line.
 
 mod common;
 
@@ -272,4 +273,29 @@ fn missing_tokenizer_fails_only_text_commands() {
         assert!(lines[0].contains(&want), "{}: {stderr}", args[0]);
         assert!(lines[0].contains("missing"), "{stderr}");
     }
+}
+
+/// A text tower whose vocabulary is not CLIP's and whose config names no tokenizer is refused
+/// when text is encoded (CLIP's BPE ids would fall outside its embedding), in one line.
+#[test]
+fn bpe_on_another_vocabulary_is_refused() {
+    let model = common::fixtures().join("tiny-options.open_clip.safetensors");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("t.npy");
+    let o = run_typoclip(
+        &[
+            "embed",
+            "--model",
+            model.to_str().unwrap(),
+            "--text",
+            "a cat",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "typoclip-hub-vocab",
+    );
+    assert!(!o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("text_cfg.vocab_size 1000"), "{stderr}");
 }

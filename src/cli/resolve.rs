@@ -242,7 +242,11 @@ impl OpenedModel {
     /// only commands that encode text call this.
     pub fn tokenizer(&self) -> Result<Box<dyn TextTokenizer>> {
         match &self.tokenizer {
-            TokenizerSource::ClipBpe => Ok(Box::new(crate::tokenizer::ClipTokenizer::new())),
+            TokenizerSource::ClipBpe => {
+                let tok = crate::tokenizer::ClipTokenizer::new();
+                crate::zeroshot::check_vocabulary(&format!("--model {}", self.spec), &self.model, &tok)?;
+                Ok(Box::new(tok))
+            }
             TokenizerSource::HuggingFace {
                 name,
                 dir: Some(dir),
