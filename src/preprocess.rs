@@ -3,6 +3,8 @@
 //! ([`preprocess`]), or as open_clip's eval transform for a [`PreprocessCfg`]
 //! ([`preprocess_with`]: `image_transform_v2(cfg, is_train=False)`, with the tag's mean/std,
 //! `interpolation` bicubic / bilinear and `resize_mode` shortest / squash / longest).
+//! The pipeline calls [`model_input`] / [`model_tensor`] with the model's config: CLIP's path
+//! for OpenAI's geometry (so those inputs never change), open_clip's transform otherwise.
 //!
 //! The resize reproduces Pillow's `ImagingResample` for 8-bit images: separable bicubic
 //! (a = −0.5) or bilinear (triangle) filter whose support widens with the downscale factor

@@ -1,5 +1,5 @@
 //! `typoclip fit projection|heads|prefix`: renders a calibration set (clean images of a dataset
-//! × calibration words × fonts), fits the defense on it and writes the artifact (JSON) that
+//! × calibration words × fonts, through the model's own image transform), fits the defense on it and writes the artifact (JSON) that
 //! `sweep --defense NAME:file=ARTIFACT` reads. The artifact records the calibration split
 //! (image ids and content hashes, words, fonts, seed, model) so sweeps can refuse evaluations
 //! that overlap it.

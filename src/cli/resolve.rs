@@ -1,5 +1,8 @@
 //! Turns raw arguments into typed settings: the model spec (path, cached name, or
-//! `random:<arch>[:seed]`), the device, the cache directory; opens the model.
+//! `random:<arch>[:seed]`), the device, the cache directory; opens the model with what its
+//! folder or tag says about its inputs: the image transform ([`OpenedModel::preprocess`]) and
+//! the tokenizer ([`TokenizerSource`]: CLIP's BPE, or a Hugging Face `tokenizer.json` beside the
+//! weights, read only when text is encoded).
 
 use std::path::PathBuf;
 

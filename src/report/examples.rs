@@ -1,7 +1,7 @@
 //! Example images for a report: picks a deterministic sample of successes and failures from the
 //! records and re-creates their clean and attacked model inputs from the run's provenance (the
-//! dataset descriptor and data folder, the attack spec verbatim, the seed) — rendering is pure,
-//! so the pixels are the ones the model saw.
+//! dataset descriptor and data folder, the attack spec verbatim, the seed, the image
+//! transform) — rendering is pure, so the pixels are the ones the model saw.
 
 use std::collections::HashMap;
 use std::io::Cursor;
