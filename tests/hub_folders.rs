@@ -1,7 +1,8 @@
 //! Models read from hub folders through the CLI, against open_clip given the same folders
 //! (`scripts/reference.py`'s `hub-folders` config): a non-OpenAI `preprocess_cfg` (mean/std 0.5,
 //! bilinear, squash) must give open_clip's pixels (within 1/255) and image embeddings (1e-4
-//! relative) in `embed`, and `classify` must take it; a text tower with a Hugging Face
+//! relative) in `embed`, `classify` must take it, and a sweep must record it in its provenance
+//! and refuse to resume with another; a text tower with a Hugging Face
 //! `tokenizer.json` must give open_clip's `HFTokenizer` ids and text embeddings in
 //! `embed --text` and a zero-shot classifier; without the tokenizer file, image commands still
 //! work and text commands fail with one line naming the folder and the file; CLIP's BPE on a
@@ -298,4 +299,69 @@ fn bpe_on_another_vocabulary_is_refused() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("text_cfg.vocab_size 1000"), "{stderr}");
+}
+
+/// A sweep with a non-OpenAI transform records it in provenance.json, and resuming it after the
+/// folder's `preprocess_cfg` changed (same weights) is refused, naming the transform.
+#[test]
+fn sweep_records_the_transform_and_refuses_another_on_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("model");
+    std::fs::create_dir(&folder).unwrap();
+    let src = fixture().join("hub-preprocess");
+    for f in ["open_clip_config.json", "open_clip_model.safetensors"] {
+        std::fs::copy(src.join(f), folder.join(f)).unwrap();
+    }
+    let photos = dir.path().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    for (i, p) in images().iter().enumerate() {
+        std::fs::copy(p, photos.join(format!("IMG_{i}.png"))).unwrap();
+    }
+    let out = dir.path().join("run");
+    let spec = common::repo().join("attacks/ipod-label.toml");
+    let args = |resume: bool| {
+        let mut a = vec![
+            "sweep",
+            "--model",
+            folder.to_str().unwrap(),
+            "--dataset",
+            photos.to_str().unwrap(),
+            "--attacks",
+            spec.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        if resume {
+            a.push("--resume".into());
+        }
+        a
+    };
+    let run = |a: Vec<String>| {
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        run_typoclip(&refs, "typoclip-hub-sweep")
+    };
+    ok(&run(args(false)));
+    let prov: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("provenance.json")).unwrap())
+            .unwrap();
+    let t = &prov["image_transform"];
+    assert_eq!(t["resize_mode"], "squash", "{prov}");
+    assert_eq!(t["interpolation"], "bilinear", "{prov}");
+    assert_eq!(t["mean"], serde_json::json!([0.5, 0.5, 0.5]), "{prov}");
+    // The same inputs resume.
+    ok(&run(args(true)));
+    // Another transform in the folder, same weights: refused.
+    let cfg_path = folder.join("open_clip_config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["preprocess_cfg"]["interpolation"] = "bicubic".into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let o = run(args(true));
+    assert_eq!(o.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("image transform differs"), "{stderr}");
 }
