@@ -32,14 +32,14 @@ fn main() {
         .take(classes)
         .flat_map(|c| templates.fill(&c.name))
         .collect();
-    let _ = encode_prompts(&model, &tok, &prompts[..32], 256);
+    let _ = encode_prompts(&model, &tok, &prompts[..32], 256).unwrap();
     let start = Instant::now();
-    let fast = encode_prompts(&model, &tok, &prompts, 256);
+    let fast = encode_prompts(&model, &tok, &prompts, 256).unwrap();
     let secs = start.elapsed().as_secs_f64();
     println!("{{\"impl\": \"typoclip\", \"mode\": \"sorted\", \"prompts\": {}, \"prompts_per_s\": {:.2}}}", prompts.len(), prompts.len() as f64 / secs);
     let check = 64.min(prompts.len());
     let start = Instant::now();
-    let padded = encode_prompts_padded(&model, &tok, &prompts[..check], 64);
+    let padded = encode_prompts_padded(&model, &tok, &prompts[..check], 64).unwrap();
     let secs = start.elapsed().as_secs_f64();
     let diff = f64::try_from((fast.narrow(0, 0, check as i64) - &padded).abs().max()).unwrap();
     println!("{{\"impl\": \"typoclip\", \"mode\": \"padded\", \"prompts\": {check}, \"prompts_per_s\": {:.2}, \"max_abs_diff_vs_sorted\": {diff:.3e}}}", check as f64 / secs);

@@ -19,6 +19,10 @@ present, preprocess.safetensors (CLIP's PIL + torchvision transform of real phot
 transform for each (interpolation, resize_mode) pair on generated odd-aspect PNGs and, when
 present, a few shared photos.
 
+The `hub-folders` config writes hub-style model folders (a non-OpenAI `preprocess_cfg`; a text
+tower with a Hugging Face tokenizer.json) with open_clip's transform, HFTokenizer ids and
+features (see `hub_folders_fixture`).
+
 The `decode` config writes image files and the RGB bytes Pillow decodes them to
 (`Image.open(p).convert("RGB")`, open_clip's first step), listed in decode.json: CMYK JPEGs that
 Pillow writes (Adobe marker, transform 0), one with its Adobe marker removed, one made from a
@@ -31,6 +35,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import sys
 
 import numpy as np
@@ -71,6 +76,15 @@ TINY = {
                         act_kwargs={"approximate": "tanh"}),
         text_cfg=dict(context_length=16, vocab_size=500, width=128, heads=2, layers=2,
                       pool_type="eos", eos_id=3, proj_type="none"),
+    ),
+    # A text tower that takes a Hugging Face tokenizer (the WordPiece `tokenizer.json` that
+    # `hub-folders` trains), pooled at the last position (pads included), as SigLIP's.
+    "tiny-hf-text": dict(
+        embed_dim=64, quick_gelu=True,
+        vision_cfg=dict(image_size=64, layers=2, width=128, patch_size=16),
+        text_cfg=dict(context_length=24, vocab_size=640, width=128, heads=2, layers=2,
+                      hf_tokenizer_name="typoclip-test/wordpiece",
+                      tokenizer_kwargs={"clean": "lower"}, pool_type="last"),
     ),
 }
 # Fixture name -> open_clip architecture. The OpenAI-sized fixtures stand for OpenAI's files
@@ -413,6 +427,75 @@ def preprocess_modes_fixture(out_dir, data_dir):
           file=sys.stderr)
 
 
+HUB_PREPROCESS = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bilinear",
+                  "resize_mode": "squash"}
+HF_PROMPTS = ["a photo of a cat.", "iPod", "", "A piggy bank covered in $$$", "Granny Smith apple",
+              "東京 café naïve", " ".join(["typographic attack"] * 30)]
+
+
+def hub_folders_fixture(out_dir, seed):
+    """Hub-style model folders and what open_clip computes from them:
+
+      hub-preprocess/   tiny-vit with a non-OpenAI `preprocess_cfg` (mean/std 0.5, bilinear,
+                        squash); hub-folders.safetensors holds open_clip's transform of the
+                        generated hub-*.png (`pre/<i>`) and their image features
+      hub-hf-text/      tiny-hf-text (its text tower takes `hf_tokenizer_name`) with the
+                        WordPiece tokenizer.json + tokenizer_config.json trained here; the
+                        safetensors holds open_clip's `HFTokenizer` ids of HF_PROMPTS
+                        (`hf_tokens`) and their text features (`hf_text_features`)
+    hub-folders.json lists the images and prompts."""
+    from PIL import Image
+    from open_clip.tokenizer import HFTokenizer
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import reference_hf_tokenizer as rht
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for w, h in [(97, 61), (40, 130), (64, 64), (300, 1000)]:
+        y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+        planes = [255 * x / max(w - 1, 1), 127.5 + 127.5 * np.sin(x / 3.0 + y / 5.0),
+                  255.0 * ((x // 4 + y // 6) % 2)]
+        a = np.stack(planes, -1) + rng.normal(0, 25, (h, w, 3))
+        path = os.path.join(out_dir, f"hub-{w}x{h}.png")
+        Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "RGB").save(path)
+        paths.append(os.path.abspath(path))
+    tensors = {}
+
+    def folder(name, fixture, preprocess_cfg):
+        model, _ = make_model(fixture, seed)
+        d = os.path.join(out_dir, name)
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "open_clip_config.json"), "w") as f:
+            json.dump({"model_cfg": model_cfg(fixture), "preprocess_cfg": preprocess_cfg}, f, indent=1)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                  os.path.join(d, "open_clip_model.safetensors"))
+        return model, d
+
+    model, _ = folder("hub-preprocess", "tiny-vit", HUB_PREPROCESS)
+    transform = image_transform_v2(PreprocessCfg(**{**HUB_PREPROCESS, "size": 64}), is_train=False)
+    pre = [transform(Image.open(p)) for p in paths]
+    for i, t in enumerate(pre):
+        tensors[f"pre/{i}"] = t.contiguous()
+    with torch.no_grad():
+        tensors["image_features"] = model.encode_image(torch.stack(pre)).contiguous()
+
+    model, d = folder("hub-hf-text", "tiny-hf-text", {})
+    rht.train_wordpiece(rht.training_corpus(random.Random(seed)), d)
+    shutil.rmtree(d + "-cased")
+    tcfg = model_cfg("tiny-hf-text")["text_cfg"]
+    tok = HFTokenizer(d, context_length=tcfg["context_length"], **tcfg["tokenizer_kwargs"])
+    ids = tok(HF_PROMPTS)
+    assert int(ids.max()) < tcfg["vocab_size"]
+    with torch.no_grad():
+        tensors["hf_tokens"] = ids.long().contiguous()
+        tensors["hf_text_features"] = model.encode_text(ids).contiguous()
+    save_file(tensors, os.path.join(out_dir, "hub-folders.safetensors"))
+    with open(os.path.join(out_dir, "hub-folders.json"), "w") as f:
+        json.dump({"images": paths, "prompts": HF_PROMPTS, "preprocess_cfg": HUB_PREPROCESS}, f)
+    print("reference: hub-folders fixture written", file=sys.stderr)
+
+
 def _without_app14(data):
     """The same JPEG without its Adobe (APP14) segment: libjpeg then reads plain CMYK."""
     out, i = bytearray(data[:2]), 2
@@ -529,6 +612,8 @@ def main():
             preprocess_modes_fixture(args.out, args.data)
         elif name == "decode":
             decode_fixture(args.out, args.data)
+        elif name == "hub-folders":
+            hub_folders_fixture(args.out, args.seed)
         else:
             export(name, args.out, args.seed)
 

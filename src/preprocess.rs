@@ -3,6 +3,8 @@
 //! ([`preprocess`]), or as open_clip's eval transform for a [`PreprocessCfg`]
 //! ([`preprocess_with`]: `image_transform_v2(cfg, is_train=False)`, with the tag's mean/std,
 //! `interpolation` bicubic / bilinear and `resize_mode` shortest / squash / longest).
+//! The pipeline calls [`model_input`] / [`model_tensor`] with the model's config: CLIP's path
+//! for OpenAI's geometry (so those inputs never change), open_clip's transform otherwise.
 //!
 //! The resize reproduces Pillow's `ImagingResample` for 8-bit images: separable bicubic
 //! (a = −0.5) or bilinear (triangle) filter whose support widens with the downscale factor
@@ -507,6 +509,38 @@ impl PreprocessCfg {
         PreprocessCfg::for_model(model, Some(&object))
     }
 
+    /// OpenAI's transform at a square input side `n_px` (what a model without a config of
+    /// its own, or the standalone `render --n-px`, uses).
+    pub fn square(n_px: u32) -> PreprocessCfg {
+        PreprocessCfg {
+            size: (n_px, n_px),
+            ..PreprocessCfg::default()
+        }
+    }
+
+    /// One line naming the transform (`bicubic shortest 224x224 mean [..] std [..]`), as
+    /// provenance records it.
+    pub fn describe(&self) -> String {
+        let mode = match self.resize_mode {
+            ResizeMode::Shortest => "shortest",
+            ResizeMode::Squash => "squash",
+            ResizeMode::Longest => "longest",
+        };
+        let interp = match self.interpolation {
+            Interpolation::Bicubic => "bicubic",
+            Interpolation::Bilinear => "bilinear",
+        };
+        let fill = if self.resize_mode == ResizeMode::Longest {
+            format!(" fill {}", self.fill_color)
+        } else {
+            String::new()
+        };
+        format!(
+            "{interp} {mode} {}x{}{fill} mean {:?} std {:?}",
+            self.size.0, self.size.1, self.mean, self.std
+        )
+    }
+
     /// The mean as the `f32` torchvision's `Normalize` subtracts.
     pub fn mean_f32(&self) -> [f32; 3] {
         self.mean.map(|x| x as f32)
@@ -599,6 +633,56 @@ pub fn resize_and_crop_with(img: &RgbImage, cfg: &PreprocessCfg) -> RgbImage {
             let (rw, rh) = keep_ratio_size(img.width(), img.height(), cfg.size, true);
             let resized = resize(img, rw, rh, cfg.interpolation);
             center_crop_or_pad(&resized, w, h, cfg.fill_color)
+        }
+    }
+}
+
+/// True when `cfg` resizes as CLIP's own transform does: bicubic, shorter side to a square
+/// size, centre crop (OpenAI's geometry, whatever the mean/std).
+pub fn is_clip_geometry(cfg: &PreprocessCfg) -> bool {
+    cfg.interpolation == Interpolation::Bicubic
+        && cfg.resize_mode == ResizeMode::Shortest
+        && cfg.size.0 == cfg.size.1
+}
+
+/// The 8-bit model input the pipeline feeds a model trained with `cfg` (sweeps, classify,
+/// embed, attack renders, calibration, probes): for CLIP's geometry exactly
+/// [`resize_and_crop`] (so OpenAI models' inputs are unchanged), otherwise
+/// [`resize_and_crop_with`] (open_clip's eval transform for the mode).
+pub fn model_input(img: &RgbImage, cfg: &PreprocessCfg) -> RgbImage {
+    if is_clip_geometry(cfg) {
+        resize_and_crop(img, cfg.size.0)
+    } else {
+        resize_and_crop_with(img, cfg)
+    }
+}
+
+/// [`model_input`] then `cfg`'s normalisation: the model's input tensor `[3, H, W] f32`.
+pub fn model_tensor(img: &RgbImage, cfg: &PreprocessCfg) -> Tensor {
+    to_normalized_tensor_with(&model_input(img, cfg), cfg)
+}
+
+/// Where a `width × height` image lands in [`model_input`]'s output: the resized size
+/// `(rw, rh)` and the offset `(left, top)` of the output's corner in the resized image
+/// (negative where `longest` pads).
+pub fn input_geometry(width: u32, height: u32, cfg: &PreprocessCfg) -> (u32, u32, f64, f64) {
+    let (h, w) = cfg.size;
+    let offset = |r: u32, n: u32| ((r as f64 - n as f64) / 2.0).round_ties_even();
+    match cfg.resize_mode {
+        ResizeMode::Shortest if h == w => {
+            let (rw, rh) = resized_size(width, height, h);
+            (rw, rh, offset(rw, w), offset(rh, h))
+        }
+        ResizeMode::Shortest => {
+            let (rw, rh) = keep_ratio_size(width, height, cfg.size, false);
+            (rw, rh, offset(rw, w), offset(rh, h))
+        }
+        ResizeMode::Squash => (w, h, 0.0, 0.0),
+        ResizeMode::Longest => {
+            let (rw, rh) = keep_ratio_size(width, height, cfg.size, true);
+            // center_crop_or_pad: `d // 2` padding before.
+            let pad = |r: u32, n: u32| -(((n.saturating_sub(r)) / 2) as f64);
+            (rw, rh, pad(rw, w), pad(rh, h))
         }
     }
 }

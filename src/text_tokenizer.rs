@@ -24,6 +24,13 @@ pub trait TextTokenizer {
     /// The id padding fills rows with.
     fn pad_id(&self) -> i64;
 
+    /// The row of `text` without its padding, when padding with 0 to any width gives the text
+    /// tower the same result as the full row (CLIP's BPE: rows end at the end-of-text token, the
+    /// pad id is 0); `None`: only full rows ([`TextTokenizer::tokenize_rows`]) are valid.
+    fn unpadded_row(&self, _text: &str, _context_length: usize) -> Option<Vec<i64>> {
+        None
+    }
+
     /// What identifies this tokenizer in caches and provenance (`clip-bpe`, or the
     /// `tokenizer.json` digest with the cleaning options).
     fn identity(&self) -> String;
@@ -58,6 +65,10 @@ impl TextTokenizer for ClipTokenizer {
 
     fn pad_id(&self) -> i64 {
         0
+    }
+
+    fn unpadded_row(&self, text: &str, context_length: usize) -> Option<Vec<i64>> {
+        Some(self.encode_row(text, context_length))
     }
 
     fn identity(&self) -> String {

@@ -5,9 +5,11 @@
 //! For each class, every template is filled with the class name and encoded; the embeddings are
 //! L2-normalised, averaged and re-normalised. Logits are `exp(logit_scale) · cos(image, class)`.
 //!
-//! Text encoding is fast: prompts are sorted by token length and each batch is cut to its
-//! longest prompt. Under the causal mask the end-of-text features do not depend on the padding,
-//! so the result equals the padded-to-77 computation (tested to 1e-4).
+//! Prompts go through the model's tokenizer ([`TextTokenizer`]: CLIP's BPE, or a Hugging Face
+//! `tokenizer.json`) at the text config's context length. With CLIP's BPE text encoding is
+//! fast: prompts are sorted by token length and each batch is cut to its longest prompt. Under
+//! the causal mask the end-of-text features do not depend on the padding, so the result equals
+//! the padded-to-77 computation (tested to 1e-4). Other tokenizers pad every row, as open_clip.
 //!
 //! Template sets and label sets ship as data (`datasets/templates/*.txt`,
 //! `datasets/labels/imagenet.tsv`), compiled into the binary. Pure except for [`TextCache`].
@@ -18,7 +20,8 @@ use sha2::{Digest, Sha256};
 use tch::{Kind, Tensor};
 
 use crate::model::{l2_normalize, ClipModel};
-use crate::tokenizer::{pad_rows, ClipTokenizer};
+use crate::text_tokenizer::TextTokenizer;
+use crate::tokenizer::pad_rows;
 
 /// Errors of the zero-shot stage; each names its source (file or set) and line where known.
 #[derive(Debug, thiserror::Error)]
@@ -331,23 +334,33 @@ impl LabelSet {
     }
 }
 
-/// Encodes prompts, sorted by token length, each batch cut to its longest prompt (where the
-/// text tower allows it, [`ClipModel::text_accepts_unpadded`]; otherwise every row is padded to
-/// the context length, as open_clip does). Returns `[N, D]` in the input order, not normalised.
+fn tokenizer_error(e: crate::hf_tokenizer::HfTokenizerError) -> ZeroShotError {
+    ZeroShotError::Invalid(e.to_string())
+}
+
+/// Encodes prompts with the model's tokenizer at the text config's context length. Where the
+/// tokenizer gives rows that may be cut ([`TextTokenizer::unpadded_row`], CLIP's BPE) and the
+/// text tower allows it ([`ClipModel::text_accepts_unpadded`]), prompts are sorted by token
+/// length and each batch is cut to its longest prompt; otherwise every row is padded to the
+/// context length, as open_clip does. Returns `[N, D]` in the input order, not normalised.
 pub fn encode_prompts(
     model: &ClipModel,
-    tokenizer: &ClipTokenizer,
+    tokenizer: &dyn TextTokenizer,
     prompts: &[String],
     batch_size: usize,
-) -> Tensor {
+) -> Result<Tensor, ZeroShotError> {
     let ctx = model.config().text.context_length as usize;
-    if !model.text_accepts_unpadded() {
+    let rows: Option<Vec<Vec<i64>>> = if model.text_accepts_unpadded() {
+        prompts
+            .iter()
+            .map(|p| tokenizer.unpadded_row(p, ctx))
+            .collect()
+    } else {
+        None
+    };
+    let Some(rows) = rows else {
         return encode_prompts_padded(model, tokenizer, prompts, batch_size);
-    }
-    let rows: Vec<Vec<i64>> = prompts
-        .iter()
-        .map(|p| tokenizer.encode_row(p, ctx))
-        .collect();
+    };
     let mut order: Vec<usize> = (0..rows.len()).collect();
     order.sort_by_key(|&i| rows[i].len());
     let mut out: Vec<Option<Tensor>> = (0..rows.len()).map(|_| None).collect();
@@ -366,54 +379,81 @@ pub fn encode_prompts(
         .map(|t| t.expect("every prompt encoded"))
         .collect();
     if out.is_empty() {
-        return Tensor::zeros(
+        return Ok(Tensor::zeros(
             [0, model.config().embed_dim],
             (Kind::Float, tch::Device::Cpu),
-        );
+        ));
     }
-    Tensor::stack(&out, 0)
+    Ok(Tensor::stack(&out, 0))
 }
 
-/// The straightforward computation (every prompt padded to the context length), as open_clip
-/// does it: the reference for [`encode_prompts`].
+/// The straightforward computation (every prompt padded to the context length with the
+/// tokenizer's pad id), as open_clip does it: the reference for [`encode_prompts`].
 pub fn encode_prompts_padded(
     model: &ClipModel,
-    tokenizer: &ClipTokenizer,
+    tokenizer: &dyn TextTokenizer,
     prompts: &[String],
     batch_size: usize,
-) -> Tensor {
+) -> Result<Tensor, ZeroShotError> {
     let ctx = model.config().text.context_length as usize;
-    let feats: Vec<Tensor> = prompts
-        .chunks(batch_size.max(1))
-        .map(|chunk| {
+    let mut feats = Vec::new();
+    for chunk in prompts.chunks(batch_size.max(1)) {
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        let ids = tokenizer
+            .tokenize_tensor(&refs, ctx)
+            .map_err(tokenizer_error)?;
+        feats.push(
             model
-                .encode_text(&tokenizer.tokenize(chunk, ctx))
-                .to_device(tch::Device::Cpu)
-        })
-        .collect();
-    Tensor::cat(&feats, 0)
+                .encode_text(&ids.to_device(model.device()))
+                .to_device(tch::Device::Cpu),
+        );
+    }
+    if feats.is_empty() {
+        return Ok(Tensor::zeros(
+            [0, model.config().embed_dim],
+            (Kind::Float, tch::Device::Cpu),
+        ));
+    }
+    Ok(Tensor::cat(&feats, 0))
+}
+
+/// Refuses CLIP's BPE for a text tower whose vocabulary is not CLIP's 49408 ids (its ids would
+/// fall outside the token embedding); other tokenizers are the model's own.
+pub fn check_vocabulary(
+    model_id: &str,
+    model: &ClipModel,
+    tokenizer: &dyn TextTokenizer,
+) -> Result<(), ZeroShotError> {
+    let vocab = model.config().text.vocab_size;
+    if tokenizer.identity() == "clip-bpe" && vocab != 49408 {
+        return Err(ZeroShotError::Invalid(format!(
+            "{model_id}: text_cfg.vocab_size {vocab}: CLIP's BPE has 49408 ids, and the model's \
+             config names no other tokenizer (hf_tokenizer_name)"
+        )));
+    }
+    Ok(())
 }
 
 /// Class embeddings `[C, D]` (unit rows): per class, the normalised mean of the normalised
 /// template embeddings.
 pub fn class_embeddings(
     model: &ClipModel,
-    tokenizer: &ClipTokenizer,
+    tokenizer: &dyn TextTokenizer,
     labels: &LabelSet,
     templates: &TemplateSet,
     batch_size: usize,
-) -> Tensor {
+) -> Result<Tensor, ZeroShotError> {
     let prompts: Vec<String> = labels
         .classes
         .iter()
         .flat_map(|c| templates.fill(&c.name))
         .collect();
-    let feats = l2_normalize(&encode_prompts(model, tokenizer, &prompts, batch_size));
+    let feats = l2_normalize(&encode_prompts(model, tokenizer, &prompts, batch_size)?);
     let t = templates.templates.len() as i64;
     let per_class = feats
         .view([labels.len() as i64, t, -1])
         .mean_dim(1, false, None);
-    l2_normalize(&per_class)
+    Ok(l2_normalize(&per_class))
 }
 
 /// A zero-shot classifier: class embeddings plus the model's temperature.
@@ -436,18 +476,18 @@ impl ZeroShotClassifier {
     /// Builds the classifier by encoding every (class, template) prompt.
     pub fn build(
         model: &ClipModel,
-        tokenizer: &ClipTokenizer,
+        tokenizer: &dyn TextTokenizer,
         labels: LabelSet,
         templates: TemplateSet,
-    ) -> ZeroShotClassifier {
-        let weights = class_embeddings(model, tokenizer, &labels, &templates, 256);
-        ZeroShotClassifier {
+    ) -> Result<ZeroShotClassifier, ZeroShotError> {
+        let weights = class_embeddings(model, tokenizer, &labels, &templates, 256)?;
+        Ok(ZeroShotClassifier {
             weights,
             logit_scale: model.logit_scale_exp(),
             logit_bias: model.logit_bias(),
             labels,
             templates,
-        }
+        })
     }
 
     /// `softmax` or `sigmoid`: how [`Self::probs`] turns logits into probabilities.
@@ -504,7 +544,8 @@ impl ZeroShotClassifier {
     }
 }
 
-/// On-disk cache of class embeddings, keyed by (model id, template set hash, label set hash).
+/// On-disk cache of class embeddings, keyed by (model id and tokenizer identity, template set
+/// hash, label set hash).
 /// A missing, corrupt or stale entry is rebuilt.
 #[derive(Debug, Clone)]
 pub struct TextCache {
@@ -584,22 +625,28 @@ impl TextCache {
         (tensor_sha256(&w) == meta.data_sha256).then_some((w, meta.logit_scale, meta.logit_bias))
     }
 
-    /// Loads the classifier for (model_id, templates, labels) or builds and stores it.
+    /// The cache id of a model's classifiers with `tokenizer`: the model id for CLIP's BPE
+    /// (`clip-bpe`, the entries made before other tokenizers were wired), else the model id and
+    /// the tokenizer's identity ([`TextTokenizer::identity`]: its files' digest and options).
+    pub fn text_id(model_id: &str, tokenizer: &dyn TextTokenizer) -> String {
+        match tokenizer.identity() {
+            id if id == "clip-bpe" => model_id.to_string(),
+            id => format!("{model_id}+{id}"),
+        }
+    }
+
+    /// Loads the classifier for (model_id, tokenizer, templates, labels) or builds and stores
+    /// it (keyed by [`TextCache::text_id`]).
     pub fn load_or_build(
         &self,
         model_id: &str,
         model: &ClipModel,
-        tokenizer: &ClipTokenizer,
+        tokenizer: &dyn TextTokenizer,
         labels: LabelSet,
         templates: TemplateSet,
     ) -> Result<(ZeroShotClassifier, CacheOutcome), ZeroShotError> {
-        let vocab = model.config().text.vocab_size;
-        if vocab != 49408 {
-            return Err(ZeroShotError::Invalid(format!(
-                "{model_id}: text_cfg.vocab_size {vocab}: this model's tokenizer is not CLIP's BPE \
-                 (49408 ids), and its own tokenizer is not wired into text encoding yet"
-            )));
-        }
+        check_vocabulary(model_id, model, tokenizer)?;
+        let model_id = &TextCache::text_id(model_id, tokenizer);
         let key = TextCache::key(model_id, &templates, &labels);
         let (data, meta) = self.paths(&key);
         if let Some((weights, logit_scale, logit_bias)) = self.try_load(&key, &labels) {
@@ -615,7 +662,7 @@ impl TextCache {
             ));
         }
         let existed = data.exists() || meta.exists();
-        let clf = ZeroShotClassifier::build(model, tokenizer, labels, templates);
+        let clf = ZeroShotClassifier::build(model, tokenizer, labels, templates)?;
         self.store(&key, model_id, &clf)?;
         Ok((
             clf,

@@ -19,6 +19,7 @@ use std::process::Command;
 use image::{Rgb, RgbImage};
 use sha2::{Digest, Sha256};
 use typoclip::attack::{render, render_for_model, spec_files, AttackSpec, Stage};
+use typoclip::preprocess::PreprocessCfg;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -115,7 +116,7 @@ fn every_shipped_variant_renders_and_changes_pixels() {
     let img = picture(160, 120);
     for (p, s) in shipped() {
         for v in &s.variants {
-            let m = render_for_model(&img, v, 224, 7, None);
+            let m = render_for_model(&img, v, &PreprocessCfg::square(224), 7, None);
             let r = &m.rendered;
             assert!((0.0..=1.0).contains(&r.l0_fraction));
             assert_eq!(m.attacked_input.dimensions(), (224, 224));
@@ -161,7 +162,11 @@ fn distill_label_size_matches_the_published_l0_of_ipod() {
         assert_eq!(vs.len(), 8);
         let mean = vs
             .iter()
-            .map(|v| render_for_model(&img, v, 224, 0, None).rendered.l0_fraction)
+            .map(|v| {
+                render_for_model(&img, v, &PreprocessCfg::square(224), 0, None)
+                    .rendered
+                    .l0_fraction
+            })
             .sum::<f64>()
             / 8.0;
         if case == "iPod" {
@@ -187,7 +192,7 @@ fn golden_hashes() {
         let stem = p.file_stem().unwrap().to_string_lossy().into_owned();
         let n = s.variants.len();
         for v in [&s.variants[0], &s.variants[n - 1]] {
-            let m = render_for_model(&img, v, 64, 1, None);
+            let m = render_for_model(&img, v, &PreprocessCfg::square(64), 1, None);
             let key = format!("{stem}::{}", v.name);
             got.insert(
                 key,

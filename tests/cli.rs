@@ -306,10 +306,11 @@ fn readme_first_command_sweeps_and_reports_the_builtin_images() {
     );
 }
 
-/// A model trained with another image transform (its folder's `preprocess_cfg` says squash) is
-/// refused by the image commands, naming what differs; `info` still describes it.
+/// A model trained with another image transform (its folder's `preprocess_cfg` says squash,
+/// mean 0.5) is run with that transform: `classify` takes it, and `embed` gives other
+/// embeddings than the same weights with OpenAI's transform; `info` describes it.
 #[test]
-fn other_image_transforms_are_refused_not_computed() {
+fn other_image_transforms_are_applied() {
     let dir = tempfile::tempdir().unwrap();
     let weights = dir.path().join("squash.safetensors");
     std::fs::copy(fixtures().join("tiny-vit.open_clip.safetensors"), &weights).unwrap();
@@ -334,7 +335,29 @@ fn other_image_transforms_are_refused_not_computed() {
         "cat,dog",
         img.to_str().unwrap(),
     ]);
-    assert_one_line_error(&out, &["another image transform", "squash"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let embed = |model: &str, name: &str| {
+        let npy = dir.path().join(name);
+        let o = typoclip(&[
+            "embed",
+            "--model",
+            model,
+            "--out",
+            npy.to_str().unwrap(),
+            img.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        read_npy_f32(&npy).1
+    };
+    let plain = fixtures().join("tiny-vit.open_clip.safetensors");
+    assert_ne!(
+        embed(w, "squash.npy"),
+        embed(plain.to_str().unwrap(), "plain.npy")
+    );
     let o = typoclip(&["info", "--model", w]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }

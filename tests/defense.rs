@@ -294,7 +294,13 @@ fn oracle_masking_restores_the_clean_image() {
         let spec =
             typoclip::attack::AttackSpec::load(&common::repo().join("attacks").join(spec)).unwrap();
         let v = &spec.variants[0];
-        let r = typoclip::attack::render_for_model(&photo, v, 64, 3, None);
+        let r = typoclip::attack::render_for_model(
+            &photo,
+            v,
+            &typoclip::preprocess::PreprocessCfg::square(64),
+            3,
+            None,
+        );
         let mask = typoclip::defense::mask::oracle_mask(&r);
         // The mask covers every changed model-input pixel.
         for (x, y, p) in r.attacked_input.enumerate_pixels() {

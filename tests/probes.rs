@@ -145,7 +145,7 @@ fn concept_arithmetic_equals_python() {
     assert_eq!(terms[2].weight, -1.0);
     let names: Vec<String> = terms.iter().map(|t| t.concept.clone()).collect();
     let bare = concepts::template_set("{}").unwrap();
-    let emb = concepts::concept_embeddings(&m, &tok, &names, &bare);
+    let emb = concepts::concept_embeddings(&m, &tok, &names, &bare).unwrap();
     assert!(max_abs_diff(&emb, &t["concept_embeddings"]) < 1e-4);
     let v = concepts::combine(&terms, &emb).unwrap();
     assert!(max_abs_diff(&v, &t["vector"]) < 1e-4);
@@ -167,7 +167,8 @@ fn concept_arithmetic_equals_python() {
         &labels,
         &TemplateSet::builtin("single").unwrap(),
         64,
-    );
+    )
+    .unwrap();
     assert!(max_abs_diff(&lab, &t["label_embeddings"]) < 1e-4);
     let ranked = concepts::rank(&v, &lab, 10);
     let want = Vec::<f64>::try_from(&t["label_cosines"]).unwrap();

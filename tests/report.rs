@@ -103,6 +103,7 @@ fn provenance(random: bool, started: &str, finished: &str) -> Provenance {
         attack: spec,
         attack_path: Some("attacks/sweep-size.toml".into()),
         image_size: Some(224),
+        image_transform: None,
         mode: "zeroshot".into(),
         labels: "imagenet".into(),
         labels_hash: "labels".into(),
@@ -567,4 +568,30 @@ fn report_renders_in_a_real_browser() {
     }
     assert!(colours.len() > 50, "{} colours: blank page?", colours.len());
     assert!(red > 1000, "no red banner ({red} red pixels)");
+}
+
+/// The image transform is part of what a run is: a run recorded with OpenAI's (absent) equals
+/// one that names OpenAI's at its size, and resuming with another transform is refused.
+#[test]
+fn provenance_refuses_another_image_transform() {
+    use typoclip::preprocess::PreprocessCfg;
+    let path = Path::new("run/provenance.json");
+    let old = provenance(false, "2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z");
+    let mut same = old.clone();
+    same.image_transform = Some(PreprocessCfg::square(224));
+    old.check_same_run(&same, path).unwrap();
+    let mut other = old.clone();
+    other.image_transform = Some(
+        PreprocessCfg::from_open_clip_json(
+            &serde_json::json!({"size": 224, "resize_mode": "squash", "interpolation": "bilinear"}),
+        )
+        .unwrap(),
+    );
+    let e = other.check_same_run(&old, path).unwrap_err().to_string();
+    assert!(e.contains("image transform"), "{e}");
+    assert!(e.contains("bilinear squash"), "{e}");
+    // It round-trips through provenance.json.
+    let back: typoclip::sweep::provenance::Provenance =
+        serde_json::from_str(&serde_json::to_string(&other).unwrap()).unwrap();
+    assert_eq!(back, other);
 }

@@ -39,7 +39,8 @@ fn classifier_matches_open_clip_with_80_templates() {
             &tok,
             ten_classes(),
             TemplateSet::builtin("imagenet80").unwrap(),
-        );
+        )
+        .unwrap();
         let dw = max_abs_diff(&clf.weights, &io["zs_weights"]);
         let logits = clf.logits(&m.encode_image(&io["images"]));
         let dl = max_abs_diff(&logits, &io["zs_logits"]);
@@ -69,8 +70,8 @@ fn length_sorted_encoding_equals_padded() {
         .into_iter()
         .chain(["iPod".to_string(), "x ".repeat(120)])
         .collect();
-    let fast = encode_prompts(&m, &tok, &prompts, 16);
-    let padded = encode_prompts_padded(&m, &tok, &prompts, 16);
+    let fast = encode_prompts(&m, &tok, &prompts, 16).unwrap();
+    let padded = encode_prompts_padded(&m, &tok, &prompts, 16).unwrap();
     let d = max_abs_diff(&fast, &padded);
     assert!(d <= 1e-4, "differ by {d}");
 }

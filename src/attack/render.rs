@@ -38,10 +38,10 @@ pub struct Rendered {
 /// An object's bounding box as fractions of the source image: `[x0, y0, x1, y1]`.
 pub type ObjectBox = [f32; 4];
 
-/// A variant rendered for a model with input size `n_px`.
+/// A variant rendered for a model's input transform.
 #[derive(Debug, Clone)]
 pub struct ModelRender {
-    /// The clean model input: `resize_and_crop(source, n_px)`.
+    /// The clean model input: [`crate::preprocess::model_input`] of the source.
     pub clean_input: RgbImage,
     /// The attacked model input.
     pub attacked_input: RgbImage,
@@ -104,44 +104,47 @@ pub fn render(
     }
 }
 
-/// Renders at the variant's stage for a model with input size `n_px`: on the source then
-/// resized and cropped ([`Stage::Source`]), or on the resized and cropped input
-/// ([`Stage::ModelInput`]; `object_box` is mapped through the crop). An empty source gives
-/// black, unattacked inputs.
+/// Renders at the variant's stage for a model trained with the transform `cfg`: on the source
+/// then brought to the model's input ([`Stage::Source`]), or on the clean model input
+/// ([`Stage::ModelInput`]; `object_box` is mapped through the resize, crop or padding). Model
+/// inputs are [`crate::preprocess::model_input`]. An empty source gives black, unattacked
+/// inputs.
 pub fn render_for_model(
     source: &RgbImage,
     variant: &Variant,
-    n_px: u32,
+    cfg: &crate::preprocess::PreprocessCfg,
     seed: u64,
     object_box: Option<ObjectBox>,
 ) -> ModelRender {
-    if source.width() == 0 || source.height() == 0 || n_px == 0 {
+    let (h, w) = cfg.size;
+    if source.width() == 0 || source.height() == 0 || h == 0 || w == 0 {
         // Nothing to resize: an all-black input, unattacked.
-        let blank = RgbImage::new(n_px, n_px);
+        let blank = RgbImage::new(w, h);
         return ModelRender {
             clean_input: blank.clone(),
             attacked_input: blank,
             rendered: render(source, variant, seed, object_box),
         };
     }
-    let clean_input = crate::preprocess::resize_and_crop(source, n_px);
-    render_for_model_with_input(source, clean_input, variant, seed, object_box)
+    let clean_input = crate::preprocess::model_input(source, cfg);
+    render_for_model_with_input(source, clean_input, variant, cfg, seed, object_box)
 }
 
-/// [`render_for_model`] with the clean model input already made (`resize_and_crop(source,
-/// n_px)`), so that many variants of one image share one decode and one resize.
+/// [`render_for_model`] with the clean model input already made
+/// ([`crate::preprocess::model_input`] of `source` for `cfg`), so that many variants of one
+/// image share one decode and one resize.
 pub fn render_for_model_with_input(
     source: &RgbImage,
     clean_input: RgbImage,
     variant: &Variant,
+    cfg: &crate::preprocess::PreprocessCfg,
     seed: u64,
     object_box: Option<ObjectBox>,
 ) -> ModelRender {
-    let n_px = clean_input.width();
     match variant.stage {
         Stage::Source => {
             let rendered = render(source, variant, seed, object_box);
-            let attacked_input = crate::preprocess::resize_and_crop(&rendered.image, n_px);
+            let attacked_input = crate::preprocess::model_input(&rendered.image, cfg);
             ModelRender {
                 clean_input,
                 attacked_input,
@@ -149,7 +152,7 @@ pub fn render_for_model_with_input(
             }
         }
         Stage::ModelInput => {
-            let b = object_box.map(|b| map_box(b, source.width(), source.height(), n_px));
+            let b = object_box.map(|b| map_box(b, source.width(), source.height(), cfg));
             let rendered = render(&clean_input, variant, seed, b);
             ModelRender {
                 attacked_input: rendered.image.clone(),
@@ -160,18 +163,27 @@ pub fn render_for_model_with_input(
     }
 }
 
-/// A source-image box (fractions) → fractions of the model input after resize and centre crop.
-fn map_box(b: ObjectBox, w: u32, h: u32, n_px: u32) -> ObjectBox {
-    if w == 0 || h == 0 || n_px == 0 {
+/// A source-image box (fractions) → fractions of the model input after `cfg`'s resize and
+/// crop (or padding).
+fn map_box(b: ObjectBox, w: u32, h: u32, cfg: &crate::preprocess::PreprocessCfg) -> ObjectBox {
+    let (out_h, out_w) = cfg.size;
+    if w == 0 || h == 0 || out_h == 0 || out_w == 0 {
         return b;
     }
-    let (rw, rh) = crate::preprocess::resized_size(w, h, n_px);
-    // torchvision CenterCrop: offsets int(round((size - n_px) / 2)).
-    let left = ((rw as f64 - n_px as f64) / 2.0).round() as f32;
-    let top = ((rh as f64 - n_px as f64) / 2.0).round() as f32;
-    let n = n_px as f32;
-    let fx = |x: f32| ((x * rw as f32 - left) / n).clamp(0.0, 1.0);
-    let fy = |y: f32| ((y * rh as f32 - top) / n).clamp(0.0, 1.0);
+    let (rw, rh, left, top) = if crate::preprocess::is_clip_geometry(cfg) {
+        let n_px = out_h;
+        let (rw, rh) = crate::preprocess::resized_size(w, h, n_px);
+        // torchvision CenterCrop: offsets int(round((size - n_px) / 2)).
+        let left = ((rw as f64 - n_px as f64) / 2.0).round();
+        let top = ((rh as f64 - n_px as f64) / 2.0).round();
+        (rw, rh, left, top)
+    } else {
+        crate::preprocess::input_geometry(w, h, cfg)
+    };
+    let (left, top) = (left as f32, top as f32);
+    let (nw, nh) = (out_w as f32, out_h as f32);
+    let fx = |x: f32| ((x * rw as f32 - left) / nw).clamp(0.0, 1.0);
+    let fy = |y: f32| ((y * rh as f32 - top) / nh).clamp(0.0, 1.0);
     [fx(b[0]), fy(b[1]), fx(b[2]), fy(b[3])]
 }
 
@@ -1117,12 +1129,24 @@ mod tests {
     fn model_input_stage_renders_on_the_crop() {
         let s = spec("description = \"d\"\ntarget = \"t\"\nstage = \"model_input\"\n[[layers]]\nkind = \"label\"\ntext = \"iPod\"\nsize_px = 20\n");
         let img = photo(300, 200);
-        let m = render_for_model(&img, &s.variants[0], 64, 0, None);
+        let m = render_for_model(
+            &img,
+            &s.variants[0],
+            &crate::preprocess::PreprocessCfg::square(64),
+            0,
+            None,
+        );
         assert_eq!(m.clean_input.dimensions(), (64, 64));
         assert_eq!(m.rendered.image, m.attacked_input);
         assert_eq!(m.rendered.mask.dimensions(), (64, 64));
         let src = spec("description = \"d\"\ntarget = \"t\"\n[[layers]]\nkind = \"label\"\ntext = \"iPod\"\nsize_px = 20\n");
-        let m = render_for_model(&img, &src.variants[0], 64, 0, None);
+        let m = render_for_model(
+            &img,
+            &src.variants[0],
+            &crate::preprocess::PreprocessCfg::square(64),
+            0,
+            None,
+        );
         assert_eq!(m.rendered.mask.dimensions(), (300, 200));
         assert_eq!(m.attacked_input.dimensions(), (64, 64));
         assert_ne!(m.attacked_input, m.clean_input);
@@ -1136,9 +1160,29 @@ mod tests {
         assert_eq!(r.image.get_pixel(80, 80).0, [255, 0, 0]);
         assert_eq!(r.image.get_pixel(50, 50).0, [0, 0, 0]);
         // 200×100 → resize to 128×64 → crop 64×64 from x = 32: source x 0.5..1 → 0.5..1.
-        let b = map_box([0.5, 0.0, 1.0, 1.0], 200, 100, 64);
+        let b = map_box(
+            [0.5, 0.0, 1.0, 1.0],
+            200,
+            100,
+            &crate::preprocess::PreprocessCfg::square(64),
+        );
         assert!(
             (b[0] - 0.5).abs() < 1e-6 && (b[2] - 1.0).abs() < 1e-6,
+            "{b:?}"
+        );
+        // Squash keeps the fractions; longest (200×100 → 64×32, 16 rows of padding above)
+        // maps y 0..1 to 0.25..0.75.
+        let mode = |m: &str| {
+            crate::preprocess::PreprocessCfg::from_open_clip_json(
+                &serde_json::json!({"size": 64, "resize_mode": m}),
+            )
+            .unwrap()
+        };
+        let b = map_box([0.5, 0.0, 1.0, 1.0], 200, 100, &mode("squash"));
+        assert_eq!(b, [0.5, 0.0, 1.0, 1.0]);
+        let b = map_box([0.5, 0.0, 1.0, 1.0], 200, 100, &mode("longest"));
+        assert!(
+            (b[1] - 0.25).abs() < 1e-6 && (b[3] - 0.75).abs() < 1e-6,
             "{b:?}"
         );
     }
@@ -1241,7 +1285,7 @@ mod tests {
                     prop_assert_eq!(diff, r.changed);
                     prop_assert_eq!(r.mask.pixels().filter(|p| p.0[0] == 255).count() as u64, r.changed);
                     if w > 0 && h > 0 {
-                        let m = render_for_model(&img, v, 32, seed, None);
+                        let m = render_for_model(&img, v, &crate::preprocess::PreprocessCfg::square(32), seed, None);
                         prop_assert_eq!(m.attacked_input.dimensions(), (32, 32));
                     }
                 }

@@ -204,7 +204,13 @@ pub fn run_render(args: RenderArgs) -> Result<()> {
                     (r.image.clone(), r)
                 }
                 Stage::ModelInput => {
-                    let m = render_for_model(img, v, args.n_px, args.seed, object_box);
+                    let m = render_for_model(
+                        img,
+                        v,
+                        &crate::preprocess::PreprocessCfg::square(args.n_px),
+                        args.seed,
+                        object_box,
+                    );
                     if !clean_shown {
                         cells.push((m.clean_input.clone(), format!("{dirname} (model input)")));
                         clean_shown = true;

@@ -1,5 +1,5 @@
 //! `typoclip fit projection|heads|prefix`: renders a calibration set (clean images of a dataset
-//! × calibration words × fonts), fits the defense on it and writes the artifact (JSON) that
+//! × calibration words × fonts, through the model's own image transform), fits the defense on it and writes the artifact (JSON) that
 //! `sweep --defense NAME:file=ARTIFACT` reads. The artifact records the calibration split
 //! (image ids and content hashes, words, fonts, seed, model) so sweeps can refuse evaluations
 //! that overlap it.
@@ -140,22 +140,19 @@ pub fn run_fit(args: FitArgs) -> Result<()> {
         );
     }
     let mut m = open_model(&args.model)?;
-    m.check_image_transform()?;
     if !args.quiet {
         eprintln!("{}", m.banner_line());
     }
     let model_id = m.cache_id();
-    let n_px = m.model.image_resolution() as u32;
     let set = build_calibration_set(
         &descriptor.name,
         &samples,
         &words,
         &fonts,
         args.seed,
-        n_px,
+        &m.preprocess,
         &model_id,
     )?;
-    let tok = ClipTokenizer::new();
     let mut fit: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     fit.insert("attacked_images".into(), json!(set.items.len()));
     let data = match args.kind.as_str() {
@@ -165,9 +162,10 @@ pub fn run_fit(args: FitArgs) -> Result<()> {
                 lr: args.lr,
                 preserve_weight: args.preserve_weight,
             };
+            let tok = m.tokenizer()?;
             let r = fit_learned_projection(
                 &m.model,
-                &tok,
+                &*tok,
                 &set,
                 &templates,
                 &settings,
@@ -203,9 +201,10 @@ pub fn run_fit(args: FitArgs) -> Result<()> {
         }
         "heads" => {
             let quiet = args.quiet;
+            let tok = m.tokenizer()?;
             let (scores, (p0, asr0)) = fit_heads(
                 &m.model,
-                &tok,
+                &*tok,
                 &set,
                 &templates,
                 args.batch_size,
@@ -230,6 +229,13 @@ pub fn run_fit(args: FitArgs) -> Result<()> {
                 lr: args.lr,
                 preserve_weight: args.preserve_weight,
             };
+            if !m.uses_clip_bpe() {
+                bail!(
+                    "--kind prefix: the prefix is learned in place of a CLIP BPE token, and \
+                     this model's text tower takes another tokenizer"
+                );
+            }
+            let tok = ClipTokenizer::new();
             let r = fit_prefix(
                 &mut m.model,
                 &tok,

@@ -70,14 +70,14 @@ pub fn run(cli: Cli) -> Result<()> {
             if text.is_empty() && images.is_empty() {
                 bail!("nothing to embed: give images or --text");
             }
-            if !images.is_empty() {
-                m.check_image_transform()?;
-            }
             let features = if text.is_empty() {
                 encode_image_files(&m, &images, batch_size.max(1))?
             } else {
-                let tok = ClipTokenizer::new();
-                let ids = tok.tokenize(&text, m.model.config().text.context_length as usize);
+                let tok = m.tokenizer()?;
+                let refs: Vec<&str> = text.iter().map(String::as_str).collect();
+                let ids = tok
+                    .tokenize_tensor(&refs, m.model.config().text.context_length as usize)
+                    .map_err(|e| anyhow::anyhow!("--text: {e}"))?;
                 m.model.encode_text(&ids)
             };
             let features = if normalize {
@@ -118,11 +118,11 @@ pub fn run(cli: Cli) -> Result<()> {
                 bail!("nothing to classify: give image files or --builtin");
             }
             let m = open_model_or_random(&model, fallback_random)?;
-            m.check_image_transform()?;
-            let tok = ClipTokenizer::new();
+            let tok = m.tokenizer()?;
             let cache =
                 TextCache::new(cache_dir(model.cache_dir.as_deref()).join("text-classifiers"));
-            let (clf, _) = cache.load_or_build(&m.cache_id(), &m.model, &tok, labels, templates)?;
+            let (clf, _) =
+                cache.load_or_build(&m.cache_id(), &m.model, &*tok, labels, templates)?;
             let image = encode_image_files(&m, &images, 32)?;
             let probs = clf.probs(&image);
             let k = top.clamp(1, clf.labels.len());
@@ -267,13 +267,12 @@ fn encode_image_files(
     paths: &[impl AsRef<Path>],
     batch_size: usize,
 ) -> Result<Tensor> {
-    let n_px = m.model.image_resolution() as u32;
     let mut feats = Vec::new();
     for chunk in paths.chunks(batch_size) {
         let mut batch = Vec::with_capacity(chunk.len());
         for p in chunk {
             let img = crate::dataset::load_rgb(p.as_ref())?;
-            batch.push(crate::preprocess::preprocess(&img, n_px));
+            batch.push(crate::preprocess::model_tensor(&img, &m.preprocess));
         }
         feats.push(m.model.encode_image(&crate::preprocess::batch(&batch)));
     }

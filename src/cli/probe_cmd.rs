@@ -18,7 +18,6 @@ use crate::probe::concepts::{self, ConceptTerm};
 use crate::probe::linear::{self, FitSettings, LinearProbe, ProbeClass, ProbeSplit};
 use crate::probe::neurons::{self, SheetEntry, SheetRow};
 use crate::probe::stroop;
-use crate::tokenizer::ClipTokenizer;
 use crate::zeroshot::{LabelSet, TextCache};
 
 /// `writeln!` into a `String` (infallible).
@@ -215,7 +214,7 @@ pub fn run_probe(command: ProbeCommand) -> Result<()> {
     }
 }
 
-/// A loaded image: its id and its model input (8-bit, `n_px` square).
+/// A loaded image: its id and its model input (8-bit, before normalisation).
 struct Loaded {
     id: String,
     input: RgbImage,
@@ -239,7 +238,7 @@ fn activations_of(
         .map(|c| {
             let t = Tensor::stack(
                 &c.iter()
-                    .map(|i| crate::preprocess::to_normalized_tensor(i))
+                    .map(|i| crate::preprocess::to_normalized_tensor_with(i, &m.preprocess))
                     .collect::<Vec<_>>(),
                 0,
             );
@@ -290,10 +289,8 @@ pub fn run_neurons(args: NeuronsArgs) -> Result<()> {
         }
     };
     let m = open_model(&args.model)?;
-    m.check_image_transform()?;
     let layer = neurons::resolve_layer(m.model.config(), &args.layer)?;
     neurons::check_units(&layer, &args.unit)?;
-    let n_px = m.model.image_resolution() as u32;
 
     let mut loaded: Vec<Loaded> = Vec::new();
     let mut skipped = 0usize;
@@ -301,7 +298,7 @@ pub fn run_neurons(args: NeuronsArgs) -> Result<()> {
         let img = crate::dataset::load_rgb(p)?;
         loaded.push(Loaded {
             id: p.display().to_string(),
-            input: crate::preprocess::resize_and_crop(&img, n_px),
+            input: crate::preprocess::model_input(&img, &m.preprocess),
             source: variant.is_some().then_some(img),
         });
     }
@@ -311,7 +308,7 @@ pub fn run_neurons(args: NeuronsArgs) -> Result<()> {
             match crate::dataset::load_rgb(&s.path) {
                 Ok(img) => loaded.push(Loaded {
                     id: s.id.clone(),
-                    input: crate::preprocess::resize_and_crop(&img, n_px),
+                    input: crate::preprocess::model_input(&img, &m.preprocess),
                     source: variant.is_some().then_some(img),
                 }),
                 Err(e) => {
@@ -334,7 +331,7 @@ pub fn run_neurons(args: NeuronsArgs) -> Result<()> {
             .map(|l| {
                 let seed = fnv1a(l.id.as_bytes()) ^ args.data.seed;
                 let source = l.source.as_ref().expect("kept for the attack");
-                crate::attack::render_for_model(source, v, n_px, seed, None).attacked_input
+                crate::attack::render_for_model(source, v, &m.preprocess, seed, None).attacked_input
             })
             .collect();
         let refs: Vec<&RgbImage> = imgs.iter().collect();
@@ -561,12 +558,11 @@ struct DecompositionReport {
 }
 
 fn encode_files(m: &OpenedModel, paths: &[PathBuf]) -> Result<Tensor> {
-    let n_px = m.model.image_resolution() as u32;
     let mut t = Vec::new();
     for p in paths {
-        t.push(crate::preprocess::preprocess(
+        t.push(crate::preprocess::model_tensor(
             &crate::dataset::load_rgb(p)?,
-            n_px,
+            &m.preprocess,
         ));
     }
     Ok(m.model
@@ -598,8 +594,8 @@ pub fn run_concepts(args: ConceptsArgs) -> Result<()> {
         None => None,
     };
     let m = open_model(&args.model)?;
-    m.check_image_transform()?;
-    let tok = ClipTokenizer::new();
+    let tok = m.tokenizer()?;
+    let tok = &*tok;
     let cache = TextCache::new(cache_dir(args.model.cache_dir.as_deref()).join("text-classifiers"));
     let mut report = ConceptsReport {
         warning: m.random_warning(),
@@ -614,12 +610,12 @@ pub fn run_concepts(args: ConceptsArgs) -> Result<()> {
     let mut label_clf = None;
     if let Some(terms) = &terms {
         let names: Vec<String> = terms.iter().map(|t| t.concept.clone()).collect();
-        let emb = concepts::concept_embeddings(&m.model, &tok, &names, &concept_templates);
+        let emb = concepts::concept_embeddings(&m.model, tok, &names, &concept_templates)?;
         let v = concepts::combine(terms, &emb)?;
         let (clf, _) = cache.load_or_build(
             &m.cache_id(),
             &m.model,
-            &tok,
+            tok,
             labels.clone(),
             templates.clone(),
         )?;
@@ -652,7 +648,7 @@ pub fn run_concepts(args: ConceptsArgs) -> Result<()> {
     if let Some(image) = &args.image {
         let dict_labels = dictionary.unwrap_or(labels);
         let names: Vec<String> = dict_labels.names().into_iter().map(String::from).collect();
-        let dict = concepts::concept_embeddings(&m.model, &tok, &names, &concept_templates);
+        let dict = concepts::concept_embeddings(&m.model, tok, &names, &concept_templates)?;
         let x = crate::model::l2_normalize(&encode_files(&m, std::slice::from_ref(image))?)
             .squeeze_dim(0);
         let d = concepts::decompose(&x, &dict, args.sparsity)?;
@@ -772,11 +768,10 @@ pub fn run_stroop(args: StroopArgs) -> Result<()> {
         None => None,
     };
     let m = open_model(&args.model)?;
-    m.check_image_transform()?;
-    let tok = ClipTokenizer::new();
-    let clf = stroop::colour_classifier(&m.model, &tok, &colours)?;
+    let tok = m.tokenizer()?;
+    let clf = stroop::colour_classifier(&m.model, &*tok, &colours)?;
     let pairs = stroop::pairs(&colours);
-    let (mut rows, images) = stroop::run(&m.model, &clf, &pairs)?;
+    let (mut rows, images) = stroop::run(&m.model, &clf, &pairs, &m.preprocess)?;
     let covered = published
         .as_ref()
         .map(|p| stroop::attach_published(&mut rows, p))
@@ -924,8 +919,6 @@ pub fn run_probe_fit(args: ProbeFitArgs) -> Result<()> {
         );
     }
     let m = open_model(&args.model)?;
-    m.check_image_transform()?;
-    let n_px = m.model.image_resolution() as u32;
     let mut feats = Vec::new();
     let mut ids = Vec::new();
     let mut y = Vec::new();
@@ -935,7 +928,7 @@ pub fn run_probe_fit(args: ProbeFitArgs) -> Result<()> {
         for s in chunk {
             match crate::dataset::load_rgb(&s.path) {
                 Ok(img) => {
-                    batch.push(crate::preprocess::preprocess(&img, n_px));
+                    batch.push(crate::preprocess::model_tensor(&img, &m.preprocess));
                     ids.push(s.id.clone());
                     let label = s.label.as_deref().expect("labelled");
                     y.push(classes.iter().position(|c| c.name == label).expect("class") as i64);

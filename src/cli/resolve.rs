@@ -1,5 +1,8 @@
 //! Turns raw arguments into typed settings: the model spec (path, cached name, or
-//! `random:<arch>[:seed]`), the device, the cache directory; opens the model.
+//! `random:<arch>[:seed]`), the device, the cache directory; opens the model with what its
+//! folder or tag says about its inputs: the image transform ([`OpenedModel::preprocess`]) and
+//! the tokenizer ([`TokenizerSource`]: CLIP's BPE, or a Hugging Face `tokenizer.json` beside the
+//! weights, read only when text is encoded).
 
 use std::path::PathBuf;
 
@@ -11,6 +14,7 @@ use super::args::ModelArgs;
 use crate::model::config::{canonical_arch_name, KNOWN_ARCHITECTURES};
 use crate::model::load::{load_checkpoint, sha256_file};
 use crate::model::{ClipConfig, ClipModel};
+use crate::text_tokenizer::TextTokenizer;
 
 /// The line every output made with random weights starts with.
 pub const RANDOM_WEIGHTS_BANNER: &str = "random weights — output is not a property of CLIP";
@@ -137,9 +141,59 @@ pub struct OpenedModel {
     pub path: Option<PathBuf>,
     /// Where the architecture came from (`--arch`, a config file, OpenAI's build_model).
     pub config_source: String,
+    /// Where the text tower's tokenizer comes from; loaded only when text is encoded
+    /// ([`OpenedModel::tokenizer`]).
+    pub tokenizer: TokenizerSource,
     /// The image transform the model was trained with (its hub folder's `preprocess_cfg`, its
-    /// tag's, or OpenAI's).
+    /// tag's, or OpenAI's), which every image command applies.
     pub preprocess: crate::preprocess::PreprocessCfg,
+}
+
+/// The tokenizer a model's text tower takes: CLIP's BPE unless its open_clip text config
+/// names a Hugging Face tokenizer (`hf_tokenizer_name`), whose `tokenizer.json` is read from the
+/// hub folder (the folder of the weights).
+#[derive(Debug, Clone)]
+pub enum TokenizerSource {
+    /// OpenAI's BPE (open_clip's `SimpleTokenizer`).
+    ClipBpe,
+    /// A Hugging Face tokenizer, as open_clip's `HFTokenizer`.
+    HuggingFace {
+        /// `text_cfg.hf_tokenizer_name`.
+        name: String,
+        /// The folder holding `tokenizer.json` (none for random weights).
+        dir: Option<PathBuf>,
+        /// The text config (`context_length`, `tokenizer_kwargs`, `tokenizer_mode`).
+        text_cfg: Box<crate::model::open_clip::TextCfg>,
+    },
+}
+
+impl TokenizerSource {
+    /// The source for an open_clip text config (none: CLIP's BPE) with its files in `dir`.
+    pub fn for_text_cfg(
+        text_cfg: Option<&crate::model::open_clip::TextCfg>,
+        dir: Option<PathBuf>,
+    ) -> TokenizerSource {
+        match text_cfg {
+            Some(t) => match t.hf_tokenizer_name.as_deref().filter(|n| !n.is_empty()) {
+                Some(name) => TokenizerSource::HuggingFace {
+                    name: name.to_string(),
+                    dir,
+                    text_cfg: Box::new(t.clone()),
+                },
+                None => TokenizerSource::ClipBpe,
+            },
+            None => TokenizerSource::ClipBpe,
+        }
+    }
+}
+
+/// The open_clip text config of an architecture name (`ARCH` or `ARCH:TAG`), when open_clip
+/// has the architecture.
+fn arch_text_cfg(arch: &str) -> Option<crate::model::open_clip::TextCfg> {
+    let name = arch.split_once(':').map_or(arch, |(a, _)| a);
+    crate::model::open_clip::zoo()
+        .model(name)
+        .map(|m| m.text_cfg.clone())
 }
 
 /// What `typoclip info` prints.
@@ -186,25 +240,49 @@ impl OpenedModel {
         self.sha256.clone().unwrap_or_else(|| self.spec.clone())
     }
 
-    /// Refuses a model trained with another image transform than the one typoclip's image
-    /// pipeline applies (OpenAI's: bicubic, shortest-side resize, centre crop, OpenAI mean/std),
-    /// naming what differs, rather than computing its embeddings from other pixels.
-    pub fn check_image_transform(&self) -> Result<()> {
+    /// The model's transform when it is not OpenAI's at its input size (what provenance
+    /// records); `None` for OpenAI's.
+    pub fn nondefault_transform(&self) -> Option<crate::preprocess::PreprocessCfg> {
         let r = self.model.image_resolution() as u32;
-        let openai = crate::preprocess::PreprocessCfg {
-            size: (r, r),
-            ..Default::default()
-        };
-        if self.preprocess != openai {
-            bail!(
-                "--model {}: trained with another image transform ({}) than the one sweeps, \
-                 classify, embed and the probes apply (OpenAI's: bicubic, shortest side, centre \
-                 crop, OpenAI mean/std); refused rather than computed from other pixels",
-                self.spec,
-                serde_json::to_string(&self.preprocess).unwrap_or_default()
-            );
+        (self.preprocess != crate::preprocess::PreprocessCfg::square(r))
+            .then(|| self.preprocess.clone())
+    }
+
+    /// The text tower's tokenizer, loaded now: CLIP's BPE, or the Hugging Face tokenizer of
+    /// the model's folder. A missing or unusable `tokenizer.json` is one line naming the file;
+    /// only commands that encode text call this.
+    pub fn tokenizer(&self) -> Result<Box<dyn TextTokenizer>> {
+        match &self.tokenizer {
+            TokenizerSource::ClipBpe => {
+                let tok = crate::tokenizer::ClipTokenizer::new();
+                crate::zeroshot::check_vocabulary(&format!("--model {}", self.spec), &self.model, &tok)?;
+                Ok(Box::new(tok))
+            }
+            TokenizerSource::HuggingFace {
+                name,
+                dir: Some(dir),
+                text_cfg,
+            } => crate::hf_tokenizer::HfTokenizer::for_text_cfg(dir, text_cfg)
+                .map(|t| Box::new(t) as Box<dyn TextTokenizer>)
+                .map_err(|e| {
+                    anyhow!(
+                        "--model {}: text needs the Hugging Face tokenizer {name} from {}: {e}",
+                        self.spec,
+                        dir.display()
+                    )
+                }),
+            TokenizerSource::HuggingFace {
+                name, dir: None, ..
+            } => bail!(
+                "--model {}: its text tower takes the Hugging Face tokenizer {name}, and random                  weights have no folder to read its tokenizer.json from",
+                self.spec
+            ),
         }
-        Ok(())
+    }
+
+    /// True when the text tower takes CLIP's BPE (what the prefix defense's token edits need).
+    pub fn uses_clip_bpe(&self) -> bool {
+        matches!(self.tokenizer, TokenizerSource::ClipBpe)
     }
 
     /// `Some(banner)` for random weights or the toy: the first line of anything computed
@@ -313,6 +391,7 @@ pub fn open_model_or_random(args: &ModelArgs, fallback_random: bool) -> Result<O
             let preprocess = arch_preprocess(&arch, model.image_resolution())?;
             return Ok(OpenedModel {
                 preprocess,
+                tokenizer: TokenizerSource::for_text_cfg(arch_text_cfg(&arch).as_ref(), None),
                 model,
                 spec: format!("random:{arch}:{seed}"),
                 random: true,
@@ -374,6 +453,10 @@ pub fn open_model_or_random(args: &ModelArgs, fallback_random: bool) -> Result<O
         (None, Some(a)) => arch_preprocess(a, res)?,
         (None, None) => sized(crate::preprocess::PreprocessCfg::default(), res),
     };
+    let tokenizer = TokenizerSource::for_text_cfg(
+        loaded.text_cfg.as_ref(),
+        weights.parent().map(std::path::Path::to_path_buf),
+    );
     let sha256 =
         sha256_file(&weights).map_err(|e| anyhow!("{}: cannot read: {e}", weights.display()))?;
     Ok(OpenedModel {
@@ -386,6 +469,7 @@ pub fn open_model_or_random(args: &ModelArgs, fallback_random: bool) -> Result<O
         path: Some(weights),
         config_source: loaded.config_source.to_string(),
         preprocess,
+        tokenizer,
     })
 }
 

@@ -378,7 +378,6 @@ pub fn execute(run: &RunSpec, banner: bool) -> Result<Executed> {
         cache_dir: run.model.cache_dir.clone(),
     };
     let mut m = open_model_or_random(&model_args, run.model.fallback_random)?;
-    m.check_image_transform()?;
     defenses.check_model(&m.model, &m.cache_id())?;
     defenses.adapt_model(&mut m.model)?;
     let probe_note = match &linear_probe {
@@ -407,15 +406,21 @@ pub fn execute(run: &RunSpec, banner: bool) -> Result<Executed> {
         }
         None => None,
     };
-    let tok = ClipTokenizer::new();
+    if !m.uses_clip_bpe() && defenses.records().iter().any(|r| r.name == "prefix") {
+        bail!(
+            "--defense prefix: the prefix replaces a CLIP BPE token, and this model's text tower \
+             takes another tokenizer"
+        );
+    }
+    let tok = m.tokenizer()?;
     let cache = TextCache::new(cache_dir(run.model.cache_dir.as_deref()).join("text-classifiers"));
     // Defenses that change the text tower's output (weight interpolation) key their own entries.
     let text_id = match defenses.text_cache_tag() {
         Some(tag) => format!("{}+{tag}", m.cache_id()),
         None => m.cache_id(),
     };
-    let (classifier, _) = cache.load_or_build(&text_id, &m.model, &tok, labels, templates)?;
-    let classifier = defenses.transform_classifier(&m.model, &tok, classifier)?;
+    let (classifier, _) = cache.load_or_build(&text_id, &m.model, &*tok, labels, templates)?;
+    let classifier = defenses.transform_classifier(&m.model, &ClipTokenizer::new(), classifier)?;
     let ids: Vec<_> = cells
         .iter()
         .flat_map(|c| [c.clean.clone(), c.attacked.clone()])
@@ -453,6 +458,7 @@ pub fn execute(run: &RunSpec, banner: bool) -> Result<Executed> {
                 .to_string()
         }),
         image_size: Some(m.model.image_resolution() as u32),
+        image_transform: m.nondefault_transform(),
         mode: match mode {
             EvalMode::Zeroshot => "zeroshot",
             EvalMode::Binary => "binary",

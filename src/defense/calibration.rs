@@ -250,15 +250,16 @@ pub fn calibration_spec(words: &[String], fonts: &[String]) -> String {
     t
 }
 
-/// Renders the calibration set: `samples` (clean images) × `words` × `fonts` at input size
-/// `n_px`. Unreadable images are an error naming the file.
+/// Renders the calibration set: `samples` (clean images) × `words` × `fonts` for a model
+/// trained with the transform `transform` (its input size, resize and normalisation).
+/// Unreadable images are an error naming the file.
 pub fn build_calibration_set(
     dataset: &str,
     samples: &[Sample],
     words: &[String],
     fonts: &[String],
     seed: u64,
-    n_px: u32,
+    transform: &crate::preprocess::PreprocessCfg,
     model_id: &str,
 ) -> Result<CalibrationSet, DefenseError> {
     let err = |path: &str, message: String| DefenseError::Artifact {
@@ -287,10 +288,10 @@ pub fn build_calibration_set(
         let img = crate::dataset::load_rgb(&s.path).map_err(|e| err(&path, e.to_string()))?;
         hashes
             .push(crate::model::load::sha256_file(&s.path).map_err(|e| err(&path, e.to_string()))?);
-        clean.push(crate::preprocess::preprocess(&img, n_px));
+        clean.push(crate::preprocess::model_tensor(&img, transform));
         labels.push(s.label.clone());
         for v in &spec.variants {
-            let r = crate::attack::render_for_model(&img, v, n_px, seed ^ (i as u64), None);
+            let r = crate::attack::render_for_model(&img, v, transform, seed ^ (i as u64), None);
             let (word, font) = match v.layers.first() {
                 Some(crate::attack::Layer::Label { style, .. }) => (
                     style.text.clone(),
@@ -307,7 +308,10 @@ pub fn build_calibration_set(
                 image: i,
                 word,
                 font,
-                attacked: crate::preprocess::to_normalized_tensor(&r.attacked_input),
+                attacked: crate::preprocess::to_normalized_tensor_with(
+                    &r.attacked_input,
+                    transform,
+                ),
             });
         }
     }

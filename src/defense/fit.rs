@@ -12,6 +12,7 @@ use super::heads::{head_site, HeadScore};
 use crate::model::{
     l2_normalize, ClipModel, Intervention, InterventionAction, Probe, VisionConfig,
 };
+use crate::text_tokenizer::TextTokenizer;
 use crate::tokenizer::ClipTokenizer;
 use crate::zeroshot::{ClassLabel, LabelSet, TemplateSet};
 
@@ -110,7 +111,7 @@ fn attack_pull(
 /// head.
 pub fn fit_heads(
     model: &ClipModel,
-    tokenizer: &ClipTokenizer,
+    tokenizer: &dyn TextTokenizer,
     set: &CalibrationSet,
     templates: &TemplateSet,
     batch_size: usize,
@@ -123,6 +124,7 @@ pub fn fit_heads(
     let weights = {
         let _g = tch::no_grad_guard();
         crate::zeroshot::class_embeddings(model, tokenizer, &classes, templates, 256)
+            .map_err(|e| e.to_string())?
     };
     let scale = model.logit_scale_exp();
     let words: Vec<usize> = set
@@ -329,7 +331,7 @@ pub struct LearnedProjection {
 /// `weight · ‖W − I‖²`. The images must have a known true class.
 pub fn fit_learned_projection(
     model: &ClipModel,
-    tokenizer: &ClipTokenizer,
+    tokenizer: &dyn TextTokenizer,
     set: &CalibrationSet,
     templates: &TemplateSet,
     settings: &PrefixSettings,
@@ -374,6 +376,7 @@ pub fn fit_learned_projection(
     let text = {
         let _g = tch::no_grad_guard();
         crate::zeroshot::class_embeddings(model, tokenizer, &classes, templates, 256)
+            .map_err(|e| e.to_string())?
             .to_device(tch::Device::Cpu)
     };
     let scale = model.logit_scale_exp();

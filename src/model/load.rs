@@ -446,6 +446,10 @@ pub struct LoadedCheckpoint {
     pub config_source: ConfigSource,
     /// `preprocess_cfg` of an `open_clip_config.json`, when there is one.
     pub preprocess_cfg: Option<serde_json::Value>,
+    /// `model_cfg.text_cfg` of that `open_clip_config.json` (or of `--arch`'s open_clip
+    /// architecture): which tokenizer the text tower takes (`hf_tokenizer_name`,
+    /// `tokenizer_kwargs`). `None`: OpenAI's file or a Hugging Face config (CLIP's BPE).
+    pub text_cfg: Option<super::open_clip::TextCfg>,
 }
 
 /// The weight files a hub snapshot folder may hold, in the order they are preferred.
@@ -471,10 +475,15 @@ fn configs_beside(weights: &Path) -> Vec<std::path::PathBuf> {
     ]
 }
 
-/// An `open_clip_config.json`: its model config and preprocessing config.
-fn read_open_clip_config(
-    path: &Path,
-) -> Result<(ClipConfig, Option<serde_json::Value>), ModelError> {
+/// An `open_clip_config.json`: its model config (typed, and as open_clip's text config) and
+/// preprocessing config.
+type OpenClipFile = (
+    ClipConfig,
+    super::open_clip::TextCfg,
+    Option<serde_json::Value>,
+);
+
+fn read_open_clip_config(path: &Path) -> Result<OpenClipFile, ModelError> {
     let text = std::fs::read_to_string(path).map_err(|e| bad(path, format!("cannot read: {e}")))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| bad(path, format!("line {}: {e}", e.line())))?;
@@ -486,7 +495,7 @@ fn read_open_clip_config(
     let config = cfg
         .to_clip_config(false)
         .map_err(|e| bad(path, format!("model_cfg.{e}")))?;
-    Ok((config, v.get("preprocess_cfg").cloned()))
+    Ok((config, cfg.text_cfg, v.get("preprocess_cfg").cloned()))
 }
 
 /// A Hugging Face `CLIPConfig` (`config.json` of a `CLIPModel` folder).
@@ -631,14 +640,20 @@ pub fn load_checkpoint(
     };
     let sd = read_state_dict(&weights)?;
     let mut preprocess_cfg = None;
+    let mut text_cfg = None;
     let (config, config_source) = if let Some(a) = arch {
+        let name = a.split_once(':').map_or(a, |(n, _)| n);
+        text_cfg = super::open_clip::zoo()
+            .model(name)
+            .map(|m| m.text_cfg.clone());
         (
             ClipConfig::from_arch(a).map_err(|e| bad(&weights, format!("--arch {e}")))?,
             ConfigSource::Arch(a.to_string()),
         )
     } else if let Some(cfg_path) = configs_beside(&weights).into_iter().find(|p| p.is_file()) {
-        let (c, pre) = read_open_clip_config(&cfg_path)?;
+        let (c, text, pre) = read_open_clip_config(&cfg_path)?;
         preprocess_cfg = pre;
+        text_cfg = Some(text);
         (
             c,
             ConfigSource::OpenClipConfig(cfg_path.display().to_string()),
@@ -698,6 +713,7 @@ pub fn load_checkpoint(
         weights,
         config_source,
         preprocess_cfg,
+        text_cfg,
     })
 }
 

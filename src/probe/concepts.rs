@@ -16,7 +16,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::ProbeError;
 use crate::model::{l2_normalize, ClipModel};
-use crate::tokenizer::ClipTokenizer;
+use crate::text_tokenizer::TextTokenizer;
 use crate::zeroshot::{class_embeddings, ClassLabel, LabelSet, TemplateSet};
 
 /// One weighted concept of an expression.
@@ -108,10 +108,10 @@ pub fn template_set(spec: &str) -> Result<TemplateSet, crate::zeroshot::ZeroShot
 /// normalised mean over templates, as for zero-shot class embeddings). Duplicates are allowed.
 pub fn concept_embeddings(
     model: &ClipModel,
-    tokenizer: &ClipTokenizer,
+    tokenizer: &dyn TextTokenizer,
     concepts: &[String],
     templates: &TemplateSet,
-) -> Tensor {
+) -> Result<Tensor, ProbeError> {
     let labels = LabelSet {
         name: "concepts".into(),
         classes: concepts
@@ -122,9 +122,10 @@ pub fn concept_embeddings(
             })
             .collect(),
     };
-    class_embeddings(model, tokenizer, &labels, templates, 256)
+    Ok(class_embeddings(model, tokenizer, &labels, templates, 256)
+        .map_err(|e| ProbeError::Invalid(e.to_string()))?
         .to_device(Device::Cpu)
-        .to_kind(Kind::Float)
+        .to_kind(Kind::Float))
 }
 
 /// The expression's unit vector `[D]` from its terms' unit embeddings `[K, D]`.

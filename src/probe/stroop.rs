@@ -15,7 +15,7 @@ use tch::Tensor;
 use super::ProbeError;
 use crate::attack::{render, AttackSpec, FontBook, Rendered};
 use crate::model::ClipModel;
-use crate::tokenizer::ClipTokenizer;
+use crate::text_tokenizer::TextTokenizer;
 use crate::zeroshot::{ClassLabel, LabelSet, TemplateSet, ZeroShotClassifier};
 
 /// The article's zero-shot prompt (its `zero_shot_setup` plus the colour).
@@ -91,7 +91,7 @@ pub fn pairs(colours: &[String]) -> Vec<(String, String)> {
 /// The zero-shot classifier over the colour names with [`STROOP_TEMPLATE`].
 pub fn colour_classifier(
     model: &ClipModel,
-    tokenizer: &ClipTokenizer,
+    tokenizer: &dyn TextTokenizer,
     colours: &[String],
 ) -> Result<ZeroShotClassifier, ProbeError> {
     let labels = LabelSet {
@@ -106,17 +106,18 @@ pub fn colour_classifier(
     };
     let templates = TemplateSet::parse("stroop", STROOP_TEMPLATE)
         .map_err(|e| ProbeError::Invalid(e.to_string()))?;
-    Ok(ZeroShotClassifier::build(
-        model, tokenizer, labels, templates,
-    ))
+    ZeroShotClassifier::build(model, tokenizer, labels, templates)
+        .map_err(|e| ProbeError::Invalid(e.to_string()))
 }
 
-/// Runs the experiment: renders each pair, encodes the stimuli in batches and scores them.
+/// Runs the experiment: renders each pair (at the model's input side), encodes the stimuli in
+/// batches, normalised with the model's transform's mean/std, and scores them.
 /// Returns the rows and the stimuli (in pair order).
 pub fn run(
     model: &ClipModel,
     classifier: &ZeroShotClassifier,
     pairs: &[(String, String)],
+    transform: &crate::preprocess::PreprocessCfg,
 ) -> Result<(Vec<StroopRow>, Vec<RgbImage>), ProbeError> {
     let n_px = model.image_resolution() as u32;
     let mut images = Vec::with_capacity(pairs.len());
@@ -134,7 +135,7 @@ pub fn run(
         let batch = Tensor::stack(
             &chunk_imgs
                 .iter()
-                .map(crate::preprocess::to_normalized_tensor)
+                .map(|i| crate::preprocess::to_normalized_tensor_with(i, transform))
                 .collect::<Vec<_>>(),
             0,
         );

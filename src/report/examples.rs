@@ -1,7 +1,7 @@
 //! Example images for a report: picks a deterministic sample of successes and failures from the
 //! records and re-creates their clean and attacked model inputs from the run's provenance (the
-//! dataset descriptor and data folder, the attack spec verbatim, the seed) — rendering is pure,
-//! so the pixels are the ones the model saw.
+//! dataset descriptor and data folder, the attack spec verbatim, the seed, the image
+//! transform) — rendering is pure, so the pixels are the ones the model saw.
 
 use std::collections::HashMap;
 use std::io::Cursor;
@@ -52,7 +52,7 @@ pub fn pick(records: &[Record], per_outcome: usize, seed: u64) -> Vec<&Record> {
 pub struct ImageSource {
     samples: HashMap<String, Sample>,
     spec: Option<AttackSpec>,
-    n_px: u32,
+    transform: crate::preprocess::PreprocessCfg,
     seed: u64,
 }
 
@@ -87,7 +87,7 @@ impl ImageSource {
         Ok(ImageSource {
             samples,
             spec,
-            n_px: p.image_size.unwrap_or(224),
+            transform: p.transform(),
             seed: p.seed,
         })
     }
@@ -109,15 +109,15 @@ impl ImageSource {
                     .ok_or_else(|| format!("variant {} not in the spec", r.variant))?;
                 let img = self.load(&r.sample_id)?;
                 let seed = crate::sweep::image_seed(&r.sample_id, self.seed);
-                let m = crate::attack::render_for_model(&img, variant, self.n_px, seed, None);
+                let m = crate::attack::render_for_model(&img, variant, &self.transform, seed, None);
                 Ok((m.clean_input, m.attacked_input))
             }
             None => {
                 let clean = self.load(r.clean_id.as_deref().unwrap_or(&r.sample_id))?;
                 let attacked = self.load(&r.sample_id)?;
                 Ok((
-                    crate::preprocess::resize_and_crop(&clean, self.n_px),
-                    crate::preprocess::resize_and_crop(&attacked, self.n_px),
+                    crate::preprocess::model_input(&clean, &self.transform),
+                    crate::preprocess::model_input(&attacked, &self.transform),
                 ))
             }
         }

@@ -1,8 +1,9 @@
 //! The sweep stage: evaluates a dataset under attack and streams one [`Record`] per
 //! (image, variant) to `records.jsonl`, then writes `summary.json` / `summary.csv`.
 //!
-//! Data flows one way: list → decode + preprocess (worker threads, bounded queue, ahead of the
-//! model) → batched model → scoring → records. Work is cut into fixed batches of cells; a batch's
+//! Data flows one way: list → decode + preprocess (the model's own transform, as provenance
+//! records it: [`crate::preprocess::model_input`] and its mean/std; worker threads, bounded
+//! queue, ahead of the model) → batched model → scoring → records. Work is cut into fixed batches of cells; a batch's
 //! records are appended and flushed together, and a resumed run redoes any incomplete batch,
 //! so an interrupted run continues where it stopped and its final summary is byte-identical to
 //! an uninterrupted one. Clean images are encoded once and reused by every variant.
@@ -402,7 +403,7 @@ impl ForwardGate {
 /// reorders by `index`. Dropping the receiver stops the workers.
 fn prepare_images(
     jobs: Vec<(usize, ImageJob)>,
-    n_px: u32,
+    transform: crate::preprocess::PreprocessCfg,
     workers: usize,
     ahead: usize,
     defenses: std::sync::Arc<crate::defense::DefenseStack>,
@@ -415,6 +416,7 @@ fn prepare_images(
         let jobs = jobs.clone();
         let defenses = defenses.clone();
         let gate = gate.clone();
+        let transform = transform.clone();
         std::thread::spawn(move || {
             // The last photo this worker decoded and its clean model input. A worker takes all
             // the consecutive jobs of one photo (its clean image and its variants) at once, so
@@ -445,7 +447,7 @@ fn prepare_images(
                 {
                     let decoded = crate::dataset::load_rgb(&job.sample.path)
                         .map(|img| {
-                            let input = crate::preprocess::resize_and_crop(&img, n_px);
+                            let input = crate::preprocess::model_input(&img, &transform);
                             (img, input)
                         })
                         .map_err(|e| e.to_string());
@@ -459,13 +461,16 @@ fn prepare_images(
                         None => {
                             let ctx = crate::defense::ImageContext::default();
                             let input = defenses.transform_image(input.clone(), &ctx);
-                            (crate::preprocess::to_normalized_tensor(&input), 0.0)
+                            let t =
+                                crate::preprocess::to_normalized_tensor_with(&input, &transform);
+                            (t, 0.0)
                         }
                         Some((variant, seed)) => {
                             let r = crate::attack::render_for_model_with_input(
                                 img,
                                 input.clone(),
                                 variant,
+                                &transform,
                                 *seed,
                                 None,
                             );
@@ -477,7 +482,9 @@ fn prepare_images(
                             };
                             let l0 = r.rendered.l0_fraction;
                             let input = defenses.transform_image(r.attacked_input, &ctx);
-                            (crate::preprocess::to_normalized_tensor(&input), l0)
+                            let t =
+                                crate::preprocess::to_normalized_tensor_with(&input, &transform);
+                            (t, l0)
                         }
                     });
                 drop(in_progress);
@@ -620,7 +627,10 @@ pub fn run_cells(
         .append(true)
         .open(&records_path)
         .map_err(|e| io_err(&records_path, e))?;
-    let n_px = model.image_resolution() as u32;
+    // The run's transform as its provenance records it (absent there: OpenAI's).
+    let transform = provenance.image_transform.clone().unwrap_or_else(|| {
+        crate::preprocess::PreprocessCfg::square(model.image_resolution() as u32)
+    });
     let bar = crate::progress::bar(cell_range.len() as u64, settings.progress);
     bar.set_position(done.len() as u64);
     // Every distinct image, in first-use order, encoded in fixed image batches: the batch an
@@ -696,7 +706,7 @@ pub fn run_cells(
         (model.device() == tch::Device::Cpu).then(|| std::sync::Arc::new(ForwardGate::default()));
     let prepared = prepare_images(
         jobs,
-        n_px,
+        transform,
         settings.workers,
         image_batch * 2,
         settings.defenses.clone(),

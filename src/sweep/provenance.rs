@@ -1,6 +1,7 @@
 //! `provenance.json`: everything needed to know what a run was and to refuse resuming it with
 //! different inputs — typoclip version and commit, model (spec, sha256, random-weights flag),
-//! dataset (descriptor verbatim, file-list hash), label and template sets (hashes), seeds,
+//! dataset (descriptor verbatim, file-list hash), the image transform when it is not OpenAI's,
+//! label and template sets (hashes), seeds,
 //! threads, batch size, libtorch version, the defenses (with their parameters and, for fitted
 //! ones, artifact and calibration split), start and end times.
 
@@ -52,6 +53,10 @@ pub struct Provenance {
     /// The model's input size in pixels.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub image_size: Option<u32>,
+    /// The image transform the model was trained with and the run applied, when it is not
+    /// OpenAI's at [`Provenance::image_size`] (absent: OpenAI's; see [`Provenance::transform`]).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub image_transform: Option<crate::preprocess::PreprocessCfg>,
     /// Scoring mode.
     pub mode: String,
     /// Label set name and hash.
@@ -163,6 +168,14 @@ impl Provenance {
         self.random_weights.then(|| self.banner())
     }
 
+    /// The image transform of the run: [`Provenance::image_transform`], else OpenAI's at the
+    /// recorded input size (224 when none is recorded).
+    pub fn transform(&self) -> crate::preprocess::PreprocessCfg {
+        self.image_transform.clone().unwrap_or_else(|| {
+            crate::preprocess::PreprocessCfg::square(self.image_size.unwrap_or(224))
+        })
+    }
+
     /// Marks the run finished now.
     pub fn finish(&mut self) {
         self.finished = Some(now_rfc3339());
@@ -198,7 +211,7 @@ impl Provenance {
     }
 
     /// Refuses `self` as the same sweep as `old` (read from `path`), naming the first input
-    /// that differs: model, dataset, attack, mode, label and template sets, seed, precision,
+    /// that differs: model, dataset, attack, image transform, mode, label and template sets, seed, precision,
     /// kernels, variant filter, batch size, defenses, linear probe.
     pub fn check_same_run(&self, old: &Provenance, path: &Path) -> Result<(), SweepError> {
         let defenses = |p: &Provenance| {
@@ -210,7 +223,9 @@ impl Provenance {
             )
         };
         let (old_defenses, new_defenses) = (defenses(old), defenses(self));
-        let fields: [(&str, &String, &String); 14] = [
+        let (old_transform, new_transform) =
+            (old.transform().describe(), self.transform().describe());
+        let fields: [(&str, &String, &String); 15] = [
             ("model", &old.model_id, &self.model_id),
             ("dataset", &old.dataset_descriptor, &self.dataset_descriptor),
             (
@@ -219,6 +234,7 @@ impl Provenance {
                 &self.file_list_hash,
             ),
             ("attack spec", &old.attack, &self.attack),
+            ("image transform", &old_transform, &new_transform),
             ("mode", &old.mode, &self.mode),
             ("label set", &old.labels_hash, &self.labels_hash),
             ("template set", &old.templates_hash, &self.templates_hash),
