@@ -13,7 +13,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use common::{read_tensors, run_typoclip};
+use common::{max_relative, read_npy_f32, read_tensors, run_typoclip};
 use tch::{Kind, Tensor};
 
 fn fixture() -> &'static Path {
@@ -33,38 +33,6 @@ fn images() -> Vec<String> {
         .iter()
         .map(|p| p.as_str().unwrap().to_string())
         .collect()
-}
-
-fn read_npy_f32(path: &Path) -> Tensor {
-    let b = std::fs::read(path).unwrap();
-    assert_eq!(&b[..6], b"\x93NUMPY");
-    let hlen = u16::from_le_bytes([b[8], b[9]]) as usize;
-    let header = std::str::from_utf8(&b[10..10 + hlen]).unwrap();
-    let shape: Vec<i64> = header
-        .split("'shape': (")
-        .nth(1)
-        .unwrap()
-        .split(')')
-        .next()
-        .unwrap()
-        .split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| s.trim().parse().unwrap())
-        .collect();
-    let data: Vec<f32> = b[10 + hlen..]
-        .chunks(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    Tensor::from_slice(&data).view(shape.as_slice())
-}
-
-/// Largest row-wise `‖a − b‖ / ‖b‖`.
-fn max_relative(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
-    let num = (&a - &b).norm_scalaropt_dim(2.0, [-1i64].as_slice(), false);
-    let den = b.norm_scalaropt_dim(2.0, [-1i64].as_slice(), false);
-    f64::try_from((num / den).max()).unwrap()
 }
 
 fn ok(o: &std::process::Output) -> String {

@@ -120,7 +120,7 @@ pub fn resolve(args: &SweepArgs) -> Result<RunSpec> {
         && args.model.model.is_none()
         && !crate::cli::resolve::default_model_cached(args.model.cache_dir.as_deref());
     if toy {
-        println!(
+        eprintln!(
             "no {} checkpoint is cached: --fallback-toy runs the positive control instead \
              (--model toy --dataset {} --attacks {})",
             crate::cli::resolve::DEFAULT_MODEL,

@@ -112,7 +112,7 @@ impl Scene {
 
     /// "small" or "large".
     pub fn size_word(&self) -> &'static str {
-        if self.radius < 0.26 {
+        if self.radius < 0.28 {
             "small"
         } else {
             "large"
@@ -153,14 +153,14 @@ impl World {
         let shape = rng.gen_range(0..SHAPES.len());
         let colour = rng.gen_range(0..COLOURS.len());
         let background = rng.gen_range(0..BACKGROUNDS.len());
-        let texture = match rng.gen_range(0..4) {
-            0 | 1 => Texture::Plain,
-            2 => Texture::Gradient,
+        let texture = match rng.gen_range(0..6) {
+            0..=3 => Texture::Plain,
+            4 => Texture::Gradient,
             _ => Texture::Speckle,
         };
-        let radius = rng.gen_range(0.19..0.33);
+        let radius = rng.gen_range(0.22..0.34);
         let centre = (rng.gen_range(0.34..0.66), rng.gen_range(0.34..0.66));
-        let rotation = rng.gen_range(-0.26..0.26);
+        let rotation = rng.gen_range(-0.15..0.15);
         Scene {
             shape,
             colour,
@@ -269,13 +269,15 @@ impl World {
         let colour = COLOURS[scene.colour].0;
         let bg = BACKGROUNDS[scene.background].0;
         let size = scene.size_word();
-        let base = match rng.gen_range(0..6) {
+        // Half the captions name the shape alone, so matching them takes the shape.
+        let base = match rng.gen_range(0..8) {
             0 => format!("a photo of a {colour} {shape}"),
             1 => format!("a {colour} {shape}"),
-            2 => format!("a photo of a {shape}"),
-            3 => format!("a {size} {colour} {shape} on a {bg} background"),
-            4 => format!("a picture of a {size} {shape}"),
-            _ => format!("a photo of a {colour} {shape} on {bg}"),
+            2 => format!("a {size} {colour} {shape} on a {bg} background"),
+            3 => format!("a photo of a {colour} {shape} on {bg}"),
+            4 | 5 => format!("a photo of a {shape}"),
+            6 => format!("a picture of a {shape}"),
+            _ => format!("a {size} {shape}"),
         };
         match &scene.word {
             None => format!("{base}."),

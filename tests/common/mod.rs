@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use sha2::{Digest, Sha256};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 /// The repository root.
 pub fn repo() -> PathBuf {
@@ -98,4 +98,37 @@ pub fn run_typoclip(args: &[&str], cache_name: &str) -> std::process::Output {
         .env("XDG_CACHE_HOME", std::env::temp_dir().join(cache_name))
         .output()
         .expect("run typoclip")
+}
+
+/// Reads a float32 `.npy` file (what `typoclip embed` writes) into a tensor.
+pub fn read_npy_f32(path: &Path) -> Tensor {
+    let b = std::fs::read(path).unwrap();
+    assert_eq!(&b[..6], b"\x93NUMPY");
+    let hlen = u16::from_le_bytes([b[8], b[9]]) as usize;
+    let header = std::str::from_utf8(&b[10..10 + hlen]).unwrap();
+    let shape: Vec<i64> = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap()
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().unwrap())
+        .collect();
+    let data: Vec<f32> = b[10 + hlen..]
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    Tensor::from_slice(&data).view(shape.as_slice())
+}
+
+/// Largest row-wise `‖a − b‖ / ‖b‖`.
+pub fn max_relative(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
+    let num = (&a - &b).norm_scalaropt_dim(2.0, [-1i64].as_slice(), false);
+    let den = b.norm_scalaropt_dim(2.0, [-1i64].as_slice(), false);
+    f64::try_from((num / den).max()).unwrap()
 }

@@ -1,0 +1,390 @@
+//! The positive control (`typoclip toy`): training is deterministic and resumes bit-exact;
+//! open_clip itself loads the folder it writes and gives the same embeddings; and the trained
+//! toy (set-up trains it into the cache; these tests train it there when it is missing) shows
+//! the typographic effect through the ordinary sweep: clean accuracy, the label attack, its
+//! dose-response, and what the defenses do to it.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use common::{max_relative, read_npy_f32, read_tensors, repo};
+use typoclip::records::Record;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_typoclip"))
+}
+
+fn ok(o: std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "typoclip failed:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn run(args: &[&str]) -> String {
+    ok(bin().args(args).current_dir(repo()).output().unwrap())
+}
+
+/// The trained toy in the cache (`typoclip toy train` with its defaults: a no-op when set-up
+/// already trained it).
+fn toy() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = run(&["toy", "train", "--quiet"]);
+        PathBuf::from(out.trim().lines().last().unwrap())
+    })
+}
+
+fn small_train(dir: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "toy",
+        "train",
+        "--out",
+        dir.to_str().unwrap(),
+        "--steps",
+        "6",
+        "--batch",
+        "8",
+        "--checkpoint-every",
+        "2",
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+#[test]
+fn training_is_deterministic_and_resumes_to_the_same_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+    );
+    let out = small_train(&a, &[]);
+    assert!(out.starts_with("toy CLIP trained by typoclip"), "{out}");
+    let stopped = small_train(&b, &["--stop-after", "3"]);
+    assert!(stopped.contains("stopped after 3 steps"), "{stopped}");
+    assert!(b.join("train-state.safetensors").is_file());
+    assert!(!b.join("typoclip-toy.json").exists());
+    let resumed = small_train(&b, &[]);
+    assert!(resumed.contains("trained 3 steps"), "{resumed}");
+    small_train(&c, &["--seed", "1"]);
+    let w = |d: &Path| std::fs::read(d.join("open_clip_model.safetensors")).unwrap();
+    assert!(w(&a) == w(&b), "a resumed run ends with other weights");
+    assert!(w(&a) != w(&c), "another seed gives the same weights");
+    assert!(!b.join("train-state.safetensors").exists());
+    // A finished folder is not trained again; other settings are refused.
+    assert!(small_train(&a, &[]).contains("already trained"));
+    let o = bin()
+        .args(["toy", "train", "--out", a.to_str().unwrap(), "--steps", "7"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--force"));
+}
+
+#[test]
+fn open_clip_loads_the_toy_folder_and_gives_the_same_embeddings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("toy");
+    small_train(&model, &[]);
+    let world = tmp.path().join("world");
+    run(&[
+        "toy",
+        "world",
+        "--out",
+        world.to_str().unwrap(),
+        "--count",
+        "6",
+    ]);
+    let images: Vec<String> = (0..6)
+        .map(|i| world.join(format!("{i:04}.png")).display().to_string())
+        .collect();
+    let texts = [
+        "a photo of a star.",
+        "a red circle with the word 'ring' written on it.",
+    ];
+    let img_npy = tmp.path().join("img.npy");
+    let mut args = vec!["embed", "--model", model.to_str().unwrap(), "--out"];
+    args.push(img_npy.to_str().unwrap());
+    args.extend(images.iter().map(String::as_str));
+    let o = bin().args(&args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.starts_with("# toy CLIP trained by typoclip"),
+        "{stderr}"
+    );
+    let txt_npy = tmp.path().join("txt.npy");
+    let mut args = vec!["embed", "--model", model.to_str().unwrap(), "--out"];
+    args.push(txt_npy.to_str().unwrap());
+    for t in texts {
+        args.extend(["--text", t]);
+    }
+    run(&args);
+    let reference = tmp.path().join("ref.safetensors");
+    let status = Command::new(common::python())
+        .arg(repo().join("scripts/reference_toy.py"))
+        .arg("--model")
+        .arg(&model)
+        .arg("--out")
+        .arg(&reference)
+        .arg("--images")
+        .args(&images)
+        .arg("--texts")
+        .args(texts)
+        .status()
+        .unwrap();
+    assert!(status.success(), "scripts/reference_toy.py failed");
+    let r = read_tensors(&reference);
+    let di = max_relative(&read_npy_f32(&img_npy), &r["image_features"]);
+    let dt = max_relative(&read_npy_f32(&txt_npy), &r["text_features"]);
+    assert!(
+        di < 1e-4,
+        "image embeddings differ from open_clip's by {di:e} (relative)"
+    );
+    assert!(
+        dt < 1e-4,
+        "text embeddings differ from open_clip's by {dt:e} (relative)"
+    );
+}
+
+/// Pooled rates over a run's records: (clean accuracy, attacked accuracy, changed to target).
+fn rates(run_dir: &Path) -> (f64, f64, f64, usize) {
+    let text = std::fs::read_to_string(run_dir.join("records.jsonl")).unwrap();
+    let recs: Vec<Record> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ok: Vec<&Record> = recs.iter().filter(|r| r.is_ok()).collect();
+    assert_eq!(
+        ok.len(),
+        recs.len(),
+        "error records in {}",
+        run_dir.display()
+    );
+    let n = ok.len() as f64;
+    let clean = ok
+        .iter()
+        .filter(|r| r.clean_top1() == r.true_label.as_deref())
+        .count() as f64;
+    let attacked = ok
+        .iter()
+        .filter(|r| r.attacked_top1() == r.true_label.as_deref())
+        .count() as f64;
+    let to_target = ok
+        .iter()
+        .filter(|r| {
+            r.clean_top1() != r.target.as_deref() && r.attacked_top1() == r.target.as_deref()
+        })
+        .count() as f64;
+    assert!(
+        ok.iter().all(|r| r.true_label != r.target),
+        "skip_own_class: no cell writes the image's own class"
+    );
+    (clean / n, attacked / n, to_target / n, ok.len())
+}
+
+fn sweep(out: &Path, attacks: &str, limit: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "sweep",
+        "--model",
+        toy().to_str().unwrap(),
+        "--dataset",
+        "datasets/synthetic.toml",
+        "--attacks",
+        attacks,
+        "--limit",
+        limit,
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+#[test]
+fn the_toy_reads_clean_accuracy_and_the_label_attack() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("labels");
+    let printed = sweep(&out, "attacks/toy-labels.toml", "200", &[]);
+    assert!(
+        printed.starts_with("toy CLIP trained by typoclip") || printed.contains("# toy CLIP"),
+        "{printed}"
+    );
+    let (clean, attacked, to_target, n) = rates(&out);
+    eprintln!("toy-labels, n = {n} cells: clean {clean:.3}, attacked {attacked:.3}, changed to target {to_target:.3}");
+    assert!(clean >= 0.90, "clean accuracy {clean:.3} < 0.90");
+    assert!(to_target >= 0.30, "changed to target {to_target:.3} < 0.30");
+    assert!(
+        attacked <= clean - 0.25,
+        "attacked accuracy {attacked:.3} is not 25 points below clean {clean:.3}"
+    );
+}
+
+#[test]
+fn the_effect_rises_with_label_size_and_opacity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("dose");
+    sweep(&out, "attacks/toy-dose.toml", "80", &[]);
+    let text = std::fs::read_to_string(out.join("records.jsonl")).unwrap();
+    let recs: Vec<Record> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let rate = |size: &str, opacity: &str| {
+        let sel: Vec<&Record> = recs
+            .iter()
+            .filter(|r| {
+                r.variant.contains(&format!("size_frac={size}"))
+                    && r.variant.contains(&format!("opacity={opacity}"))
+            })
+            .collect();
+        assert!(
+            !sel.is_empty(),
+            "no records for size {size}, opacity {opacity}"
+        );
+        sel.iter()
+            .filter(|r| r.attacked_top1() == r.target.as_deref())
+            .count() as f64
+            / sel.len() as f64
+    };
+    let by_size: Vec<f64> = ["0.09", "0.13", "0.17"]
+        .iter()
+        .map(|s| rate(s, "1"))
+        .collect();
+    let by_opacity: Vec<f64> = ["0.35", "0.7", "1"]
+        .iter()
+        .map(|o| rate("0.17", o))
+        .collect();
+    eprintln!("read as the written class: by size {by_size:?}, by opacity {by_opacity:?}");
+    assert!(
+        by_size[0] < by_size[1] && by_size[1] < by_size[2],
+        "not rising with size: {by_size:?}"
+    );
+    assert!(
+        by_opacity[0] < by_opacity[2],
+        "not rising with opacity: {by_opacity:?}"
+    );
+}
+
+/// Attack success rate (TextAttack's: images right when clean and wrong when attacked, over
+/// images right when clean) pooled over a run's records, and attacked accuracy.
+fn asr(run_dir: &Path) -> (f64, f64) {
+    let text = std::fs::read_to_string(run_dir.join("records.jsonl")).unwrap();
+    let recs: Vec<Record> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let right: Vec<&Record> = recs
+        .iter()
+        .filter(|r| r.clean_top1() == r.true_label.as_deref())
+        .collect();
+    let fooled = right
+        .iter()
+        .filter(|r| r.attacked_top1() != r.true_label.as_deref())
+        .count();
+    let attacked = recs
+        .iter()
+        .filter(|r| r.attacked_top1() == r.true_label.as_deref())
+        .count();
+    (
+        fooled as f64 / right.len().max(1) as f64,
+        attacked as f64 / recs.len().max(1) as f64,
+    )
+}
+
+/// The defenses, for real: oracle masking restores attacked accuracy to within 5 points of
+/// clean; blur and the fitted typographic-head ablation lower the attack success rate; the
+/// ignore-text prompts are measured and recorded; the comparison ranks the runs. The
+/// evaluation writes five class names, the heads are fitted on the other five (other scenes,
+/// other fonts), as the sweep's disjointness check requires.
+#[test]
+fn defenses_move_the_attack_success_rate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let heads = tmp.path().join("heads.json");
+    let fitted = run(&[
+        "fit",
+        "heads",
+        "--model",
+        toy().to_str().unwrap(),
+        "--dataset",
+        "datasets/synthetic-calibration.toml",
+        "--words",
+        "circle,square,triangle,star,hexagon",
+        "--fonts",
+        "mono,serif",
+        "--limit",
+        "60",
+        "--out",
+        heads.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(fitted.starts_with("# toy CLIP"), "{fitted}");
+    let variants = ["*/cross", "*/diamond", "*/ring", "*/crescent", "*/arrow"];
+    let mut extra: Vec<&str> = Vec::new();
+    for v in &variants {
+        extra.extend(["--variant", v]);
+    }
+    let heads_spec = format!("heads:file={},k=2", heads.display());
+    let runs: Vec<(&str, Vec<&str>)> = vec![
+        ("none", vec![]),
+        ("mask", vec!["--defense", "mask"]),
+        ("blur", vec!["--defense", "blur:sigma=1.5"]),
+        ("heads", vec!["--defense", heads_spec.as_str()]),
+        ("ignore-text", vec!["--defense", "prompt:set=ignore-text"]),
+    ];
+    let mut measured = Vec::new();
+    for (name, defense) in &runs {
+        let out = tmp.path().join(name);
+        let mut args = extra.clone();
+        args.extend(defense.iter().copied());
+        sweep(&out, "attacks/toy-labels.toml", "120", &args);
+        let (clean, _, _, _) = rates(&out);
+        let (a, acc) = asr(&out);
+        eprintln!("{name:<12} clean {clean:.3} attacked {acc:.3} ASR {a:.3}");
+        measured.push((name.to_string(), clean, acc, a));
+    }
+    let get = |n: &str| measured.iter().find(|m| m.0 == n).unwrap().clone();
+    let none = get("none");
+    let mask = get("mask");
+    assert!(
+        mask.2 >= none.1 - 0.05,
+        "oracle masking: attacked accuracy {:.3} not within 5 points of clean {:.3}",
+        mask.2,
+        none.1
+    );
+    assert!(
+        get("blur").3 < none.3,
+        "blur does not lower ASR: {measured:?}"
+    );
+    assert!(
+        get("heads").3 < none.3,
+        "head ablation does not lower ASR: {measured:?}"
+    );
+    let dirs: Vec<String> = runs
+        .iter()
+        .map(|(n, _)| tmp.path().join(n).display().to_string())
+        .collect();
+    let cmp = tmp.path().join("comparison");
+    let mut args = vec!["compare"];
+    args.extend(dirs.iter().map(String::as_str));
+    args.extend(["--out", cmp.to_str().unwrap()]);
+    let printed = run(&args);
+    assert!(printed.starts_with("# toy CLIP"), "{printed}");
+    assert!(cmp.join("comparison.html").is_file());
+    for (n, _) in &runs {
+        assert!(
+            printed.contains(n),
+            "{n} missing from the comparison:\n{printed}"
+        );
+    }
+}
