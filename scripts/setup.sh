@@ -4,15 +4,13 @@
 #     torch import needed: only the shared libraries), linked as .libtorch for tch;
 #  2. the built-in default images, extracted from the scikit-image wheel (public domain / CC0);
 #  3. cargo build --release.
-#  4. typoclip fetch ViT-B-32 (continues when offline), then typoclip toy train: the positive
-#     control, a tiny CLIP trained on synthetic shapes into the cache (once; skipped when there).
+#  4. typoclip fetch ViT-B-32 (continues when offline).
 #  5. Debian's chromium, used only by the test that renders a report in a real browser
 #     (continues without it; that test then skips and says so).
 #  6. Debian's Slurm and MUNGE (slurmctld slurmd munge slurm-client), used only by the test
 #     that runs a plan's array script on a real single-node Slurm (tests/slurm.rs; continues
 #     without them; that test then skips and says so).
-# Environment: TYPOCLIP_SKIP_BUILD=1 skips steps 3-4, TYPOCLIP_SKIP_FETCH=1 skips the fetch,
-# TYPOCLIP_SKIP_TOY=1 the toy's training,
+# Environment: TYPOCLIP_SKIP_BUILD=1 skips steps 3-4, TYPOCLIP_SKIP_FETCH=1 skips step 4,
 # TYPOCLIP_SKIP_CHROMIUM=1 skips step 5, TYPOCLIP_SKIP_SLURM=1 skips step 6.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,11 +67,7 @@ if [ "${TYPOCLIP_SKIP_BUILD:-0}" != 1 ]; then
   if [ "${TYPOCLIP_SKIP_FETCH:-0}" != 1 ]; then
     say "trying to fetch the default checkpoint (ViT-B-32) into the cache"
     ./target/release/typoclip fetch ViT-B-32 --quiet \
-      || say "could not fetch ViT-B-32 (offline?): the first run will use the toy positive control and say so"
-  fi
-  if [ "${TYPOCLIP_SKIP_TOY:-0}" != 1 ]; then
-    say "training the toy positive control into the cache (typoclip toy train: once, a few minutes on 2 cores)"
-    ./target/release/typoclip toy train --quiet
+      || say "could not fetch ViT-B-32 (offline?): the default run will use random weights and say so"
   fi
 fi
 if [ "${TYPOCLIP_SKIP_CHROMIUM:-0}" != 1 ] && ! command -v chromium >/dev/null; then

@@ -39,18 +39,18 @@ pub const MARKER: &str = "typoclip-toy.json";
 /// The toy's side in pixels (images of the synthetic world and the model input).
 pub const IMAGE_SIZE: u32 = 64;
 
-/// The toy's architecture as an open_clip model config: ViT 64 px / patch 8, width 128, 4 layers
-/// of 4 heads; text transformer width 128, 3 layers, context 32, CLIP's BPE vocabulary; GELU.
+/// The toy's architecture as an open_clip model config: ViT 64 px / patch 8, width 64, 4 layers
+/// of 2 heads; text transformer width 64, 3 layers of 2 heads, context 32, CLIP's BPE
+/// vocabulary; GELU. (Width 64 learns more per second of CPU than 128 here: 60.6 % held-out
+/// clean accuracy after 1200 steps of batch 128 against 46.8 % after 400 steps at width 128, in
+/// about the same time.)
 pub fn model_cfg_json() -> serde_json::Value {
-    if let Ok(t) = std::env::var("TOYCFG") {
-        return serde_json::from_str(&t).unwrap();
-    }
     json!({
         "embed_dim": 128,
         "vision_cfg": {
             "image_size": IMAGE_SIZE,
             "patch_size": 8,
-            "width": 128,
+            "width": 64,
             "layers": 4,
             "head_width": 32,
             "mlp_ratio": 4.0
@@ -58,8 +58,8 @@ pub fn model_cfg_json() -> serde_json::Value {
         "text_cfg": {
             "context_length": 32,
             "vocab_size": 49408,
-            "width": 128,
-            "heads": 4,
+            "width": 64,
+            "heads": 2,
             "layers": 3
         }
     })

@@ -48,7 +48,7 @@ impl Default for TrainSettings {
     fn default() -> Self {
         TrainSettings {
             seed: 0,
-            steps: 400,
+            steps: 1200,
             batch: 128,
             lr: 1e-3,
             warmup: 40,
