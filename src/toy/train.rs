@@ -75,7 +75,7 @@ impl TrainSettings {
         if self.steps == 0 || self.batch < 2 || self.checkpoint_every == 0 {
             bail!("toy train: steps and checkpoint_every must be ≥ 1 and batch ≥ 2");
         }
-        if !(0.0..=1.0).contains(&self.word_prob) || !(self.lr > 0.0) {
+        if !(0.0..=1.0).contains(&self.word_prob) || self.lr.is_nan() || self.lr <= 0.0 {
             bail!("toy train: word_prob must be in [0, 1] and lr > 0");
         }
         Ok(())

@@ -328,8 +328,8 @@ impl World {
         let ink = COLOURS[scene.colour].1;
         for (p, &a) in img.pixels_mut().zip(coverage.iter()) {
             if a > 0.0 {
-                for k in 0..3 {
-                    p.0[k] = (p.0[k] as f32 * (1.0 - a) + ink[k] as f32 * a).round() as u8;
+                for (c, &i) in p.0.iter_mut().zip(ink.iter()) {
+                    *c = (*c as f32 * (1.0 - a) + i as f32 * a).round() as u8;
                 }
             }
         }
