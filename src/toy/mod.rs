@@ -1,8 +1,9 @@
 //! The positive control: a tiny CLIP that typoclip trains itself on a synthetic world of
 //! coloured shapes in which 40 % of the pictures carry a written word that their captions
-//! transcribe. Contrastive training alone teaches it to read, so it has a real typographic
-//! weakness, and every stage (attacks, metrics, defenses, probes, reports) shows a real effect on
-//! a machine without downloaded weights.
+//! transcribe, so that contrastive training can teach it to read and every stage (attacks,
+//! metrics, defenses, probes, reports) can show a real effect on a machine without downloaded
+//! weights. (The default training does not get there yet: see the README's "The positive
+//! control" for what it reaches.)
 //!
 //! - [`world`]: the synthetic scenes, their rendering and captions;
 //! - [`train`](mod@train): contrastive training with checkpoints and resume;
@@ -30,8 +31,8 @@ pub use world::World;
 
 /// The first line of anything computed with the toy.
 pub const TOY_BANNER: &str = "toy CLIP trained by typoclip on synthetic shapes — a positive \
-                              control, not CLIP: its numbers show that the pipeline measures a \
-                              real effect, not how CLIP behaves";
+                              control, not CLIP: its numbers describe the toy, not how CLIP \
+                              behaves";
 
 /// The marker file of a toy folder.
 pub const MARKER: &str = "typoclip-toy.json";
