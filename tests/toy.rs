@@ -156,13 +156,18 @@ fn open_clip_loads_the_toy_folder_and_gives_the_same_embeddings() {
     );
 }
 
-/// Pooled rates over a run's records: (clean accuracy, attacked accuracy, changed to target).
-fn rates(run_dir: &Path) -> (f64, f64, f64, usize) {
-    let text = std::fs::read_to_string(run_dir.join("records.jsonl")).unwrap();
-    let recs: Vec<Record> = text
+/// A run's `records.jsonl`.
+fn records(run_dir: &Path) -> Vec<Record> {
+    std::fs::read_to_string(run_dir.join("records.jsonl"))
+        .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+        .collect()
+}
+
+/// Pooled rates over a run's records: (clean accuracy, attacked accuracy, changed to target).
+fn rates(run_dir: &Path) -> (f64, f64, f64, usize) {
+    let recs = records(run_dir);
     let ok: Vec<&Record> = recs.iter().filter(|r| r.is_ok()).collect();
     assert_eq!(
         ok.len(),
@@ -237,11 +242,7 @@ fn the_effect_rises_with_label_size_and_opacity() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("dose");
     sweep(&out, "attacks/toy-dose.toml", "80", &[]);
-    let text = std::fs::read_to_string(out.join("records.jsonl")).unwrap();
-    let recs: Vec<Record> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let recs = records(&out);
     let rate = |size: &str, opacity: &str| {
         let sel: Vec<&Record> = recs
             .iter()
@@ -281,11 +282,7 @@ fn the_effect_rises_with_label_size_and_opacity() {
 /// Attack success rate (TextAttack's: images right when clean and wrong when attacked, over
 /// images right when clean) pooled over a run's records, and attacked accuracy.
 fn asr(run_dir: &Path) -> (f64, f64) {
-    let text = std::fs::read_to_string(run_dir.join("records.jsonl")).unwrap();
-    let recs: Vec<Record> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let recs = records(run_dir);
     let right: Vec<&Record> = recs
         .iter()
         .filter(|r| r.clean_top1() == r.true_label.as_deref())

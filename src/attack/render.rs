@@ -187,7 +187,8 @@ fn map_box(b: ObjectBox, w: u32, h: u32, cfg: &crate::preprocess::PreprocessCfg)
     [fx(b[0]), fy(b[1]), fx(b[2]), fy(b[3])]
 }
 
-fn splitmix(mut x: u64) -> u64 {
+/// SplitMix64's finaliser: the seed mixer of the renderer (and of the toy's training streams).
+pub(crate) fn splitmix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

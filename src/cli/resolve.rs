@@ -375,8 +375,7 @@ pub fn open_model_or_random(args: &ModelArgs, fallback_random: bool) -> Result<O
     let spec_text = match &args.model {
         Some(m) => m.clone(),
         None => {
-            let cached = cache_dir(args.cache_dir.as_deref()).join(cached_file_name(DEFAULT_MODEL));
-            if !cached.exists() && fallback_random {
+            if fallback_random && !default_model_cached(args.cache_dir.as_deref()) {
                 format!("random:{DEFAULT_MODEL}-quickgelu")
             } else {
                 DEFAULT_MODEL.to_string()

@@ -155,8 +155,11 @@ fn run_world(out: PathBuf, count: usize, seed: u64) -> Result<()> {
     let world = toy::World::new(toy::IMAGE_SIZE, TrainSettings::default().word_prob);
     let mut tsv = String::from("file\tcaption\n");
     for i in 0..count {
-        let mut rng =
-            rand_chacha::ChaCha8Rng::seed_from_u64(toy::train::stream(seed, u64::MAX, i as u64));
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(toy::train::stream(
+            seed,
+            toy::train::SAMPLES_STREAM,
+            i as u64,
+        ));
         let scene = world.scene(&mut rng);
         let caption = world.caption(&scene, &mut rng);
         let file = format!("{i:04}.png");

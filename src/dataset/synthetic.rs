@@ -79,7 +79,7 @@ pub fn ensure_rendered(root: &Path, seed: u64, size: usize) -> Result<(), Datase
 pub fn scene(world: &World, seed: u64, i: usize) -> crate::toy::world::Scene {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(crate::toy::train::stream(
         seed,
-        u64::MAX - 2,
+        crate::toy::train::DATASET_STREAM,
         i as u64,
     ));
     world.clean_scene(&mut rng)

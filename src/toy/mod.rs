@@ -176,7 +176,7 @@ pub fn train_into(
         what: TOY_BANNER.into(),
         settings: settings.clone(),
         outcome,
-        held_out: held_out(&model, &world, 500, settings.seed ^ 0x5eed),
+        held_out: held_out(&model, &world, 500, settings.seed ^ 0x5eed)?,
         threads: tch::get_num_threads() as i64,
         typoclip: env!("CARGO_PKG_VERSION").into(),
     };
@@ -187,9 +187,9 @@ pub fn train_into(
     Ok(Some((model, record)))
 }
 
-/// Held-out accuracy of a toy, measured at the end of training: zero-shot with "a photo of a
-/// {shape}." over [`world::SHAPES`], on clean scenes and on the same scenes with a label that
-/// names another class.
+/// Held-out accuracy of a toy, measured at the end of training: the sweeps' zero-shot
+/// classifier (template set `single`, "a photo of a {shape}.") over [`world::SHAPES`], on clean
+/// scenes and on the same scenes with a label that names another class.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct HeldOut {
     /// Scenes.
@@ -203,23 +203,26 @@ pub struct HeldOut {
 }
 
 /// Measures [`HeldOut`] on `n` scenes of a stream disjoint from training (`seed`).
-pub fn held_out(model: &ClipModel, world: &World, n: usize, seed: u64) -> HeldOut {
+pub fn held_out(model: &ClipModel, world: &World, n: usize, seed: u64) -> Result<HeldOut> {
+    use crate::zeroshot::{LabelSet, TemplateSet, ZeroShotClassifier};
     use rand::{Rng, SeedableRng};
     let _g = tch::no_grad_guard();
-    let tok = crate::tokenizer::ClipTokenizer::new();
-    let ctx = model.config().text.context_length as usize;
-    let prompts: Vec<String> = world::SHAPES
-        .iter()
-        .map(|s| format!("a photo of a {s}."))
-        .collect();
-    let text = crate::model::l2_normalize(&model.encode_text(&tok.tokenize(&prompts, ctx)));
+    let classifier = ZeroShotClassifier::build(
+        model,
+        &crate::tokenizer::ClipTokenizer::new(),
+        LabelSet::parse_list("toy", &world::SHAPES.join(","))?,
+        TemplateSet::builtin("single").expect("the single template set ships"),
+    )?;
     let (mut clean, mut attacked, mut target) = (0usize, 0usize, 0usize);
     for chunk in (0..n).collect::<Vec<_>>().chunks(64) {
         let mut imgs = Vec::new();
         let mut truth = Vec::new();
         for &i in chunk {
-            let mut rng =
-                rand_chacha::ChaCha8Rng::seed_from_u64(train::stream(seed, u64::MAX - 1, i as u64));
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(train::stream(
+                seed,
+                train::HELD_OUT_STREAM,
+                i as u64,
+            ));
             let scene = world.clean_scene(&mut rng);
             let t = (scene.shape + rng.gen_range(1..world::SHAPES.len())) % world::SHAPES.len();
             let mut w = world.word(&mut rng, world::SHAPES[t]);
@@ -237,9 +240,8 @@ pub fn held_out(model: &ClipModel, world: &World, n: usize, seed: u64) -> HeldOu
             ));
             truth.push((scene.shape as i64, t as i64));
         }
-        let f = crate::model::l2_normalize(&model.encode_image(&crate::preprocess::batch(&imgs)));
-        let pred: Vec<i64> =
-            Vec::try_from(f.matmul(&text.transpose(0, 1)).argmax(-1, false)).unwrap_or_default();
+        let f = model.encode_image(&crate::preprocess::batch(&imgs));
+        let pred: Vec<i64> = Vec::try_from(classifier.logits(&f).argmax(-1, false))?;
         for (k, (c, t)) in truth.iter().enumerate() {
             clean += (pred[2 * k] == *c) as usize;
             attacked += (pred[2 * k + 1] == *c) as usize;
@@ -247,10 +249,10 @@ pub fn held_out(model: &ClipModel, world: &World, n: usize, seed: u64) -> HeldOu
         }
     }
     let f = |k: usize| k as f64 / n.max(1) as f64;
-    HeldOut {
+    Ok(HeldOut {
         n,
         clean_accuracy: f(clean),
         attacked_accuracy: f(attacked),
         to_target: f(target),
-    }
+    })
 }

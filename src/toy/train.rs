@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use super::world::World;
+use crate::attack::render::splitmix;
 use crate::model::ClipModel;
+use crate::tokenizer::ClipTokenizer;
 
 /// What one training run is: the world, the model and the optimiser's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,11 +100,11 @@ pub struct TrainOutcome {
 /// A batch: normalised images `[B, 3, n, n]` and caption tokens `[B, L]`.
 pub fn batch(
     world: &World,
+    tok: &ClipTokenizer,
     settings: &TrainSettings,
     step: usize,
     context_length: usize,
 ) -> (Tensor, Tensor) {
-    let tok = crate::tokenizer::ClipTokenizer::new();
     let items: Vec<(Tensor, Vec<i64>)> = (0..settings.batch)
         .into_par_iter()
         .map(|i| {
@@ -123,6 +125,14 @@ pub fn batch(
     )
 }
 
+/// The `s` of [`stream`] for `typoclip toy world`'s sample scenes (training steps count up from
+/// 0, so these streams never meet a training batch).
+pub const SAMPLES_STREAM: u64 = u64::MAX;
+/// The `s` of [`stream`] for the held-out scenes measured after training.
+pub const HELD_OUT_STREAM: u64 = u64::MAX - 1;
+/// The `s` of [`stream`] for the `synthetic` dataset kind's scenes.
+pub const DATASET_STREAM: u64 = u64::MAX - 2;
+
 /// The seed of item `i` of step `s` of a run seeded `seed`.
 pub fn stream(seed: u64, s: u64, i: u64) -> u64 {
     let mut x = seed ^ 0x9e37_79b9_7f4a_7c15;
@@ -130,13 +140,6 @@ pub fn stream(seed: u64, s: u64, i: u64) -> u64 {
         x = splitmix(x ^ splitmix(v.wrapping_add(0x632b_e59b_d9b4_e019)));
     }
     x
-}
-
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// AdamW over named parameters, in name order, with its state as tensors.
@@ -326,8 +329,9 @@ pub fn train(
     let max_scale = 100f64.ln();
     let t0 = Instant::now();
     let mut losses = Vec::new();
+    let tok = ClipTokenizer::new();
     for s in start..settings.steps {
-        let (images, tokens) = batch(world, settings, s, ctx);
+        let (images, tokens) = batch(world, &tok, settings, s, ctx);
         // The CLI runs under a global no-grad guard; training records.
         let l = tch::with_grad(|| {
             let l = loss(model, &images, &tokens);
