@@ -120,6 +120,8 @@ def model_cfg(name):
         if depth:
             cfg["vision_cfg"]["layers"] = int(depth)
             cfg["text_cfg"]["layers"] = int(depth)
+            if "multimodal_cfg" in cfg:
+                cfg["multimodal_cfg"]["layers"] = int(depth)
         return cfg
     return open_clip.get_model_config(ARCH.get(name, name))
 
@@ -127,8 +129,13 @@ def model_cfg(name):
 def build(name):
     """Exactly as open_clip builds the architecture: no forced QuickGELU."""
     if name in TINY or name.startswith("zoo-"):
-        # open_clip's create_model builds CLIP(**model_cfg) for these (no custom text tower).
-        return CLIP(**model_cfg(name))
+        # open_clip's create_model builds CoCa(**model_cfg) for a config with a multimodal_cfg
+        # (its text tower under `text.`), CLIP(**model_cfg) for the others here.
+        cfg = dict(model_cfg(name))
+        if "multimodal_cfg" in cfg:
+            cfg.pop("custom_text", None)
+            return open_clip.CoCa(**cfg)
+        return CLIP(**cfg)
     return open_clip.create_model(ARCH.get(name, name), pretrained=None)
 
 
@@ -257,6 +264,9 @@ def export(name, out_dir, seed):
     ctx, vocab = tcfg.get("context_length", 77), tcfg.get("vocab_size", 49408)
     if (ctx, vocab) == (77, 49408):
         tokens = tokenizer(PROMPTS)
+    elif vocab == 49408:
+        # CLIP's BPE at another context length (CoCa: 76), as open_clip's get_tokenizer makes it.
+        tokens = tokenizer(PROMPTS, context_length=ctx)
     else:
         # Rows of random ids ending in an end token (the eos_id, or the highest id), zero-padded.
         end = tcfg.get("eos_id", vocab - 1) if tcfg.get("pool_type") == "eos" else vocab - 1
@@ -266,8 +276,9 @@ def export(name, out_dir, seed):
             tokens[r, :n] = torch.randint(4, vocab - 1, (n,), generator=g)
             tokens[r, n - 1] = end
     with torch.no_grad():
-        img_f = model.encode_image(images)
-        txt_f = model.encode_text(tokens)
+        # Unnormalised features (CLIP's default; CoCa normalises unless told not to).
+        img_f = model.encode_image(images, normalize=False)
+        txt_f = model.encode_text(tokens, normalize=False)
         logits = model.logit_scale.exp() * torch.nn.functional.normalize(img_f, dim=-1) @ torch.nn.functional.normalize(txt_f, dim=-1).t()
         if getattr(model, "logit_bias", None) is not None:
             # SigLIP-style scoring: open_clip's logits carry the learned bias.
@@ -298,6 +309,10 @@ def export(name, out_dir, seed):
         save_file(hf_state_dict(sd), os.path.join(out_dir, f"{name}.hf.safetensors"))
         hf_folder(name, model_cfg(name), sd, os.path.join(out_dir, f"{name}.hf"))
 
+    if "multimodal_cfg" in model_cfg(name):
+        # CoCa is not shipped as TorchScript (its forward returns a dict of the decoder's logits).
+        print(f"reference: {name} ({res}px) written", file=sys.stderr)
+        return
     with torch.no_grad():
         traced = torch.jit.trace(model, (images[:1], tokens[:1]), check_trace=False)
         for pname, p in traced.named_parameters():

@@ -57,6 +57,24 @@ pub enum TextProjection {
     None,
 }
 
+/// CoCa's attentional pooler on the ViT tower (open_clip's `attentional_pool: true`): learned
+/// queries attend over the LayerNorm-ed tokens; the pooled query is the embedding's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct AttnPoolCfg {
+    /// Learned queries (`attn_pooler_queries`).
+    pub queries: i64,
+    /// Attention heads (`attn_pooler_heads`).
+    pub heads: i64,
+}
+
+/// CoCa's class token appended to the text (open_clip's `embed_cls: true`): pooled at the last
+/// position, `ln_final` after pooling, padding masked as keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct EmbedCls {
+    /// The padding id masked as a key (`pad_id`).
+    pub pad_id: i64,
+}
+
 /// The image tower of a CLIP model.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind")]
@@ -87,6 +105,9 @@ pub enum VisionConfig {
         final_ln_after_pool: bool,
         /// LayerNorm epsilon (`norm_kwargs.eps`, default 1e-5).
         ln_eps: f64,
+        /// CoCa's attentional pooler, if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        attn_pool: Option<AttnPoolCfg>,
     },
     /// OpenAI `ModifiedResNet`.
     ModifiedResNet {
@@ -150,6 +171,9 @@ pub struct TextConfig {
     pub projection: TextProjection,
     /// LayerNorm epsilon.
     pub ln_eps: f64,
+    /// CoCa's appended class token, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embed_cls: Option<EmbedCls>,
 }
 
 /// A whole CLIP model: joint embedding size plus both towers.
@@ -163,6 +187,15 @@ pub struct ClipConfig {
     pub text: TextConfig,
     /// The model has a learned `logit_bias` (`init_logit_bias`: SigLIP-style sigmoid scoring).
     pub logit_bias: bool,
+    /// The text tower's keys live under `text.` (open_clip's `CustomTextCLIP` and `CoCa`), not
+    /// at the top level.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub custom_text: bool,
+    /// CoCa: the checkpoint also holds a captioning decoder (`text_decoder.*`, open_clip's
+    /// `multimodal_cfg`). Embeddings do not use it; the loader sets its keys aside and counts
+    /// them ([`super::load::LoadedCheckpoint::unused_keys`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub text_decoder: bool,
 }
 
 /// Names of the OpenAI checkpoints, in the spelling open_clip uses.
@@ -194,6 +227,7 @@ impl TextConfig {
             pool: TextPool::Argmax,
             projection: TextProjection::Matrix,
             ln_eps: 1e-5,
+            embed_cls: None,
         }
     }
 }
@@ -297,6 +331,7 @@ impl ClipConfig {
                 pool: VitPool::Tok,
                 final_ln_after_pool: false,
                 ln_eps: 1e-5,
+                attn_pool: None,
             }
         } else if shapes.contains_key("visual.attnpool.positional_embedding") {
             let layers = [
@@ -332,6 +367,8 @@ impl ClipConfig {
                 count_blocks("transformer.resblocks."),
             ),
             logit_bias: false,
+            custom_text: false,
+            text_decoder: false,
         };
         config.validate()?;
         Ok(config)
@@ -397,9 +434,15 @@ impl ClipConfig {
                 width,
                 layers,
                 act: a,
+                attn_pool,
                 ..
             } => format!(
-                "ViT (width {width}, {layers} layers, patch {patch_size}, {image_resolution} px, {})",
+                "{} (width {width}, {layers} layers, patch {patch_size}, {image_resolution} px, {})",
+                if attn_pool.is_some() {
+                    "CoCa ViT"
+                } else {
+                    "ViT"
+                },
                 act(*a)
             ),
             VisionConfig::ModifiedResNet {

@@ -450,6 +450,9 @@ pub struct LoadedCheckpoint {
     /// architecture): which tokenizer the text tower takes (`hf_tokenizer_name`,
     /// `tokenizer_kwargs`). `None`: OpenAI's file or a Hugging Face config (CLIP's BPE).
     pub text_cfg: Option<super::open_clip::TextCfg>,
+    /// Keys of the file the model does not use, set aside (CoCa's captioning decoder,
+    /// `text_decoder.*`).
+    pub unused_keys: usize,
 }
 
 /// The weight files a hub snapshot folder may hold, in the order they are preferred.
@@ -562,6 +565,7 @@ pub fn read_hf_config(path: &Path) -> Result<ClipConfig, ModelError> {
             pool: VitPool::Tok,
             final_ln_after_pool: false,
             ln_eps: eps("vision_config"),
+            attn_pool: None,
         },
         text: TextConfig {
             context_length: int("text_config", "max_position_embeddings", Some(77))?,
@@ -581,8 +585,11 @@ pub fn read_hf_config(path: &Path) -> Result<ClipConfig, ModelError> {
             },
             projection: TextProjection::Matrix,
             ln_eps: eps("text_config"),
+            embed_cls: None,
         },
         logit_bias: false,
+        custom_text: false,
+        text_decoder: false,
     };
     config.validate().map_err(|e| e.with_path(path))?;
     Ok(config)
@@ -704,8 +711,18 @@ pub fn load_checkpoint(
             }
         }
     };
+    let mut tensors = sd.tensors;
+    if config.custom_text && tensors.contains_key("positional_embedding") {
+        tensors = to_custom_text_keys(tensors);
+    }
+    let mut unused_keys = 0;
+    if config.text_decoder {
+        let before = tensors.len();
+        tensors.retain(|k, _| !k.starts_with("text_decoder."));
+        unused_keys = before - tensors.len();
+    }
     let mut model = ClipModel::new(&config, device).map_err(|e| e.with_path(&weights))?;
-    copy_into(&mut model, &sd.tensors).map_err(|e| e.with_path(&weights))?;
+    copy_into(&mut model, &tensors).map_err(|e| e.with_path(&weights))?;
     Ok(LoadedCheckpoint {
         model,
         format: sd.format,
@@ -714,7 +731,30 @@ pub fn load_checkpoint(
         config_source,
         preprocess_cfg,
         text_cfg,
+        unused_keys,
     })
+}
+
+/// open_clip's `convert_to_custom_text_state_dict`: a state dict saved with the text tower at
+/// the top level, moved under `text.` for a `CustomTextCLIP` / CoCa model.
+fn to_custom_text_keys(tensors: BTreeMap<String, Tensor>) -> BTreeMap<String, Tensor> {
+    const TEXT: [&str; 5] = [
+        "text_projection",
+        "positional_embedding",
+        "token_embedding",
+        "transformer",
+        "ln_final",
+    ];
+    tensors
+        .into_iter()
+        .map(|(k, t)| {
+            if TEXT.iter().any(|p| k.starts_with(p)) {
+                (format!("text.{k}"), t)
+            } else {
+                (k, t)
+            }
+        })
+        .collect()
 }
 
 /// Hex sha256 of a file, streamed.

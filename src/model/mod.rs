@@ -1,13 +1,17 @@
-//! The model stage: OpenAI CLIP (ViT and ModifiedResNet image towers, causal text tower)
+//! The model stage: CLIP-family models (open_clip's `VisionTransformer` — CoCa's attentional
+//! pooler included — and OpenAI's `ModifiedResNet` image towers; open_clip's `TextTransformer`)
 //! implemented natively on libtorch through `tch`.
 //!
 //! Inputs: preprocessed images `[B, 3, R, R] f32` and token ids `[B, L] i64`. Outputs:
 //! projected embeddings `[B, embed_dim] f32` (not normalised) and, through a [`Probe`], chosen
 //! intermediate activations, with optional interventions on heads / channels / neurons.
 //!
+//! Each tower family is one file behind [`ImageTower`] or [`TextTower`]; [`image_tower`] and
+//! [`text_tower`] are the registry that maps a config to the file that builds it.
 //! Every parameter lives in one [`tch::nn::VarStore`] at the path of its checkpoint key
 //! (`visual.transformer.resblocks.3.attn.in_proj_weight`, …), so loading is a 1:1 copy audited in
-//! [`load`]. Reference: openai/CLIP `clip/model.py` at a1d0717; open_clip `model.py`.
+//! [`load`]. Reference: openai/CLIP `clip/model.py` at a1d0717; open_clip `model.py`,
+//! `coca_model.py`.
 
 pub mod config;
 pub mod jit;
@@ -60,10 +64,92 @@ impl ModelError {
     }
 }
 
-#[derive(Debug)]
-enum Visual {
-    Vit(vision::VisionTransformer),
-    ResNet(Box<resnet::ModifiedResNet>),
+/// An image tower: preprocessed images `[B, 3, R, R]` → embeddings `[B, embed_dim]`, with the
+/// probe's taps and interventions. `weights_generation` moves whenever the parameters were edited
+/// in place (towers that cache something derived from their weights recompute it).
+pub(crate) trait ImageTower: std::fmt::Debug + Send {
+    fn forward(&self, images: &Tensor, probe: &mut Probe, weights_generation: u64) -> Tensor;
+}
+
+/// A text tower: token ids `[B, L]` → embeddings `[B, embed_dim]`; also entered with token
+/// embeddings (learned prompt prefixes).
+pub(crate) trait TextTower: std::fmt::Debug + Send {
+    fn forward(&self, tokens: &Tensor, probe: &mut Probe) -> Tensor;
+    /// Token embeddings `[B, L, W]` for ids `[B, L]`.
+    fn embed_tokens(&self, tokens: &Tensor) -> Tensor;
+    /// Embeddings from token embeddings `[B, L, W]`, pooled at positions `eot` `[B]`.
+    fn forward_embedded(&self, embedded: &Tensor, eot: &Tensor, probe: &mut Probe) -> Tensor;
+    /// Whether rows may be shorter than the context length.
+    fn accepts_unpadded(&self) -> bool;
+}
+
+/// The tower registry: which file builds the image tower of each [`VisionConfig`] family.
+fn image_tower(vp: nn::Path, config: &ClipConfig) -> Box<dyn ImageTower> {
+    match config.vision.clone() {
+        VisionConfig::VisionTransformer {
+            image_resolution,
+            patch_size,
+            width,
+            layers,
+            heads,
+            mlp_width,
+            act,
+            layer_scale,
+            ln_pre,
+            pool,
+            final_ln_after_pool,
+            ln_eps,
+            attn_pool,
+        } => Box::new(vision::VisionTransformer::new(
+            vp,
+            vision::VitCfg {
+                image_resolution,
+                patch_size,
+                layers,
+                ln_pre,
+                pool,
+                final_ln_after_pool,
+                embed_dim: config.embed_dim,
+                attn_pool,
+            },
+            transformer::BlockCfg {
+                width,
+                heads,
+                mlp_width,
+                act,
+                layer_scale,
+                ln_eps,
+            },
+        )),
+        VisionConfig::ModifiedResNet {
+            image_resolution,
+            layers,
+            width,
+            heads,
+        } => Box::new(resnet::ModifiedResNet::new(
+            vp,
+            layers,
+            config.embed_dim,
+            heads,
+            image_resolution,
+            width,
+        )),
+    }
+}
+
+/// The tower registry's text side: open_clip's `TextTransformer`, at the model root or under
+/// `text.` (custom-text models).
+fn text_tower(root: &nn::Path, config: &ClipConfig) -> Box<dyn TextTower> {
+    let text_root = if config.custom_text {
+        root / "text"
+    } else {
+        root.clone()
+    };
+    Box::new(text::TextTransformer::new(
+        &text_root,
+        &config.text,
+        config.embed_dim,
+    ))
 }
 
 /// A CLIP model: both towers and `logit_scale`, parameters in one `VarStore`.
@@ -71,8 +157,8 @@ enum Visual {
 pub struct ClipModel {
     vs: nn::VarStore,
     config: ClipConfig,
-    visual: Visual,
-    text: text::TextTransformer,
+    visual: Box<dyn ImageTower>,
+    text: Box<dyn TextTower>,
     logit_scale: Tensor,
     /// SigLIP-style models' learned bias (`init_logit_bias`): their scores are
     /// `sigmoid(scale · cos + bias)`.
@@ -90,56 +176,8 @@ impl ClipModel {
         config.validate()?;
         let vs = nn::VarStore::new(device);
         let root = vs.root();
-        let vp = &root / "visual";
-        let visual = match config.vision.clone() {
-            VisionConfig::VisionTransformer {
-                image_resolution,
-                patch_size,
-                width,
-                layers,
-                heads,
-                mlp_width,
-                act,
-                layer_scale,
-                ln_pre,
-                pool,
-                final_ln_after_pool,
-                ln_eps,
-            } => Visual::Vit(vision::VisionTransformer::new(
-                vp,
-                vision::VitCfg {
-                    image_resolution,
-                    patch_size,
-                    layers,
-                    ln_pre,
-                    pool,
-                    final_ln_after_pool,
-                    embed_dim: config.embed_dim,
-                },
-                transformer::BlockCfg {
-                    width,
-                    heads,
-                    mlp_width,
-                    act,
-                    layer_scale,
-                    ln_eps,
-                },
-            )),
-            VisionConfig::ModifiedResNet {
-                image_resolution,
-                layers,
-                width,
-                heads,
-            } => Visual::ResNet(Box::new(resnet::ModifiedResNet::new(
-                vp,
-                layers,
-                config.embed_dim,
-                heads,
-                image_resolution,
-                width,
-            ))),
-        };
-        let text = text::TextTransformer::new(&root, &config.text, config.embed_dim);
+        let visual = image_tower(&root / "visual", config);
+        let text = text_tower(&root, config);
         let logit_scale = root.var("logit_scale", &[], nn::Init::Const((1.0f64 / 0.07).ln()));
         let logit_bias = config
             .logit_bias
@@ -242,15 +280,12 @@ impl ClipModel {
 
     fn encode_image_in(&self, images: &Tensor, kind: Kind, probe: &mut Probe) -> Tensor {
         let images = images.to_device(self.device()).to_kind(kind);
-        match &self.visual {
-            Visual::Vit(v) => v.forward(&images, probe),
-            Visual::ResNet(r) => r.forward(
-                &images,
-                probe,
-                self.weights_generation
-                    .load(std::sync::atomic::Ordering::Acquire),
-            ),
-        }
+        self.visual.forward(
+            &images,
+            probe,
+            self.weights_generation
+                .load(std::sync::atomic::Ordering::Acquire),
+        )
     }
 
     /// Text embeddings: token ids `[B, L] i64 → [B, embed_dim] f32` (not normalised). `L` may be
@@ -316,6 +351,7 @@ mod tests {
             pool: config::VitPool::Tok,
             final_ln_after_pool: false,
             ln_eps: 1e-5,
+            attn_pool: None,
         }
     }
 
@@ -328,6 +364,8 @@ mod tests {
                 ..TextConfig::openai(77, 49408, 64, 2)
             },
             logit_bias: false,
+            custom_text: false,
+            text_decoder: false,
         }
     }
 

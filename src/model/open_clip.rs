@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::config::{
-    Activation, ClipConfig, TextConfig, TextPool, TextProjection, VisionConfig, VitPool,
+    Activation, AttnPoolCfg, ClipConfig, EmbedCls, TextConfig, TextPool, TextProjection,
+    VisionConfig, VitPool,
 };
 use super::ModelError;
 
@@ -359,18 +360,6 @@ impl ModelCfg {
                 &format!("{name} (a Hugging Face text tower)"),
             ));
         }
-        if v.attentional_pool {
-            return Err(unsupported(
-                "vision_cfg.attentional_pool",
-                "true (CoCa's attentional pooler)",
-            ));
-        }
-        if t.embed_cls {
-            return Err(unsupported(
-                "text_cfg.embed_cls",
-                "true (CoCa's text tower)",
-            ));
-        }
         if v.pos_embed_type != "learnable" {
             return Err(unsupported("vision_cfg.pos_embed_type", &v.pos_embed_type));
         }
@@ -443,6 +432,10 @@ impl ModelCfg {
                     pool,
                     final_ln_after_pool: v.final_ln_after_pool,
                     ln_eps: ln_eps(&v.norm_kwargs, "vision_cfg.norm_kwargs")?,
+                    attn_pool: v.attentional_pool.then_some(AttnPoolCfg {
+                        queries: v.attn_pooler_queries,
+                        heads: v.attn_pooler_heads,
+                    }),
                 }
             }
         };
@@ -475,8 +468,11 @@ impl ModelCfg {
                 pool,
                 projection,
                 ln_eps: ln_eps(&t.norm_kwargs, "text_cfg.norm_kwargs")?,
+                embed_cls: t.embed_cls.then_some(EmbedCls { pad_id: t.pad_id }),
             },
             logit_bias: self.init_logit_bias.is_some(),
+            custom_text: self.custom_text || self.multimodal_cfg.is_some(),
+            text_decoder: self.multimodal_cfg.is_some(),
         };
         config.validate()?;
         Ok(config)
@@ -557,8 +553,8 @@ mod tests {
         ));
         assert_eq!(clipa.text.pool, TextPool::Last);
         assert!(!clipa.text.causal);
-        // Every native (non-timm, non-HF, non-CoCa) config resolves; the others are refused
-        // with the field that needs a tower typoclip does not build.
+        // Every native (non-timm, non-HF) config resolves, CoCa's included; the others are
+        // refused with the field that needs a tower typoclip does not build.
         let mut native = 0;
         for (name, cfg) in &zoo().models {
             match cfg.to_clip_config(false) {
@@ -566,23 +562,33 @@ mod tests {
                 Err(e) => {
                     let e = e.to_string();
                     assert!(
-                        e.contains("timm_model_name")
-                            || e.contains("hf_model_name")
-                            || e.contains("attentional_pool")
-                            || e.contains("embed_cls"),
+                        e.contains("timm_model_name") || e.contains("hf_model_name"),
                         "{name}: {e}"
                     );
                 }
             }
         }
-        // open_clip 3.3.0: 55 configs, 108 of the 196 pretrained pairs (CoCa's 4 are the rest of
-        // the 112 that use open_clip's own towers).
-        assert_eq!(native, 55);
+        // open_clip 3.3.0: 58 configs (coca_ViT-B-32, coca_ViT-L-14 and coca_base among them),
+        // 112 of the 196 pretrained pairs: every pair whose towers are open_clip's own.
+        assert_eq!(native, 58);
         let pairs = zoo()
             .pretrained
             .iter()
             .filter(|p| ClipConfig::for_tag(&p.arch, &p.tag).is_ok())
             .count();
-        assert_eq!(pairs, 108);
+        assert_eq!(pairs, 112);
+        let coca = ClipConfig::preset("coca_ViT-B-32").unwrap();
+        assert!(coca.custom_text && coca.text_decoder);
+        assert_eq!(coca.text.embed_cls, Some(EmbedCls { pad_id: 0 }));
+        assert!(matches!(
+            coca.vision,
+            VisionConfig::VisionTransformer {
+                attn_pool: Some(AttnPoolCfg {
+                    queries: 256,
+                    heads: 8
+                }),
+                ..
+            }
+        ));
     }
 }

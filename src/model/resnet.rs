@@ -9,7 +9,7 @@ use tch::{nn, Tensor};
 
 use super::kernels;
 use super::probe::Probe;
-use super::transformer::{attend, merge_heads, param, Linear};
+use super::transformer::{attend, merge_heads, param, Linear, Mask};
 
 /// `Conv2d` without bias.
 #[derive(Debug)]
@@ -227,7 +227,7 @@ impl AttentionPool2d {
             &self.k_proj.forward(&x),
             &self.v_proj.forward(&x),
             self.heads,
-            false,
+            Mask::None,
         );
         let heads = probe.site("visual.attnpool.heads", heads, 1);
         let merged = merge_heads(&heads).reshape([b, c]);
@@ -292,7 +292,7 @@ impl ModifiedResNet {
     /// `[B, 3, R, R] → [B, output_dim]`. `generation` is the model's weights generation: on the
     /// CPU in fp32 without gradients, activations run channels-last and every BatchNorm is
     /// folded into its conv (cached per generation).
-    pub(crate) fn forward(&self, images: &Tensor, probe: &mut Probe, generation: u64) -> Tensor {
+    fn forward_resnet(&self, images: &Tensor, probe: &mut Probe, generation: u64) -> Tensor {
         let inference = kernels::uses_onednn(images);
         let fold = inference.then_some(generation);
         let images = if inference {
@@ -313,5 +313,11 @@ impl ModifiedResNet {
         }
         let x = probe.site("visual.attnpool.input", x, 1);
         self.attnpool.forward(&x, probe)
+    }
+}
+
+impl super::ImageTower for ModifiedResNet {
+    fn forward(&self, images: &Tensor, probe: &mut Probe, weights_generation: u64) -> Tensor {
+        self.forward_resnet(images, probe, weights_generation)
     }
 }

@@ -123,15 +123,31 @@ fn split_heads(x: &Tensor, heads: i64) -> Tensor {
     x.view([b, l, heads, w / heads]).transpose(1, 2)
 }
 
+/// Which keys each query may attend to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Mask<'a> {
+    /// Every key.
+    None,
+    /// Keys at or before the query's position (the text tower).
+    Causal,
+    /// An additive mask (0 or -inf) broadcastable to `[B, H, Lq, L]` (CoCa's padding mask).
+    Additive(&'a Tensor),
+}
+
 /// Scaled dot-product attention of the projected queries `q` `[B, Lq, W]` over the projected
 /// keys and values `k`, `v` `[B, L, W]`, split into `heads`: the per-head outputs
-/// `[B, H, Lq, W/H]` (a probe site), before [`merge_heads`]. `causal` masks future tokens.
-pub(crate) fn attend(q: &Tensor, k: &Tensor, v: &Tensor, heads: i64, causal: bool) -> Tensor {
+/// `[B, H, Lq, W/H]` (a probe site), before [`merge_heads`].
+pub(crate) fn attend(q: &Tensor, k: &Tensor, v: &Tensor, heads: i64, mask: Mask) -> Tensor {
+    let (attn_mask, causal) = match mask {
+        Mask::None => (None, false),
+        Mask::Causal => (None, true),
+        Mask::Additive(m) => (Some(m), false),
+    };
     Tensor::scaled_dot_product_attention(
         &split_heads(q, heads),
         &split_heads(k, heads),
         &split_heads(v, heads),
-        None::<Tensor>,
+        attn_mask,
         0.0,
         causal,
         None,
@@ -169,19 +185,19 @@ impl MultiheadAttention {
         }
     }
 
-    /// `residual` + `gamma` · self-attention over `x` `[B, L, W]` (`gamma`: LayerScale, or none);
-    /// `causal` masks future tokens (text tower).
+    /// `residual` + `gamma` · self-attention over `x` `[B, L, W]` (`gamma`: LayerScale, or none)
+    /// under `mask`.
     fn forward_add(
         &self,
         x: &Tensor,
         residual: &Tensor,
-        causal: bool,
+        mask: Mask,
         gamma: Option<&Tensor>,
         site: &str,
         probe: &mut Probe,
     ) -> Tensor {
         let w = x.size3().expect("[B, L, W]").2;
-        if !causal
+        if matches!(mask, Mask::None)
             && gamma.is_none()
             && !probe.touches(site)
             && !x.requires_grad()
@@ -207,7 +223,7 @@ impl MultiheadAttention {
         }
         let qkv = kernels::linear(x, &self.in_proj_weight, Some(&self.in_proj_bias));
         let parts = qkv.chunk(3, -1);
-        let heads = attend(&parts[0], &parts[1], &parts[2], self.heads, causal);
+        let heads = attend(&parts[0], &parts[1], &parts[2], self.heads, mask);
         let heads = probe.site(site, heads, 1);
         match gamma {
             None => self.out_proj.forward_add(&merge_heads(&heads), residual),
@@ -236,7 +252,7 @@ impl MultiheadAttention {
             Some(&self.in_proj_bias.narrow(0, w, 2 * w)),
         );
         let parts = kv.chunk(2, -1);
-        let heads = attend(&q, &parts[0], &parts[1], self.heads, false);
+        let heads = attend(&q, &parts[0], &parts[1], self.heads, Mask::None);
         match gamma {
             None => self.out_proj.forward_add(&merge_heads(&heads), residual),
             Some(g) => residual + self.out_proj.forward(&merge_heads(&heads)) * g,
@@ -329,16 +345,16 @@ impl Transformer {
     }
 
     /// `[B, L, W] → [B, L, W]`.
-    pub(crate) fn forward(&self, x: &Tensor, causal: bool, probe: &mut Probe) -> Tensor {
+    pub(crate) fn forward(&self, x: &Tensor, mask: Mask, probe: &mut Probe) -> Tensor {
         let mut x = x.shallow_clone();
         for i in 0..self.resblocks.len() {
-            x = self.block_forward(i, &x, causal, probe);
+            x = self.block_forward(i, &x, mask, probe);
         }
         x
     }
 
     /// The first token's output `[B, W]` of the non-causal stack, equal to
-    /// `forward(x, false, probe)[:, 0]`. Only token 0 of the last block feeds the result, so that
+    /// `forward(x, Mask::None, probe)[:, 0]`. Only token 0 of the last block feeds the result, so that
     /// block computes its query, attention output and MLP for token 0 alone (keys and values still
     /// come from every token): about 6.5 % fewer multiply-adds for ViT-B/32. When a probe records
     /// or changes a site of the last block, the full pass runs instead.
@@ -347,11 +363,11 @@ impl Transformer {
             return x.select(1, 0);
         };
         if self.sites[last].iter().any(|site| probe.touches(site)) {
-            return self.forward(x, false, probe).select(1, 0);
+            return self.forward(x, Mask::None, probe).select(1, 0);
         }
         let mut x = x.shallow_clone();
         for i in 0..last {
-            x = self.block_forward(i, &x, false, probe);
+            x = self.block_forward(i, &x, Mask::None, probe);
         }
         let block = &self.resblocks[last];
         let x = block.attn.forward_first_token_add(
@@ -365,13 +381,13 @@ impl Transformer {
     }
 
     /// Block `i`: `x + attn(ln_1(x))`, then `+ mlp(ln_2(x))`, through the block's probe sites.
-    fn block_forward(&self, i: usize, x: &Tensor, causal: bool, probe: &mut Probe) -> Tensor {
+    fn block_forward(&self, i: usize, x: &Tensor, mask: Mask, probe: &mut Probe) -> Tensor {
         let block = &self.resblocks[i];
         let [name, heads, mlp] = &self.sites[i];
         let x = block.attn.forward_add(
             &block.ln_1.forward(x),
             x,
-            causal,
+            mask,
             block.ls_1.as_ref().map(|l| &l.gamma),
             heads,
             probe,
