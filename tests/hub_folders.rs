@@ -333,3 +333,26 @@ fn sweep_records_the_transform_and_refuses_another_on_resume() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("image transform differs"), "{stderr}");
 }
+
+/// `info` says which transform and which tokenizer a folder's model takes.
+#[test]
+fn info_names_the_transform_and_the_tokenizer() {
+    let info = |folder: &str| -> serde_json::Value {
+        let f = fixture().join(folder);
+        let out = ok(&run_typoclip(
+            &["info", "--json", "--model", f.to_str().unwrap()],
+            "typoclip-hub-info",
+        ));
+        serde_json::from_str(&out).unwrap()
+    };
+    let pre = info("hub-preprocess");
+    let t = pre["image_transform"].as_str().unwrap();
+    assert!(t.starts_with("bilinear squash") && t.contains("0.5"), "{t}");
+    assert!(pre["tokenizer"].as_str().unwrap().starts_with("CLIP BPE"));
+    let hf = info("hub-hf-text");
+    let tok = hf["tokenizer"].as_str().unwrap();
+    assert!(
+        tok.starts_with("Hugging Face") && tok.ends_with("tokenizer.json)"),
+        "{tok}"
+    );
+}

@@ -7,7 +7,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
 
 fn typoclip(args: &[&str]) -> Output {
     common::run_typoclip(args, "typoclip-test-scale-cache")
@@ -16,7 +16,7 @@ fn typoclip(args: &[&str]) -> Output {
 /// As [`typoclip`] with libtorch on one thread: records are bit-identical only between runs
 /// with the same thread count, and `plan --local -j 2 --threads 1` runs its jobs on one.
 fn typoclip_1(args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_typoclip"))
+    Command::new(env!("CARGO_BIN_EXE_typoclip"))
         .args(args)
         .env("OMP_NUM_THREADS", "1")
         .env(
@@ -189,7 +189,7 @@ fn shards_merge_to_the_unsharded_run_byte_for_byte() {
     );
 }
 
-fn write_plan(dir: &Path, photos: &Path, extra: &str) -> PathBuf {
+fn write_plan(dir: &Path, photos: &Path, shards: usize, extra: &str) -> PathBuf {
     let plan = dir.join("plan.toml");
     std::fs::write(
         &plan,
@@ -198,7 +198,7 @@ fn write_plan(dir: &Path, photos: &Path, extra: &str) -> PathBuf {
              models = [\"{}\", \"{}\"]\n\
              datasets = [\"{}\"]\n\
              attacks = [\"{}\"]\n\
-             shards = 2\n\
+             shards = {shards}\n\
              [sweep]\n\
              batch_size = 8\n\
              variants = [\"distill/*/pos=0\"]\n\
@@ -218,7 +218,7 @@ fn write_plan(dir: &Path, photos: &Path, extra: &str) -> PathBuf {
 fn plan_writes_job_files_runs_locally_and_merges_to_a_plain_sweep() {
     let dir = tempfile::tempdir().unwrap();
     let photos = photos(dir.path());
-    let plan = write_plan(dir.path(), &photos, "");
+    let plan = write_plan(dir.path(), &photos, 2, "");
     let out = dir.path().join("zoo");
     let (p, o) = (plan.to_str().unwrap(), out.to_str().unwrap());
     let said = ok(&typoclip(&["plan", p, "--out", o]));
@@ -323,6 +323,71 @@ fn plan_writes_job_files_runs_locally_and_merges_to_a_plain_sweep() {
     );
 }
 
+/// A 2-model × 4-shard manifest: 8 jobs, a Slurm script that `bash -n` accepts, and a
+/// Kubernetes manifest that parses as YAML into an Indexed Job of 8 completions with a GPU limit
+/// and the results volume.
+#[test]
+fn a_two_model_four_shard_plan_has_eight_jobs_and_valid_scripts() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = photos(dir.path());
+    let plan = write_plan(dir.path(), &photos, 4, "gpus = 1\n");
+    let out = dir.path().join("zoo");
+    let said = ok(&typoclip(&[
+        "plan",
+        plan.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    assert!(said.contains("2 runs x 4 shards = 8 jobs"), "{said}");
+    let tsv = String::from_utf8(read(&out.join("jobs.tsv"))).unwrap();
+    assert_eq!(tsv.lines().count(), 9, "{tsv}");
+    let bash = Command::new("bash")
+        .arg("-n")
+        .arg(out.join("slurm.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        bash.status.success(),
+        "bash -n slurm.sh: {}",
+        String::from_utf8_lossy(&bash.stderr)
+    );
+    let slurm = String::from_utf8(read(&out.join("slurm.sh"))).unwrap();
+    assert!(slurm.contains("#SBATCH --array=0-7"), "{slurm}");
+    assert!(slurm.contains("#SBATCH --gres=gpu:1\n"), "{slurm}");
+    let k8s = String::from_utf8(read(&out.join("k8s-job.yaml"))).unwrap();
+    let docs =
+        yaml_rust2::YamlLoader::load_from_str(&k8s).unwrap_or_else(|e| panic!("{e}:\n{k8s}"));
+    assert_eq!(docs.len(), 1);
+    let job = &docs[0];
+    assert_eq!(job["apiVersion"].as_str(), Some("batch/v1"));
+    assert_eq!(job["kind"].as_str(), Some("Job"));
+    let spec = &job["spec"];
+    assert_eq!(spec["completionMode"].as_str(), Some("Indexed"));
+    assert_eq!(spec["completions"].as_i64(), Some(8));
+    let pod = &spec["template"]["spec"];
+    assert_eq!(pod["restartPolicy"].as_str(), Some("Never"));
+    let c = &pod["containers"][0];
+    let command: Vec<&str> = c["command"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|y| y.as_str().unwrap())
+        .collect();
+    assert_eq!(command[..2], ["sh", "-c"]);
+    assert!(command[2].contains("$JOB_COMPLETION_INDEX"), "{command:?}");
+    assert_eq!(
+        c["resources"]["limits"]["nvidia.com/gpu"].as_str(),
+        Some("1")
+    );
+    assert_eq!(
+        c["volumeMounts"][0]["name"].as_str(),
+        pod["volumes"][0]["name"].as_str()
+    );
+    assert!(pod["volumes"][0]["persistentVolumeClaim"]["claimName"]
+        .as_str()
+        .is_some());
+}
+
 #[test]
 fn bad_plans_are_one_line_errors_naming_file_and_field() {
     let dir = tempfile::tempdir().unwrap();
@@ -351,7 +416,7 @@ fn bad_plans_are_one_line_errors_naming_file_and_field() {
         ),
     ];
     for (from, to, needles) in cases {
-        let plan = write_plan(dir.path(), &photos, "");
+        let plan = write_plan(dir.path(), &photos, 2, "");
         let text = std::fs::read_to_string(&plan)
             .unwrap()
             .replacen(from, to, 1);
@@ -365,7 +430,7 @@ fn bad_plans_are_one_line_errors_naming_file_and_field() {
         refused(&o, needles);
         assert!(!out.exists(), "a bad plan wrote files");
     }
-    let plan = write_plan(dir.path(), &photos, "");
+    let plan = write_plan(dir.path(), &photos, 2, "");
     let text = std::fs::read_to_string(&plan)
         .unwrap()
         .replace(photos.to_str().unwrap(), "no/such/folder");

@@ -217,7 +217,7 @@ fn sweep(out: &Path, attacks: &str, limit: &str, extra: &[&str]) -> String {
 }
 
 #[test]
-#[ignore = "the default toy (1200 steps, ~5 min on 2 cores) does not read well enough yet: held-out clean accuracy 60.6 %, 10.6 % read as the written class; run by hand with a longer-trained toy"]
+#[ignore = "the default toy (2400 steps, ~8 min on 2 cores) does not read yet: held-out clean accuracy 97.4 %, but only 8.6 % of labelled scenes read as the written class; run by hand with a toy that reads"]
 fn the_toy_reads_clean_accuracy_and_the_label_attack() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("labels");
@@ -237,7 +237,7 @@ fn the_toy_reads_clean_accuracy_and_the_label_attack() {
 }
 
 #[test]
-#[ignore = "the default toy (1200 steps, ~5 min on 2 cores) does not read well enough yet: held-out clean accuracy 60.6 %, 10.6 % read as the written class; run by hand with a longer-trained toy"]
+#[ignore = "the default toy (2400 steps, ~8 min on 2 cores) does not read yet: held-out clean accuracy 97.4 %, but only 8.6 % of labelled scenes read as the written class; run by hand with a toy that reads"]
 fn the_effect_rises_with_label_size_and_opacity() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("dose");
@@ -307,7 +307,7 @@ fn asr(run_dir: &Path) -> (f64, f64) {
 /// evaluation writes five class names, the heads are fitted on the other five (other scenes,
 /// other fonts), as the sweep's disjointness check requires.
 #[test]
-#[ignore = "the default toy (1200 steps, ~5 min on 2 cores) does not read well enough yet: held-out clean accuracy 60.6 %, 10.6 % read as the written class; run by hand with a longer-trained toy"]
+#[ignore = "the default toy (2400 steps, ~8 min on 2 cores) does not read yet: held-out clean accuracy 97.4 %, but only 8.6 % of labelled scenes read as the written class; run by hand with a toy that reads"]
 fn defenses_move_the_attack_success_rate() {
     let tmp = tempfile::tempdir().unwrap();
     let heads = tmp.path().join("heads.json");

@@ -216,6 +216,8 @@ pub fn run(cli: Cli) -> Result<()> {
                     info.text_width, info.text_layers, info.context_length
                 );
                 println!("parameters:    {}", info.parameters);
+                println!("transform:     {}", info.image_transform);
+                println!("tokenizer:     {}", info.tokenizer);
                 println!("format:        {}", info.format);
                 println!(
                     "sha256:        {}",

@@ -229,6 +229,11 @@ pub struct ModelInfo {
     /// Where the architecture came from (`--arch`, an open_clip or Hugging Face config,
     /// OpenAI's build_model, or the random spec's open_clip name).
     pub config_source: String,
+    /// The image transform every image command applies (resize mode, interpolation, size,
+    /// mean / std).
+    pub image_transform: String,
+    /// The text tower's tokenizer and where it is read from.
+    pub tokenizer: String,
     /// The full resolved config.
     pub config: ClipConfig,
 }
@@ -329,6 +334,17 @@ impl OpenedModel {
             sha256: self.sha256.clone(),
             random_weights: self.random,
             config_source: self.config_source.clone(),
+            image_transform: self.preprocess.describe(),
+            tokenizer: match &self.tokenizer {
+                TokenizerSource::ClipBpe => "CLIP BPE (open_clip's SimpleTokenizer)".into(),
+                TokenizerSource::HuggingFace { name, dir, .. } => match dir {
+                    Some(d) => format!(
+                        "Hugging Face {name} ({})",
+                        d.join("tokenizer.json").display()
+                    ),
+                    None => format!("Hugging Face {name} (no folder: random weights)"),
+                },
+            },
             config: c.clone(),
         }
     }

@@ -56,6 +56,20 @@ pub struct TrainArgs {
     /// Peak learning rate.
     #[arg(long, default_value_t = TrainSettings::default().lr)]
     pub lr: f64,
+    /// Fraction of training scenes with a word written on them.
+    #[arg(long, default_value_t = TrainSettings::default().word_prob)]
+    pub word_prob: f64,
+    /// Fraction of written words that name the object they are on (a label "circle" on a
+    /// circle).
+    #[arg(long, default_value_t = TrainSettings::default().word_matches_object)]
+    pub word_matches_object: f64,
+    /// Fraction of the captions of scenes whose word is a class name that name the word as the
+    /// picture's subject ("a photo of a square." for a circle labelled "square").
+    #[arg(long, default_value_t = TrainSettings::default().word_names_subject)]
+    pub word_names_subject: f64,
+    /// Measure held-out accuracy (200 scenes) every N steps and print it.
+    #[arg(long, value_name = "N")]
+    pub eval_every: Option<usize>,
     /// Steps between checkpoints.
     #[arg(long, default_value_t = TrainSettings::default().checkpoint_every)]
     pub checkpoint_every: usize,
@@ -89,6 +103,9 @@ fn run_train(a: TrainArgs) -> Result<()> {
         lr: a.lr,
         warmup: TrainSettings::default().warmup.min(a.steps / 4),
         checkpoint_every: a.checkpoint_every,
+        word_prob: a.word_prob,
+        word_matches_object: a.word_matches_object,
+        word_names_subject: a.word_names_subject,
         ..TrainSettings::default()
     };
     settings.validate()?;
@@ -120,10 +137,29 @@ fn run_train(a: TrainArgs) -> Result<()> {
         );
     }
     let pb = crate::progress::bar(settings.steps as u64, !a.quiet);
-    let trained = toy::train_into(&dir, &settings, a.stop_after, |s, loss| {
+    let eval_world = toy::World::new(toy::IMAGE_SIZE, settings.word_prob);
+    let mut eval_error = None;
+    let trained = toy::train_into(&dir, &settings, a.stop_after, |s, loss, model| {
         pb.set_position(s as u64 + 1);
         pb.set_message(format!("loss {loss:.3}"));
+        if a.eval_every.is_some_and(|k| k > 0 && (s + 1) % k == 0) {
+            match toy::held_out(model, &eval_world, 200, settings.seed ^ 0xe7a1) {
+                Ok(h) => pb.suspend(|| {
+                    println!(
+                        "step {}: loss {loss:.3}; held-out clean {:.1} %, labelled {:.1} %, read {:.1} %",
+                        s + 1,
+                        100.0 * h.clean_accuracy,
+                        100.0 * h.attacked_accuracy,
+                        100.0 * h.to_target
+                    )
+                }),
+                Err(e) => eval_error = Some(e),
+            }
+        }
     })?;
+    if let Some(e) = eval_error {
+        return Err(e.context("measuring held-out accuracy during training"));
+    }
     pb.finish_and_clear();
     let Some((_, rec)) = trained else {
         println!(
@@ -152,7 +188,9 @@ fn run_train(a: TrainArgs) -> Result<()> {
 
 fn run_world(out: PathBuf, count: usize, seed: u64) -> Result<()> {
     std::fs::create_dir_all(&out)?;
-    let world = toy::World::new(toy::IMAGE_SIZE, TrainSettings::default().word_prob);
+    let d = TrainSettings::default();
+    let world = toy::World::new(toy::IMAGE_SIZE, d.word_prob)
+        .with_words(d.word_matches_object, d.word_names_subject);
     let mut tsv = String::from("file\tcaption\n");
     for i in 0..count {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(toy::train::stream(

@@ -1,9 +1,9 @@
 //! The positive control: a tiny CLIP that typoclip trains itself on a synthetic world of
-//! coloured shapes in which 40 % of the pictures carry a written word that their captions
-//! transcribe, so that contrastive training can teach it to read and every stage (attacks,
-//! metrics, defenses, probes, reports) can show a real effect on a machine without downloaded
-//! weights. (The default training does not get there yet: see the README's "The positive
-//! control" for what it reaches.)
+//! coloured shapes in which 40 % of the pictures carry a written word (half of them the object's
+//! own name) that their captions transcribe, so that contrastive training can teach it to read
+//! and every stage (attacks, metrics, defenses, probes, reports) can show a real effect on a
+//! machine without downloaded weights. (The default training learns the shapes but does not
+//! read yet: see the README's "The positive control" for what it reaches.)
 //!
 //! - [`world`]: the synthetic scenes, their rendering and captions;
 //! - [`train`](mod@train): contrastive training with checkpoints and resume;
@@ -44,7 +44,7 @@ pub const IMAGE_SIZE: u32 = 64;
 /// of 2 heads; text transformer width 64, 3 layers of 2 heads, context 32, CLIP's BPE
 /// vocabulary; GELU. (Width 64 learns more per second of CPU than 128 here: 60.6 % held-out
 /// clean accuracy after 1200 steps of batch 128 against 46.8 % after 400 steps at width 128, in
-/// about the same time.)
+/// about the same time; patch 16 at width 96 gave 56.8 % after 1200 steps.)
 pub fn model_cfg_json() -> serde_json::Value {
     json!({
         "embed_dim": 128,
@@ -158,17 +158,18 @@ pub fn save_folder(model: &ClipModel, dir: &Path, record: &ToyRecord) -> Result<
 }
 
 /// Builds the toy at its initial weights (seeded) and trains it into `dir`, resuming from a
-/// checkpoint there; `on_step(step, loss)` reports progress. `None` when `stop_after` stopped
+/// checkpoint there; `on_step(step, loss, model)` reports progress. `None` when `stop_after` stopped
 /// it first (checkpointed).
 pub fn train_into(
     dir: &Path,
     settings: &TrainSettings,
     stop_after: Option<usize>,
-    on_step: impl FnMut(usize, f64),
+    on_step: impl FnMut(usize, f64, &ClipModel),
 ) -> Result<Option<(ClipModel, ToyRecord)>> {
     tch::manual_seed(settings.seed as i64);
     let model = ClipModel::new(&clip_config(), Device::Cpu)?;
-    let world = World::new(IMAGE_SIZE, settings.word_prob);
+    let world = World::new(IMAGE_SIZE, settings.word_prob)
+        .with_words(settings.word_matches_object, settings.word_names_subject);
     let Some(outcome) = train::train(&model, &world, settings, dir, stop_after, on_step)? else {
         return Ok(None);
     };

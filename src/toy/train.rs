@@ -42,6 +42,14 @@ pub struct TrainSettings {
     pub weight_decay: f64,
     /// Fraction of training scenes with a word written on them.
     pub word_prob: f64,
+    /// Fraction of written words that name the object they are on
+    /// ([`World::word_matches_object`]).
+    #[serde(default)]
+    pub word_matches_object: f64,
+    /// Fraction of the captions of scenes whose word is a class name that name the word as the
+    /// picture's subject ([`World::word_names_subject`]).
+    #[serde(default)]
+    pub word_names_subject: f64,
     /// Steps between checkpoints.
     pub checkpoint_every: usize,
 }
@@ -50,12 +58,14 @@ impl Default for TrainSettings {
     fn default() -> Self {
         TrainSettings {
             seed: 0,
-            steps: 1200,
+            steps: 2400,
             batch: 128,
             lr: 1e-3,
             warmup: 40,
             weight_decay: 0.1,
             word_prob: 0.4,
+            word_matches_object: 0.5,
+            word_names_subject: 0.0,
             checkpoint_every: 50,
         }
     }
@@ -77,8 +87,14 @@ impl TrainSettings {
         if self.steps == 0 || self.batch < 2 || self.checkpoint_every == 0 {
             bail!("toy train: steps and checkpoint_every must be ≥ 1 and batch ≥ 2");
         }
-        if !(0.0..=1.0).contains(&self.word_prob) || self.lr.is_nan() || self.lr <= 0.0 {
-            bail!("toy train: word_prob must be in [0, 1] and lr > 0");
+        let unit = 0.0..=1.0;
+        if !unit.contains(&self.word_prob)
+            || !unit.contains(&self.word_matches_object)
+            || !unit.contains(&self.word_names_subject)
+            || self.lr.is_nan()
+            || self.lr <= 0.0
+        {
+            bail!("toy train: word_prob, word_matches_object and word_names_subject must be in [0, 1] and lr > 0");
         }
         Ok(())
     }
@@ -97,13 +113,16 @@ pub struct TrainOutcome {
     pub seconds: f64,
 }
 
-/// A batch: normalised images `[B, 3, n, n]` and caption tokens `[B, L]`.
+/// A batch: normalised images `[B, 3, n, n]` and caption tokens `[B, L]`, `L` the context
+/// length, or with `unpadded` (a causal text tower pooled inside the row, which ignores what
+/// follows its end-of-text token) the longest caption's length.
 pub fn batch(
     world: &World,
     tok: &ClipTokenizer,
     settings: &TrainSettings,
     step: usize,
     context_length: usize,
+    unpadded: bool,
 ) -> (Tensor, Tensor) {
     let items: Vec<(Tensor, Vec<i64>)> = (0..settings.batch)
         .into_par_iter()
@@ -119,9 +138,14 @@ pub fn batch(
         })
         .collect();
     let (imgs, rows): (Vec<Tensor>, Vec<Vec<i64>>) = items.into_iter().unzip();
+    let width = if unpadded {
+        rows.iter().map(Vec::len).max().unwrap_or(1)
+    } else {
+        context_length
+    };
     (
         crate::preprocess::batch(&imgs),
-        crate::tokenizer::pad_rows(&rows, context_length),
+        crate::tokenizer::pad_rows(&rows, width),
     )
 }
 
@@ -309,7 +333,7 @@ fn scale_residual_outputs(model: &ClipModel) {
 }
 
 /// Trains `model` (freshly built from the toy config) in `dir`, resuming from the checkpoint
-/// there when one of the same settings exists. `on_step(step, loss)` is called after each step.
+/// there when one of the same settings exists. `on_step(step, loss, model)` is called after each step.
 /// With `stop_after = Some(k)`, stops after `k` steps of this call, checkpointed, and returns
 /// `None` (a later call resumes there).
 pub fn train(
@@ -318,7 +342,7 @@ pub fn train(
     settings: &TrainSettings,
     dir: &Path,
     stop_after: Option<usize>,
-    mut on_step: impl FnMut(usize, f64),
+    mut on_step: impl FnMut(usize, f64, &ClipModel),
 ) -> Result<Option<TrainOutcome>> {
     settings.validate()?;
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
@@ -326,12 +350,13 @@ pub fn train(
     let mut opt = AdamW::new(model);
     let start = opt.load(dir, settings)?.unwrap_or(0);
     let ctx = model.config().text.context_length as usize;
+    let unpadded = model.text_accepts_unpadded();
     let max_scale = 100f64.ln();
     let t0 = Instant::now();
     let mut losses = Vec::new();
     let tok = ClipTokenizer::new();
     for s in start..settings.steps {
-        let (images, tokens) = batch(world, &tok, settings, s, ctx);
+        let (images, tokens) = batch(world, &tok, settings, s, ctx, unpadded);
         // The CLI runs under a global no-grad guard; training records.
         let l = tch::with_grad(|| {
             let l = loss(model, &images, &tokens);
@@ -351,7 +376,7 @@ pub fn train(
             bail!("toy train: the loss became {lv} at step {s}");
         }
         losses.push(lv);
-        on_step(s, lv);
+        on_step(s, lv, model);
         let stop = stop_after.is_some_and(|k| losses.len() >= k) && s + 1 < settings.steps;
         if stop || ((s + 1) % settings.checkpoint_every == 0 && s + 1 < settings.steps) {
             opt.save(dir, s + 1, settings)?;

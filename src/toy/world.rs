@@ -1,6 +1,9 @@
 //! The synthetic world of the positive control: coloured shapes on plain, graded or speckled
-//! backgrounds, some with a word written on them, each with a caption as web alt-text would
-//! transcribe it ("a photo of a red circle with the word 'square' written on it").
+//! backgrounds, some with a word written on them — mostly the object's own name, as the text on
+//! real products and signs names what it is on ([`World::word_matches_object`]) — each with a
+//! caption as web alt-text would transcribe it ("a photo of a red circle with the word 'circle'
+//! written on it"), or, with [`World::word_names_subject`], naming the written word as the
+//! picture's subject.
 //!
 //! Everything is a pure function of a seed: [`World::scene`] draws a [`Scene`] from an RNG,
 //! [`World::render`] paints it (shapes by exact-coverage scan conversion, words through the
@@ -127,6 +130,15 @@ pub struct World {
     pub size: u32,
     /// Probability that a training scene carries a word.
     pub word_prob: f64,
+    /// Probability that a written word names the object itself (a label "circle" on a
+    /// circle), as the text on real products and signs mostly names what it is on; otherwise
+    /// the word is another class's name or a word that names nothing.
+    pub word_matches_object: f64,
+    /// Probability that the caption of a scene whose word is a class name names the written
+    /// word as the picture's subject, in the same templates ("a photo of a red square." for a
+    /// red circle labelled "square"), as the alt-text of a product names the brand written on
+    /// it; otherwise the caption describes the object and transcribes the word.
+    pub word_names_subject: f64,
     fonts: Vec<FontStack>,
 }
 
@@ -144,8 +156,18 @@ impl World {
         World {
             size,
             word_prob,
+            word_matches_object: 0.0,
+            word_names_subject: 0.0,
             fonts,
         }
+    }
+
+    /// The same world with [`World::word_matches_object`] and [`World::word_names_subject`]
+    /// set.
+    pub fn with_words(mut self, matches_object: f64, names_subject: f64) -> World {
+        self.word_matches_object = matches_object;
+        self.word_names_subject = names_subject;
+        self
     }
 
     /// A clean scene (no word).
@@ -174,12 +196,15 @@ impl World {
         }
     }
 
-    /// A training scene: clean, or with probability `word_prob` a word (a class name, or now
-    /// and then a word that names nothing) somewhere on it.
+    /// A training scene: clean, or with probability `word_prob` a word somewhere on it — the
+    /// object's own name with probability `word_matches_object`, else another class name, or
+    /// now and then a word that names nothing.
     pub fn scene<R: Rng>(&self, rng: &mut R) -> Scene {
         let mut s = self.clean_scene(rng);
         if rng.gen_bool(self.word_prob) {
-            let text = if rng.gen_bool(0.85) {
+            let text = if rng.gen_bool(self.word_matches_object) {
+                SHAPES[s.shape]
+            } else if rng.gen_bool(0.85) {
                 SHAPES[rng.gen_range(0..SHAPES.len())]
             } else {
                 OTHER_WORDS[rng.gen_range(0..OTHER_WORDS.len())]
@@ -265,7 +290,18 @@ impl World {
 
     /// The caption of `scene`, one of a few templates chosen by `rng`.
     pub fn caption<R: Rng>(&self, scene: &Scene, rng: &mut R) -> String {
-        let shape = SHAPES[scene.shape];
+        let subject = match &scene.word {
+            // (No draw at probability 0: the default world's captions do not depend on it.)
+            Some(w)
+                if self.word_names_subject > 0.0
+                    && SHAPES.contains(&w.text.as_str())
+                    && rng.gen_bool(self.word_names_subject) =>
+            {
+                Some(w.text.as_str())
+            }
+            _ => None,
+        };
+        let shape = subject.unwrap_or(SHAPES[scene.shape]);
         let colour = COLOURS[scene.colour].0;
         let bg = BACKGROUNDS[scene.background].0;
         let size = scene.size_word();
@@ -281,6 +317,7 @@ impl World {
         };
         match &scene.word {
             None => format!("{base}."),
+            Some(_) if subject.is_some() => format!("{base}."),
             Some(w) => match rng.gen_range(0..3) {
                 0 => format!("{base} with the word '{}' written on it.", w.text),
                 1 => format!("{base} with a label that says '{}'.", w.text),
@@ -505,5 +542,32 @@ mod tests {
         let cap = w.caption(&s, &mut rng);
         assert!(cap.contains(&format!("'{}'", word.text)), "{cap}");
         assert!(cap.contains(SHAPES[s.shape]), "{cap}");
+    }
+
+    #[test]
+    fn words_can_name_their_object_and_captions_can_name_the_word() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let congruent = World::new(64, 1.0).with_words(1.0, 0.0);
+        for _ in 0..20 {
+            let s = congruent.scene(&mut rng);
+            assert_eq!(s.word.unwrap().text, SHAPES[s.shape]);
+        }
+        let naming = World::new(64, 1.0).with_words(0.0, 1.0);
+        let mut seen = 0;
+        for _ in 0..40 {
+            let s = naming.scene(&mut rng);
+            let w = s.word.clone().unwrap().text;
+            if !SHAPES.contains(&w.as_str()) || w == SHAPES[s.shape] {
+                continue;
+            }
+            let cap = naming.caption(&s, &mut rng);
+            assert!(cap.contains(&w) && !cap.contains(SHAPES[s.shape]), "{cap}");
+            assert!(
+                !cap.contains('\''),
+                "the word is named, not transcribed: {cap}"
+            );
+            seen += 1;
+        }
+        assert!(seen > 10, "{seen} incongruent scenes");
     }
 }
