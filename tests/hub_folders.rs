@@ -356,3 +356,33 @@ fn info_names_the_transform_and_the_tokenizer() {
         "{tok}"
     );
 }
+
+/// `tokenize --model` tokenizes as the model's text tower does: the hub folder's
+/// `tokenizer.json`, open_clip's `HFTokenizer` ids, full rows at the model's context length.
+#[test]
+fn tokenize_with_a_model_uses_its_tokenizer() {
+    let reference = read_tensors(&fixture().join("hub-folders.safetensors"));
+    let folder = fixture().join("hub-hf-text");
+    let prompts: Vec<String> = meta()["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    let mut args = vec![
+        "tokenize".to_string(),
+        "--model".into(),
+        folder.display().to_string(),
+    ];
+    args.extend(prompts.iter().cloned());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = ok(&run_typoclip(&refs, "typoclip-hub-tokenize"));
+    let rows: Vec<Vec<i64>> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let theirs: Vec<Vec<i64>> = (0..prompts.len() as i64)
+        .map(|i| Vec::<i64>::try_from(reference["hf_tokens"].get(i)).unwrap())
+        .collect();
+    assert_eq!(rows, theirs);
+}

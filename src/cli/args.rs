@@ -96,9 +96,21 @@ pub enum Command {
         /// Texts to tokenize.
         #[arg(required = true)]
         text: Vec<String>,
-        /// Context length (rows are truncated to it, keeping the end-of-text token).
-        #[arg(long, default_value_t = 77)]
-        context_length: usize,
+        /// Context length (rows are truncated to it, keeping the end-of-text token) [default:
+        /// the model's, or 77].
+        #[arg(long)]
+        context_length: Option<usize>,
+        /// Tokenize as this model's text tower does (its tokenizer: CLIP's BPE or the hub
+        /// folder's `tokenizer.json`), printing full padded rows; without it, CLIP's BPE rows
+        /// up to their end-of-text token.
+        #[arg(long, short = 'm')]
+        model: Option<String>,
+        /// The architecture of a bare checkpoint given as --model.
+        #[arg(long)]
+        arch: Option<String>,
+        /// Where downloaded checkpoints live (default `$XDG_CACHE_HOME/typoclip`).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
     },
     /// Architecture, input size, embedding size, parameter count and sha256 of a model.
     Info {

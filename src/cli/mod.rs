@@ -187,16 +187,35 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Tokenize {
             text,
             context_length,
+            model,
+            arch,
+            cache_dir,
         } => {
-            if context_length < 2 {
+            if context_length.is_some_and(|c| c < 2) {
                 bail!("--context-length: must be at least 2");
             }
-            let tok = ClipTokenizer::new();
-            for t in text {
-                println!(
-                    "{}",
-                    serde_json::to_string(&tok.encode_row(&t, context_length))?
-                );
+            let Some(spec) = model else {
+                let tok = ClipTokenizer::new();
+                for t in text {
+                    let row = tok.encode_row(&t, context_length.unwrap_or(77));
+                    println!("{}", serde_json::to_string(&row)?);
+                }
+                return Ok(());
+            };
+            let m = open_model(&args::ModelArgs {
+                model: Some(spec),
+                arch,
+                device: "cpu".into(),
+                cache_dir,
+            })?;
+            if let Some(w) = m.random_warning() {
+                println!("# {w}");
+            }
+            let tok = m.tokenizer()?;
+            let ctx = context_length.unwrap_or(m.model.config().text.context_length as usize);
+            let texts: Vec<&str> = text.iter().map(String::as_str).collect();
+            for row in tok.tokenize_rows(&texts, ctx)? {
+                println!("{}", serde_json::to_string(&row)?);
             }
             Ok(())
         }
