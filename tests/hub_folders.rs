@@ -35,6 +35,15 @@ fn images() -> Vec<String> {
         .collect()
 }
 
+fn prompts() -> Vec<String> {
+    meta()["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect()
+}
+
 fn ok(o: &std::process::Output) -> String {
     assert!(
         o.status.success(),
@@ -106,12 +115,7 @@ fn hub_preprocess_cfg_gives_open_clip_pixels_and_embeddings() {
 fn hub_hf_tokenizer_gives_open_clip_text_embeddings() {
     let reference = read_tensors(&fixture().join("hub-folders.safetensors"));
     let folder = fixture().join("hub-hf-text");
-    let prompts: Vec<String> = meta()["prompts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_str().unwrap().to_string())
-        .collect();
+    let prompts = prompts();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("txt.npy");
     let mut args = vec![
@@ -363,12 +367,7 @@ fn info_names_the_transform_and_the_tokenizer() {
 fn tokenize_with_a_model_uses_its_tokenizer() {
     let reference = read_tensors(&fixture().join("hub-folders.safetensors"));
     let folder = fixture().join("hub-hf-text");
-    let prompts: Vec<String> = meta()["prompts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_str().unwrap().to_string())
-        .collect();
+    let prompts = prompts();
     let mut args = vec![
         "tokenize".to_string(),
         "--model".into(),
