@@ -352,6 +352,11 @@ fn info_names_the_transform_and_the_tokenizer() {
     let pre = info("hub-preprocess");
     let t = pre["image_transform"].as_str().unwrap();
     assert!(t.starts_with("bilinear squash") && t.contains("0.5"), "{t}");
+    let from = pre["image_transform_source"].as_str().unwrap();
+    assert!(
+        from.starts_with("preprocess_cfg of") && from.contains("open_clip_config.json"),
+        "{from}"
+    );
     assert!(pre["tokenizer"].as_str().unwrap().starts_with("CLIP BPE"));
     let hf = info("hub-hf-text");
     let tok = hf["tokenizer"].as_str().unwrap();

@@ -235,7 +235,10 @@ pub fn run(cli: Cli) -> Result<()> {
                     info.text_width, info.text_layers, info.context_length
                 );
                 println!("parameters:    {}", info.parameters);
-                println!("transform:     {}", info.image_transform);
+                println!(
+                    "transform:     {} (from {})",
+                    info.image_transform, info.image_transform_source
+                );
                 println!("tokenizer:     {}", info.tokenizer);
                 println!("format:        {}", info.format);
                 println!(

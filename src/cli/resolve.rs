@@ -147,6 +147,8 @@ pub struct OpenedModel {
     /// The image transform the model was trained with (its hub folder's `preprocess_cfg`, its
     /// tag's, or OpenAI's), which every image command applies.
     pub preprocess: crate::preprocess::PreprocessCfg,
+    /// Where [`OpenedModel::preprocess`] came from.
+    pub preprocess_source: String,
 }
 
 /// The tokenizer a model's text tower takes: CLIP's BPE unless its open_clip text config
@@ -232,6 +234,8 @@ pub struct ModelInfo {
     /// The image transform every image command applies (resize mode, interpolation, size,
     /// mean / std).
     pub image_transform: String,
+    /// Where the transform came from.
+    pub image_transform_source: String,
     /// The text tower's tokenizer and where it is read from.
     pub tokenizer: String,
     /// The full resolved config.
@@ -335,6 +339,7 @@ impl OpenedModel {
             random_weights: self.random,
             config_source: self.config_source.clone(),
             image_transform: self.preprocess.describe(),
+            image_transform_source: self.preprocess_source.clone(),
             tokenizer: match &self.tokenizer {
                 TokenizerSource::ClipBpe => "CLIP BPE (open_clip's SimpleTokenizer)".into(),
                 TokenizerSource::HuggingFace { name, dir, .. } => match dir {
@@ -373,15 +378,24 @@ fn sized(cfg: crate::preprocess::PreprocessCfg, res: i64) -> crate::preprocess::
     }
 }
 
+/// What the transform is when nothing names one.
+const DEFAULT_TRANSFORM: &str = "open_clip's default (OpenAI's), at the model's input size";
+
 /// The transform of an `--arch`/`random:` name: the tag's for `ARCH:TAG`, else open_clip's
-/// defaults (OpenAI's) at the model's size.
-fn arch_preprocess(arch: &str, res: i64) -> Result<crate::preprocess::PreprocessCfg> {
-    let cfg = match arch.split_once(':') {
-        Some((a, t)) => crate::preprocess::PreprocessCfg::for_tag(a, t)
-            .map_err(|e| anyhow!("--arch {arch}: {e}"))?,
-        None => crate::preprocess::PreprocessCfg::default(),
+/// defaults (OpenAI's) at the model's size; and where it came from.
+fn arch_preprocess(arch: &str, res: i64) -> Result<(crate::preprocess::PreprocessCfg, String)> {
+    let (cfg, source) = match arch.split_once(':') {
+        Some((a, t)) => (
+            crate::preprocess::PreprocessCfg::for_tag(a, t)
+                .map_err(|e| anyhow!("--arch {arch}: {e}"))?,
+            format!("open_clip's pretrained table for {a}:{t}"),
+        ),
+        None => (
+            crate::preprocess::PreprocessCfg::default(),
+            DEFAULT_TRANSFORM.to_string(),
+        ),
     };
-    Ok(sized(cfg, res))
+    Ok((sized(cfg, res), source))
 }
 
 /// As [`open_model`]; with `fallback_random`, a missing default checkpoint becomes
@@ -403,9 +417,10 @@ pub fn open_model_or_random(args: &ModelArgs, fallback_random: bool) -> Result<O
         ModelSpec::Random { arch, seed } => {
             let config = ClipConfig::from_arch(&arch)?;
             let model = ClipModel::random(&config, seed, device)?;
-            let preprocess = arch_preprocess(&arch, model.image_resolution())?;
+            let (preprocess, preprocess_source) = arch_preprocess(&arch, model.image_resolution())?;
             return Ok(OpenedModel {
                 preprocess,
+                preprocess_source,
                 tokenizer: TokenizerSource::for_text_cfg(arch_text_cfg(&arch).as_ref(), None),
                 model,
                 spec: format!("random:{arch}:{seed}"),
@@ -459,14 +474,20 @@ pub fn open_model_or_random(args: &ModelArgs, fallback_random: bool) -> Result<O
     let loaded = load_checkpoint(&path, args.arch.as_deref(), device)?;
     let weights = loaded.weights.clone();
     let res = loaded.model.image_resolution();
-    let preprocess = match (&loaded.preprocess_cfg, &args.arch) {
-        (Some(v), _) => sized(
-            crate::preprocess::PreprocessCfg::from_open_clip_json(v)
-                .map_err(|e| anyhow!("{}: {e}", weights.display()))?,
-            res,
+    let (preprocess, preprocess_source) = match (&loaded.preprocess_cfg, &args.arch) {
+        (Some(v), _) => (
+            sized(
+                crate::preprocess::PreprocessCfg::from_open_clip_json(v)
+                    .map_err(|e| anyhow!("{}: {e}", weights.display()))?,
+                res,
+            ),
+            format!("preprocess_cfg of {}", loaded.config_source),
         ),
         (None, Some(a)) => arch_preprocess(a, res)?,
-        (None, None) => sized(crate::preprocess::PreprocessCfg::default(), res),
+        (None, None) => (
+            sized(crate::preprocess::PreprocessCfg::default(), res),
+            DEFAULT_TRANSFORM.to_string(),
+        ),
     };
     let tokenizer = TokenizerSource::for_text_cfg(
         loaded.text_cfg.as_ref(),
@@ -484,6 +505,7 @@ pub fn open_model_or_random(args: &ModelArgs, fallback_random: bool) -> Result<O
         path: Some(weights),
         config_source: loaded.config_source.to_string(),
         preprocess,
+        preprocess_source,
         tokenizer,
     })
 }
