@@ -67,6 +67,10 @@ pub struct TrainArgs {
     /// picture's subject ("a photo of a square." for a circle labelled "square").
     #[arg(long, default_value_t = TrainSettings::default().word_names_subject)]
     pub word_names_subject: f64,
+    /// Fraction of scenes with a class-name word that show the word alone on the background,
+    /// captioned as the thing it names.
+    #[arg(long, default_value_t = TrainSettings::default().word_only)]
+    pub word_only: f64,
     /// Measure held-out accuracy (200 scenes) every N steps and print it.
     #[arg(long, value_name = "N")]
     pub eval_every: Option<usize>,
@@ -106,6 +110,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
         word_prob: a.word_prob,
         word_matches_object: a.word_matches_object,
         word_names_subject: a.word_names_subject,
+        word_only: a.word_only,
         ..TrainSettings::default()
     };
     settings.validate()?;
@@ -190,7 +195,8 @@ fn run_world(out: PathBuf, count: usize, seed: u64) -> Result<()> {
     std::fs::create_dir_all(&out)?;
     let d = TrainSettings::default();
     let world = toy::World::new(toy::IMAGE_SIZE, d.word_prob)
-        .with_words(d.word_matches_object, d.word_names_subject);
+        .with_words(d.word_matches_object, d.word_names_subject)
+        .with_word_only(d.word_only);
     let mut tsv = String::from("file\tcaption\n");
     for i in 0..count {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(toy::train::stream(

@@ -50,6 +50,10 @@ pub struct TrainSettings {
     /// picture's subject ([`World::word_names_subject`]).
     #[serde(default)]
     pub word_names_subject: f64,
+    /// Fraction of scenes with a class-name word that show the word alone, no object
+    /// ([`World::word_only`]).
+    #[serde(default)]
+    pub word_only: f64,
     /// Steps between checkpoints.
     pub checkpoint_every: usize,
 }
@@ -66,6 +70,7 @@ impl Default for TrainSettings {
             word_prob: 0.4,
             word_matches_object: 0.5,
             word_names_subject: 0.0,
+            word_only: 0.0,
             checkpoint_every: 50,
         }
     }
@@ -91,10 +96,11 @@ impl TrainSettings {
         if !unit.contains(&self.word_prob)
             || !unit.contains(&self.word_matches_object)
             || !unit.contains(&self.word_names_subject)
+            || !unit.contains(&self.word_only)
             || self.lr.is_nan()
             || self.lr <= 0.0
         {
-            bail!("toy train: word_prob, word_matches_object and word_names_subject must be in [0, 1] and lr > 0");
+            bail!("toy train: word_prob, word_matches_object, word_names_subject and word_only must be in [0, 1] and lr > 0");
         }
         Ok(())
     }

@@ -103,6 +103,8 @@ pub struct Scene {
     pub word: Option<Word>,
     /// Seed of the texture noise.
     pub noise_seed: u64,
+    /// The object is drawn (false: a word-only scene, the word on the bare background).
+    pub object: bool,
 }
 
 impl Scene {
@@ -139,6 +141,10 @@ pub struct World {
     /// red circle labelled "square"), as the alt-text of a product names the brand written on
     /// it; otherwise the caption describes the object and transcribes the word.
     pub word_names_subject: f64,
+    /// Probability that a scene whose word is a class name shows no object: the word alone on
+    /// the background, captioned as the thing it names ("a photo of a square."), so that the
+    /// word is the only evidence.
+    pub word_only: f64,
     fonts: Vec<FontStack>,
 }
 
@@ -158,8 +164,15 @@ impl World {
             word_prob,
             word_matches_object: 0.0,
             word_names_subject: 0.0,
+            word_only: 0.0,
             fonts,
         }
+    }
+
+    /// The same world with [`World::word_only`] set.
+    pub fn with_word_only(mut self, p: f64) -> World {
+        self.word_only = p;
+        self
     }
 
     /// The same world with [`World::word_matches_object`] and [`World::word_names_subject`]
@@ -193,6 +206,7 @@ impl World {
             rotation,
             word: None,
             noise_seed: rng.gen(),
+            object: true,
         }
     }
 
@@ -210,6 +224,13 @@ impl World {
                 OTHER_WORDS[rng.gen_range(0..OTHER_WORDS.len())]
             };
             s.word = Some(self.word(rng, text));
+            // (No draw at probability 0: the default world does not depend on it.)
+            if self.word_only > 0.0 && rng.gen_bool(self.word_only) {
+                if let Some(k) = SHAPES.iter().position(|&c| c == text) {
+                    s.shape = k;
+                    s.object = false;
+                }
+            }
         }
         s
     }
@@ -237,7 +258,9 @@ impl World {
     /// Paints `scene`.
     pub fn render(&self, scene: &Scene) -> RgbImage {
         let mut img = self.background(scene);
-        self.paint_object(&mut img, scene);
+        if scene.object {
+            self.paint_object(&mut img, scene);
+        }
         match &scene.word {
             Some(w) => crate::attack::render(&img, &self.word_variant(w), 0, None).image,
             None => img,
@@ -302,6 +325,13 @@ impl World {
             _ => None,
         };
         let shape = subject.unwrap_or(SHAPES[scene.shape]);
+        if !scene.object {
+            return match rng.gen_range(0..3) {
+                0 => format!("a photo of a {shape}."),
+                1 => format!("a picture of a {shape}."),
+                _ => format!("a {shape}."),
+            };
+        }
         let colour = COLOURS[scene.colour].0;
         let bg = BACKGROUNDS[scene.background].0;
         let size = scene.size_word();
@@ -569,5 +599,32 @@ mod tests {
             seen += 1;
         }
         assert!(seen > 10, "{seen} incongruent scenes");
+    }
+
+    #[test]
+    fn word_only_scenes_show_the_word_on_the_bare_background() {
+        let w = World::new(64, 1.0).with_words(0.0, 0.0).with_word_only(1.0);
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let mut seen = 0;
+        for _ in 0..30 {
+            let s = w.scene(&mut rng);
+            let word = s.word.clone().unwrap().text;
+            if !SHAPES.contains(&word.as_str()) {
+                assert!(s.object);
+                continue;
+            }
+            assert!(!s.object);
+            assert_eq!(SHAPES[s.shape], word);
+            let cap = w.caption(&s, &mut rng);
+            assert!(cap.ends_with(&format!("{word}.")), "{cap}");
+            let bare = w.render(&Scene {
+                word: None,
+                ..s.clone()
+            });
+            let bg = w.background(&s);
+            assert_eq!(bare, bg, "no object is painted");
+            seen += 1;
+        }
+        assert!(seen > 15, "{seen}");
     }
 }
