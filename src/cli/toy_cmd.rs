@@ -142,7 +142,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
         );
     }
     let pb = crate::progress::bar(settings.steps as u64, !a.quiet);
-    let eval_world = toy::World::new(toy::IMAGE_SIZE, settings.word_prob);
+    let eval_world = settings.world();
     let mut eval_error = None;
     let trained = toy::train_into(&dir, &settings, a.stop_after, |s, loss, model| {
         pb.set_position(s as u64 + 1);
@@ -193,10 +193,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
 
 fn run_world(out: PathBuf, count: usize, seed: u64) -> Result<()> {
     std::fs::create_dir_all(&out)?;
-    let d = TrainSettings::default();
-    let world = toy::World::new(toy::IMAGE_SIZE, d.word_prob)
-        .with_words(d.word_matches_object, d.word_names_subject)
-        .with_word_only(d.word_only);
+    let world = TrainSettings::default().world();
     let mut tsv = String::from("file\tcaption\n");
     for i in 0..count {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(toy::train::stream(

@@ -168,9 +168,7 @@ pub fn train_into(
 ) -> Result<Option<(ClipModel, ToyRecord)>> {
     tch::manual_seed(settings.seed as i64);
     let model = ClipModel::new(&clip_config(), Device::Cpu)?;
-    let world = World::new(IMAGE_SIZE, settings.word_prob)
-        .with_words(settings.word_matches_object, settings.word_names_subject)
-        .with_word_only(settings.word_only);
+    let world = settings.world();
     let Some(outcome) = train::train(&model, &world, settings, dir, stop_after, on_step)? else {
         return Ok(None);
     };

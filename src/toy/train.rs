@@ -87,6 +87,15 @@ impl TrainSettings {
         0.5 * self.lr * (1.0 + (std::f64::consts::PI * t).cos())
     }
 
+    /// The world these settings train on (the toy's image size, their word probabilities).
+    pub fn world(&self) -> World {
+        World::new(super::IMAGE_SIZE, self.word_prob).with_words(
+            self.word_matches_object,
+            self.word_names_subject,
+            self.word_only,
+        )
+    }
+
     /// Rejects settings that cannot train.
     pub fn validate(&self) -> Result<()> {
         if self.steps == 0 || self.batch < 2 || self.checkpoint_every == 0 {

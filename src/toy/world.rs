@@ -169,17 +169,12 @@ impl World {
         }
     }
 
-    /// The same world with [`World::word_only`] set.
-    pub fn with_word_only(mut self, p: f64) -> World {
-        self.word_only = p;
-        self
-    }
-
-    /// The same world with [`World::word_matches_object`] and [`World::word_names_subject`]
-    /// set.
-    pub fn with_words(mut self, matches_object: f64, names_subject: f64) -> World {
+    /// The same world with [`World::word_matches_object`], [`World::word_names_subject`] and
+    /// [`World::word_only`] set.
+    pub fn with_words(mut self, matches_object: f64, names_subject: f64, word_only: f64) -> World {
         self.word_matches_object = matches_object;
         self.word_names_subject = names_subject;
+        self.word_only = word_only;
         self
     }
 
@@ -577,12 +572,12 @@ mod tests {
     #[test]
     fn words_can_name_their_object_and_captions_can_name_the_word() {
         let mut rng = ChaCha8Rng::seed_from_u64(5);
-        let congruent = World::new(64, 1.0).with_words(1.0, 0.0);
+        let congruent = World::new(64, 1.0).with_words(1.0, 0.0, 0.0);
         for _ in 0..20 {
             let s = congruent.scene(&mut rng);
             assert_eq!(s.word.unwrap().text, SHAPES[s.shape]);
         }
-        let naming = World::new(64, 1.0).with_words(0.0, 1.0);
+        let naming = World::new(64, 1.0).with_words(0.0, 1.0, 0.0);
         let mut seen = 0;
         for _ in 0..40 {
             let s = naming.scene(&mut rng);
@@ -603,7 +598,7 @@ mod tests {
 
     #[test]
     fn word_only_scenes_show_the_word_on_the_bare_background() {
-        let w = World::new(64, 1.0).with_words(0.0, 0.0).with_word_only(1.0);
+        let w = World::new(64, 1.0).with_words(0.0, 0.0, 1.0);
         let mut rng = ChaCha8Rng::seed_from_u64(11);
         let mut seen = 0;
         for _ in 0..30 {
