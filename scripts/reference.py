@@ -111,7 +111,8 @@ PROMPTS = [
 def model_cfg(name):
     """The open_clip model config of a fixture (what its open_clip_config.json holds).
     `zoo-ARCH` is open_clip's ARCH; `zoo-ARCH@L` the same with L blocks per tower (the widths,
-    head widths and MLP ratios of the real shapes, fewer blocks)."""
+    head widths and MLP ratios of the real shapes, fewer blocks; a timm image tower gets
+    `depth=L`, or `depths=(L, L, L, L)` for a ConvNeXt, see `timm_depth`)."""
     if name in TINY:
         return TINY[name]
     if name.startswith("zoo-"):
@@ -126,16 +127,55 @@ def model_cfg(name):
     return open_clip.get_model_config(ARCH.get(name, name))
 
 
+def timm_depth(name):
+    """The block count of a `zoo-ARCH@L` fixture whose image tower is timm's (None: full depth).
+    open_clip has no config field for a timm trunk's depth, so the fixture passes timm's own
+    `depth` / `depths` argument to `timm.create_model`; the open_clip_config.json it writes
+    then describes the full-depth model, and the tests build the cut one from the name."""
+    _, _, depth = name.partition("@")
+    if not name.startswith("zoo-") or not depth or not model_cfg(name)["vision_cfg"].get("timm_model_name"):
+        return None
+    return int(depth)
+
+
+class _TimmDepth:
+    """Within the block, timm.create_model builds `depth` blocks (ConvNeXt: per stage)."""
+
+    def __init__(self, depth):
+        self.depth = depth
+
+    def __enter__(self):
+        import open_clip.timm_model as tm
+        self.tm, self.orig = tm, tm.timm.create_model
+        depth, orig = self.depth, self.orig
+
+        def create_model(model_name, **kw):
+            if depth is not None:
+                if model_name.startswith("convnext"):
+                    kw["depths"] = (depth,) * 4
+                else:
+                    kw["depth"] = depth
+            return orig(model_name, **kw)
+        tm.timm.create_model = create_model
+
+    def __exit__(self, *exc):
+        self.tm.timm.create_model = self.orig
+
+
 def build(name):
     """Exactly as open_clip builds the architecture: no forced QuickGELU."""
     if name in TINY or name.startswith("zoo-"):
         # open_clip's create_model builds CoCa(**model_cfg) for a config with a multimodal_cfg
-        # (its text tower under `text.`), CLIP(**model_cfg) for the others here.
+        # (its text tower under `text.`), CustomTextCLIP(**model_cfg) for one with custom_text
+        # (SigLIP), CLIP(**model_cfg) for the others.
         cfg = dict(model_cfg(name))
         if "multimodal_cfg" in cfg:
             cfg.pop("custom_text", None)
             return open_clip.CoCa(**cfg)
-        return CLIP(**cfg)
+        with _TimmDepth(timm_depth(name)):
+            if cfg.pop("custom_text", False):
+                return open_clip.CustomTextCLIP(**cfg)
+            return CLIP(**cfg)
     return open_clip.create_model(ARCH.get(name, name), pretrained=None)
 
 
@@ -309,8 +349,9 @@ def export(name, out_dir, seed):
         save_file(hf_state_dict(sd), os.path.join(out_dir, f"{name}.hf.safetensors"))
         hf_folder(name, model_cfg(name), sd, os.path.join(out_dir, f"{name}.hf"))
 
-    if "multimodal_cfg" in model_cfg(name):
-        # CoCa is not shipped as TorchScript (its forward returns a dict of the decoder's logits).
+    if "multimodal_cfg" in model_cfg(name) or model_cfg(name)["vision_cfg"].get("timm_model_name"):
+        # CoCa is not shipped as TorchScript (its forward returns a dict of the decoder's
+        # logits); neither are timm-tower models (TorchScript is OpenAI's format).
         print(f"reference: {name} ({res}px) written", file=sys.stderr)
         return
     with torch.no_grad():

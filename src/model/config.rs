@@ -75,6 +75,26 @@ pub struct EmbedCls {
     pub pad_id: i64,
 }
 
+/// open_clip's `TimmModel` head after a timm trunk (`timm_proj`, `timm_proj_bias`): the keys
+/// `visual.head.proj.*` or `visual.head.mlp.*`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum TimmProj {
+    /// `timm_proj: none`: the trunk's pooled features are the embedding.
+    None,
+    /// `timm_proj: linear`: `nn.Linear(num_features, embed_dim, bias=timm_proj_bias)`.
+    Linear {
+        /// `timm_proj_bias`.
+        bias: bool,
+    },
+    /// `timm_proj: mlp`: timm's `Mlp(num_features, 2·embed_dim, embed_dim)`, GELU, `fc1` with a
+    /// bias, `fc2` with one when `timm_proj_bias`.
+    Mlp {
+        /// `timm_proj_bias`.
+        bias: bool,
+    },
+}
+
 /// The image tower of a CLIP model.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind")]
@@ -120,6 +140,48 @@ pub enum VisionConfig {
         /// Attention-pool heads (`width * 32 / 64`).
         heads: i64,
     },
+    /// timm's `VisionTransformer` as SigLIP and SigLIP 2 use it (`visual.trunk.*`): no class
+    /// token, `global_pool='map'` (a learned latent query attends over the tokens, then an
+    /// MLP), then open_clip's [`TimmProj`] head.
+    TimmVit {
+        /// timm's model name (`vit_base_patch16_siglip_224`).
+        timm_model_name: String,
+        /// Input side in pixels (timm's `img_size`).
+        image_resolution: i64,
+        /// Patch side.
+        patch_size: i64,
+        /// Residual width (`embed_dim`).
+        width: i64,
+        /// Blocks (`depth`).
+        layers: i64,
+        /// Attention heads.
+        heads: i64,
+        /// MLP hidden width (`int(width · mlp_ratio)`), of the blocks and the pool's MLP.
+        mlp_width: i64,
+        /// `act_layer`: GELU, or GELU-tanh.
+        act: Activation,
+        /// LayerNorm epsilon (timm's 1e-6).
+        ln_eps: f64,
+        /// open_clip's head.
+        proj: TimmProj,
+    },
+    /// timm's `ConvNeXt` (v1, `visual.trunk.*`): patchify stem, four stages of depthwise 7×7
+    /// blocks with LayerScale, average pool and LayerNorm (timm's `NormMlpClassifierHead`), then
+    /// open_clip's [`TimmProj`] head.
+    TimmConvNext {
+        /// timm's model name (`convnext_base`).
+        timm_model_name: String,
+        /// Input side in pixels.
+        image_resolution: i64,
+        /// Blocks per stage.
+        depths: [i64; 4],
+        /// Channels per stage.
+        dims: [i64; 4],
+        /// LayerNorm epsilon (`norm_eps`: 1e-6, `convnext_xxlarge` 1e-5).
+        ln_eps: f64,
+        /// open_clip's head.
+        proj: TimmProj,
+    },
 }
 
 impl VisionConfig {
@@ -131,15 +193,32 @@ impl VisionConfig {
             }
             | VisionConfig::ModifiedResNet {
                 image_resolution, ..
+            }
+            | VisionConfig::TimmVit {
+                image_resolution, ..
+            }
+            | VisionConfig::TimmConvNext {
+                image_resolution, ..
             } => *image_resolution,
         }
     }
 
-    /// `"ViT"` or `"ModifiedResNet"`.
+    /// `"ViT"`, `"ModifiedResNet"`, `"timm ViT"` or `"timm ConvNeXt"`.
     pub fn family(&self) -> &'static str {
         match self {
             VisionConfig::VisionTransformer { .. } => "ViT",
             VisionConfig::ModifiedResNet { .. } => "ModifiedResNet",
+            VisionConfig::TimmVit { .. } => "timm ViT",
+            VisionConfig::TimmConvNext { .. } => "timm ConvNeXt",
+        }
+    }
+
+    /// The width of the tower's pooled features before open_clip's head (`num_features`).
+    fn timm_features(&self) -> Option<i64> {
+        match self {
+            VisionConfig::TimmVit { width, .. } => Some(*width),
+            VisionConfig::TimmConvNext { dims, .. } => Some(dims[3]),
+            _ => None,
         }
     }
 }
@@ -409,6 +488,52 @@ impl ClipConfig {
                     ));
                 }
             }
+            VisionConfig::TimmVit {
+                timm_model_name,
+                image_resolution,
+                patch_size,
+                width,
+                layers,
+                heads,
+                mlp_width,
+                ..
+            } => {
+                if *layers < 1
+                    || *heads < 1
+                    || width % heads != 0
+                    || *patch_size < 1
+                    || image_resolution % patch_size != 0
+                    || *mlp_width < 1
+                {
+                    return bad(format!(
+                        "invalid {timm_model_name} shape: width {width}, layers {layers}, \
+                         heads {heads}, patch {patch_size}, {image_resolution} px"
+                    ));
+                }
+            }
+            VisionConfig::TimmConvNext {
+                timm_model_name,
+                depths,
+                dims,
+                ..
+            } => {
+                if depths.iter().any(|&d| d < 1) || dims.iter().any(|&d| d < 1) {
+                    return bad(format!(
+                        "invalid {timm_model_name} shape: depths {depths:?}, dims {dims:?}"
+                    ));
+                }
+            }
+        }
+        if let (Some(features), VisionConfig::TimmVit { proj, .. })
+        | (Some(features), VisionConfig::TimmConvNext { proj, .. }) =
+            (self.vision.timm_features(), &self.vision)
+        {
+            if *proj == TimmProj::None && features != self.embed_dim {
+                return bad(format!(
+                    "timm_proj none: the trunk's {features} features are not embed_dim {}",
+                    self.embed_dim
+                ));
+            }
         }
         let t = &self.text;
         if t.layers < 1 || t.heads < 1 || t.width % t.heads != 0 || t.mlp_width < 1 {
@@ -453,6 +578,28 @@ impl ClipConfig {
             } => format!(
                 "ModifiedResNet (stages {layers:?}, width {width}, {image_resolution} px; text {})",
                 act(self.text.act)
+            ),
+            VisionConfig::TimmVit {
+                timm_model_name,
+                image_resolution,
+                patch_size,
+                width,
+                layers,
+                act: a,
+                ..
+            } => format!(
+                "timm {timm_model_name} (width {width}, {layers} layers, patch {patch_size}, \
+                 {image_resolution} px, {}, MAP pool)",
+                act(*a)
+            ),
+            VisionConfig::TimmConvNext {
+                timm_model_name,
+                image_resolution,
+                depths,
+                dims,
+                ..
+            } => format!(
+                "timm {timm_model_name} (depths {depths:?}, dims {dims:?}, {image_resolution} px)"
             ),
         }
     }

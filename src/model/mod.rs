@@ -1,6 +1,7 @@
 //! The model stage: CLIP-family models (open_clip's `VisionTransformer` — CoCa's attentional
-//! pooler included — and OpenAI's `ModifiedResNet` image towers; open_clip's `TextTransformer`)
-//! implemented natively on libtorch through `tch`.
+//! pooler included —, OpenAI's `ModifiedResNet`, and timm's SigLIP `VisionTransformer` and
+//! `ConvNeXt` image towers; open_clip's `TextTransformer`) implemented natively on libtorch
+//! through `tch`.
 //!
 //! Inputs: preprocessed images `[B, 3, R, R] f32` and token ids `[B, L] i64`. Outputs:
 //! projected embeddings `[B, embed_dim] f32` (not normalised) and, through a [`Probe`], chosen
@@ -14,6 +15,7 @@
 //! `coca_model.py`.
 
 pub mod config;
+mod convnext;
 pub mod jit;
 pub mod kernels;
 pub mod load;
@@ -22,6 +24,8 @@ pub mod pickle;
 pub mod probe;
 mod resnet;
 mod text;
+mod timm;
+mod timm_vit;
 mod transformer;
 mod vision;
 
@@ -133,6 +137,51 @@ fn image_tower(vp: nn::Path, config: &ClipConfig) -> Box<dyn ImageTower> {
             heads,
             image_resolution,
             width,
+        )),
+        VisionConfig::TimmVit {
+            image_resolution,
+            patch_size,
+            width,
+            layers,
+            heads,
+            mlp_width,
+            act,
+            ln_eps,
+            proj,
+            ..
+        } => Box::new(timm_vit::TimmVisionTransformer::new(
+            vp,
+            timm_vit::TimmVitCfg {
+                image_resolution,
+                patch_size,
+                layers,
+                embed_dim: config.embed_dim,
+                proj,
+            },
+            transformer::BlockCfg {
+                width,
+                heads,
+                mlp_width,
+                act,
+                layer_scale: false,
+                ln_eps,
+            },
+        )),
+        VisionConfig::TimmConvNext {
+            depths,
+            dims,
+            ln_eps,
+            proj,
+            ..
+        } => Box::new(convnext::ConvNext::new(
+            vp,
+            convnext::ConvNextCfg {
+                depths,
+                dims,
+                ln_eps,
+                embed_dim: config.embed_dim,
+                proj,
+            },
         )),
     }
 }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::config::{
-    Activation, AttnPoolCfg, ClipConfig, EmbedCls, TextConfig, TextPool, TextProjection,
+    Activation, AttnPoolCfg, ClipConfig, EmbedCls, TextConfig, TextPool, TextProjection, TimmProj,
     VisionConfig, VitPool,
 };
 use super::ModelError;
@@ -334,6 +334,96 @@ fn custom_block(
     Ok(())
 }
 
+/// The timm image tower of `vision_cfg.timm_model_name` `name`, with open_clip's `TimmModel`
+/// head: `timm_pool` and `timm_proj` as open_clip reads them. Options whose modules typoclip
+/// does not build (attention-pool heads, a trunk's own classifier as the projection) are refused.
+fn timm_vision(
+    v: &VisionCfg,
+    name: &str,
+    image_resolution: i64,
+) -> Result<VisionConfig, ModelError> {
+    let arch = super::timm::timm_arch(name).ok_or_else(|| {
+        unsupported(
+            "vision_cfg.timm_model_name",
+            &format!("{name} (a timm image tower other than the SigLIP ViTs and ConvNeXts)"),
+        )
+    })?;
+    let proj = match v.timm_proj.as_deref() {
+        Some("none") => TimmProj::None,
+        Some("linear") => TimmProj::Linear {
+            bias: v.timm_proj_bias,
+        },
+        Some("mlp") => TimmProj::Mlp {
+            bias: v.timm_proj_bias,
+        },
+        other => {
+            return Err(unsupported(
+                "vision_cfg.timm_proj",
+                &format!("{other:?} (the trunk's own classifier as the projection)"),
+            ))
+        }
+    };
+    // `timm_pool: ''` keeps the trunk's own pooling when open_clip adds a projection; with
+    // `timm_proj: none` it is passed to timm as the pool.
+    let pool = match (v.timm_pool.as_str(), proj) {
+        ("", TimmProj::Linear { .. } | TimmProj::Mlp { .. }) => None,
+        (p, _) => Some(p),
+    };
+    match arch {
+        super::timm::TimmArch::Vit {
+            image_size,
+            patch_size,
+            width,
+            depth,
+            heads,
+            mlp_ratio,
+            act,
+        } => {
+            if pool.is_some_and(|p| p != "map") {
+                return Err(unsupported("vision_cfg.timm_pool", &v.timm_pool));
+            }
+            if image_resolution != image_size {
+                return Err(ModelError::Config(format!(
+                    "vision_cfg.image_size: {image_resolution}, but timm builds {name} at \
+                     {image_size} px"
+                )));
+            }
+            Ok(VisionConfig::TimmVit {
+                timm_model_name: name.to_string(),
+                image_resolution,
+                patch_size,
+                width,
+                layers: depth,
+                heads,
+                mlp_width: (width as f64 * mlp_ratio) as i64,
+                act,
+                ln_eps: 1e-6,
+                proj,
+            })
+        }
+        super::timm::TimmArch::ConvNext {
+            depths,
+            dims,
+            ln_eps,
+        } => {
+            if pool.is_some_and(|p| p != "avg") || proj == TimmProj::None {
+                return Err(unsupported(
+                    "vision_cfg.timm_pool",
+                    &format!("{:?} with timm_proj {:?}", v.timm_pool, v.timm_proj),
+                ));
+            }
+            Ok(VisionConfig::TimmConvNext {
+                timm_model_name: name.to_string(),
+                image_resolution,
+                depths,
+                dims,
+                ln_eps,
+                proj,
+            })
+        }
+    }
+}
+
 impl ModelCfg {
     /// Parses a model config JSON (an open_clip `model_configs/*.json`).
     pub fn from_json(text: &str) -> Result<ModelCfg, ModelError> {
@@ -348,12 +438,6 @@ impl ModelCfg {
         let quick = self.quick_gelu || force_quick_gelu;
         let v = &self.vision_cfg;
         let t = &self.text_cfg;
-        if let Some(name) = &v.timm_model_name {
-            return Err(unsupported(
-                "vision_cfg.timm_model_name",
-                &format!("{name} (a timm image tower)"),
-            ));
-        }
         if let Some(name) = &t.hf_model_name {
             return Err(unsupported(
                 "text_cfg.hf_model_name",
@@ -397,8 +481,9 @@ impl ModelCfg {
                 ))
             }
         };
-        let vision = match &v.layers {
-            IntOrList::Many(l) => {
+        let vision = match (&v.timm_model_name, &v.layers) {
+            (Some(name), _) => timm_vision(v, name, image_resolution)?,
+            (None, IntOrList::Many(l)) => {
                 let layers: [i64; 4] = l.as_slice().try_into().map_err(|_| {
                     ModelError::Config(format!(
                         "vision_cfg.layers: {l:?}: a ModifiedResNet has four stages"
@@ -411,7 +496,7 @@ impl ModelCfg {
                     heads: v.width * 32 / v.head_width,
                 }
             }
-            IntOrList::One(layers) => {
+            (None, IntOrList::One(layers)) => {
                 let pool = match v.pool_type.as_str() {
                     "tok" => VitPool::Tok,
                     "avg" => VitPool::Avg,
@@ -568,15 +653,66 @@ mod tests {
                 }
             }
         }
-        // open_clip 3.3.0: 58 configs (coca_ViT-B-32, coca_ViT-L-14 and coca_base among them),
-        // 112 of the 196 pretrained pairs: every pair whose towers are open_clip's own.
-        assert_eq!(native, 58);
+        // open_clip 3.3.0: 95 configs (coca_ViT-B-32, coca_ViT-L-14 and coca_base among them,
+        // 26 SigLIP / SigLIP 2 and 11 ConvNeXt ones), 150 of the 196 pretrained pairs: every
+        // pair whose towers are open_clip's own (112), SigLIP's (26) or a ConvNeXt (12).
+        assert_eq!(native, 95);
         let pairs = zoo()
             .pretrained
             .iter()
             .filter(|p| ClipConfig::for_tag(&p.arch, &p.tag).is_ok())
             .count();
-        assert_eq!(pairs, 112);
+        assert_eq!(pairs, 150);
+        let so400m = ClipConfig::for_tag("ViT-SO400M-14-SigLIP-384", "webli").unwrap();
+        assert!(so400m.logit_bias && so400m.custom_text);
+        assert!(matches!(
+            so400m.vision,
+            VisionConfig::TimmVit {
+                image_resolution: 384,
+                patch_size: 14,
+                width: 1152,
+                layers: 27,
+                mlp_width: 4304,
+                act: Activation::Gelu,
+                proj: TimmProj::None,
+                ..
+            }
+        ));
+        assert_eq!(so400m.text.pool, TextPool::Last);
+        assert_eq!(so400m.text.projection, TextProjection::Linear);
+        assert_eq!(so400m.text.ln_eps, 1e-6);
+        let gopt = ClipConfig::preset("ViT-gopt-16-SigLIP2-256").unwrap();
+        assert!(matches!(
+            gopt.vision,
+            VisionConfig::TimmVit {
+                width: 1536,
+                layers: 40,
+                act: Activation::GeluTanh,
+                ..
+            }
+        ));
+        assert_eq!(gopt.text.act, Activation::GeluTanh);
+        let large_d = ClipConfig::preset("convnext_large_d_320").unwrap();
+        assert!(matches!(
+            large_d.vision,
+            VisionConfig::TimmConvNext {
+                image_resolution: 320,
+                dims: [192, 384, 768, 1536],
+                proj: TimmProj::Mlp { bias: false },
+                ..
+            }
+        ));
+        let eva = ClipConfig::preset("EVA02-B-16");
+        assert!(eva.is_none());
+        let err = zoo()
+            .model("EVA02-B-16")
+            .unwrap()
+            .to_clip_config(false)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("eva02_base_patch16_clip_224"),
+            "{err}"
+        );
         let coca = ClipConfig::preset("coca_ViT-B-32").unwrap();
         assert!(coca.custom_text && coca.text_decoder);
         assert_eq!(coca.text.embed_cls, Some(EmbedCls { pad_id: 0 }));

@@ -1,7 +1,8 @@
-//! The residual attention transformer shared by the ViT image tower and the text tower
+//! The residual attention transformer shared by the ViT image towers and the text tower
 //! (open_clip's `Transformer` / `ResidualAttentionBlock`: fused `in_proj`, MLP `c_fc` → activation
-//! → `c_proj` of any width, GELU or QuickGELU, optional LayerScale `ls_1` / `ls_2`), plus the
-//! small parameter helpers used by every tower. Field names spell the checkpoint keys.
+//! → `c_proj` of any width, GELU or QuickGELU, optional LayerScale `ls_1` / `ls_2`; timm's
+//! `Block`, the same computation under timm's names, [`Naming`]), plus the small parameter
+//! helpers used by every tower. Field names spell the checkpoint keys.
 
 use tch::{nn, Tensor};
 
@@ -68,33 +69,66 @@ impl LayerNorm {
     }
 }
 
-/// A `Linear` with `weight` `[out, in]` and `bias`.
+/// A `Linear` with `weight` `[out, in]` and (usually) `bias`.
 #[derive(Debug)]
 pub(crate) struct Linear {
     weight: Tensor,
-    bias: Tensor,
+    bias: Option<Tensor>,
 }
 
 impl Linear {
     pub(crate) fn new(p: nn::Path, in_dim: i64, out_dim: i64) -> Linear {
+        Linear::with_bias(p, in_dim, out_dim, true)
+    }
+
+    /// `nn.Linear(in_dim, out_dim, bias=bias)`.
+    pub(crate) fn with_bias(p: nn::Path, in_dim: i64, out_dim: i64, bias: bool) -> Linear {
         Linear {
             weight: param(&p, "weight", &[out_dim, in_dim], (in_dim as f64).powf(-0.5)),
-            bias: p.var("bias", &[out_dim], nn::Init::Const(0.0)),
+            bias: bias.then(|| p.var("bias", &[out_dim], nn::Init::Const(0.0))),
         }
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
-        kernels::linear(x, &self.weight, Some(&self.bias))
+        kernels::linear(x, &self.weight, self.bias.as_ref())
     }
 
     /// `residual + forward(x)`, the add fused into the kernel where it can be.
     pub(crate) fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Tensor {
-        kernels::linear_add(x, &self.weight, Some(&self.bias), residual)
+        kernels::linear_add(x, &self.weight, self.bias.as_ref(), residual)
+    }
+}
+
+/// The module names of a block stack: open_clip's (`resblocks.N.ln_1`, `attn.in_proj_weight`,
+/// `attn.out_proj`, `mlp.c_fc`, `ls_1.gamma`, …) or timm's (`blocks.N.norm1`, `attn.qkv`,
+/// `attn.proj`, `mlp.fc1`, `ls1.gamma`, …). The computation is the same: timm's fused `qkv`
+/// stacks q, k and v by rows exactly as `in_proj_weight` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Naming {
+    OpenClip,
+    Timm,
+}
+
+impl Naming {
+    /// (blocks, norm 1, layer scale 1, norm 2, layer scale 2, MLP in, MLP out).
+    fn names(self) -> [&'static str; 7] {
+        match self {
+            Naming::OpenClip => [
+                "resblocks",
+                "ln_1",
+                "ls_1",
+                "ln_2",
+                "ls_2",
+                "c_fc",
+                "c_proj",
+            ],
+            Naming::Timm => ["blocks", "norm1", "ls1", "norm2", "ls2", "fc1", "fc2"],
+        }
     }
 }
 
 /// The MLP activation of `act` on `x`.
-fn activate(x: Tensor, act: Activation) -> Tensor {
+pub(crate) fn activate(x: Tensor, act: Activation) -> Tensor {
     match act {
         Activation::QuickGelu => quick_gelu(x),
         Activation::Gelu => x.gelu("none"),
@@ -171,16 +205,27 @@ pub(crate) struct MultiheadAttention {
 }
 
 impl MultiheadAttention {
-    fn new(p: nn::Path, width: i64, heads: i64) -> MultiheadAttention {
-        MultiheadAttention {
-            in_proj_weight: param(
-                &p,
-                "in_proj_weight",
-                &[3 * width, width],
-                (width as f64).powf(-0.5),
+    fn new(p: nn::Path, width: i64, heads: i64, naming: Naming) -> MultiheadAttention {
+        let std = (width as f64).powf(-0.5);
+        let (in_proj_weight, in_proj_bias, out) = match naming {
+            Naming::OpenClip => (
+                param(&p, "in_proj_weight", &[3 * width, width], std),
+                p.var("in_proj_bias", &[3 * width], nn::Init::Const(0.0)),
+                "out_proj",
             ),
-            in_proj_bias: p.var("in_proj_bias", &[3 * width], nn::Init::Const(0.0)),
-            out_proj: Linear::new(&p / "out_proj", width, width),
+            Naming::Timm => {
+                let qkv = &p / "qkv";
+                (
+                    param(&qkv, "weight", &[3 * width, width], std),
+                    qkv.var("bias", &[3 * width], nn::Init::Const(0.0)),
+                    "proj",
+                )
+            }
+        };
+        MultiheadAttention {
+            in_proj_weight,
+            in_proj_bias,
+            out_proj: Linear::new(&p / out, width, width),
             heads,
         }
     }
@@ -197,29 +242,26 @@ impl MultiheadAttention {
         probe: &mut Probe,
     ) -> Tensor {
         let w = x.size3().expect("[B, L, W]").2;
-        if matches!(mask, Mask::None)
-            && gamma.is_none()
-            && !probe.touches(site)
-            && !x.requires_grad()
-            && !kernels::uses_onednn(x)
-        {
-            // libtorch's fused kernel (what nn.MultiheadAttention runs in eval under no_grad).
-            let (out, _) = Tensor::internal_native_multi_head_attention(
-                x,
-                x,
-                x,
-                w,
-                self.heads,
-                &self.in_proj_weight,
-                &self.in_proj_bias,
-                &self.out_proj.weight,
-                &self.out_proj.bias,
-                None::<Tensor>,
-                false,
-                false,
-                None,
-            );
-            return residual + out;
+        if let (Mask::None, None, Some(out_bias)) = (mask, gamma, &self.out_proj.bias) {
+            if !probe.touches(site) && !x.requires_grad() && !kernels::uses_onednn(x) {
+                // libtorch's fused kernel (what nn.MultiheadAttention runs in eval under no_grad).
+                let (out, _) = Tensor::internal_native_multi_head_attention(
+                    x,
+                    x,
+                    x,
+                    w,
+                    self.heads,
+                    &self.in_proj_weight,
+                    &self.in_proj_bias,
+                    &self.out_proj.weight,
+                    out_bias,
+                    None::<Tensor>,
+                    false,
+                    false,
+                    None,
+                );
+                return residual + out;
+            }
         }
         let qkv = kernels::linear(x, &self.in_proj_weight, Some(&self.in_proj_bias));
         let parts = qkv.chunk(3, -1);
@@ -305,9 +347,22 @@ pub(crate) struct Transformer {
 }
 
 impl Transformer {
-    /// Builds `layers` blocks under `p` (whose path is `prefix`, e.g. `visual.transformer`).
+    /// Builds `layers` blocks under `p` (whose path is `prefix`, e.g. `visual.transformer`), with
+    /// open_clip's module names.
     pub(crate) fn new(p: nn::Path, prefix: &str, layers: i64, c: BlockCfg) -> Transformer {
-        let rp = &p / "resblocks";
+        Transformer::with_naming(p, prefix, layers, c, Naming::OpenClip)
+    }
+
+    /// Builds `layers` blocks under `p` (path `prefix`) with `naming`'s module names.
+    pub(crate) fn with_naming(
+        p: nn::Path,
+        prefix: &str,
+        layers: i64,
+        c: BlockCfg,
+        naming: Naming,
+    ) -> Transformer {
+        let [blocks, norm1, ls1, norm2, ls2, fc1, fc2] = naming.names();
+        let rp = &p / blocks;
         let mut resblocks = Vec::new();
         let mut sites = Vec::new();
         let width = c.width;
@@ -320,21 +375,21 @@ impl Transformer {
             let bp = &rp / i;
             let mp = &bp / "mlp";
             resblocks.push(ResidualAttentionBlock {
-                attn: MultiheadAttention::new(&bp / "attn", width, c.heads),
-                ln_1: LayerNorm::with_eps(&bp / "ln_1", width, c.ln_eps),
-                ls_1: ls(&bp / "ls_1"),
+                attn: MultiheadAttention::new(&bp / "attn", width, c.heads, naming),
+                ln_1: LayerNorm::with_eps(&bp / norm1, width, c.ln_eps),
+                ls_1: ls(&bp / ls1),
                 mlp: Mlp {
-                    c_fc: Linear::new(&mp / "c_fc", width, c.mlp_width),
-                    c_proj: Linear::new(&mp / "c_proj", c.mlp_width, width),
+                    c_fc: Linear::new(&mp / fc1, width, c.mlp_width),
+                    c_proj: Linear::new(&mp / fc2, c.mlp_width, width),
                 },
-                ln_2: LayerNorm::with_eps(&bp / "ln_2", width, c.ln_eps),
-                ls_2: ls(&bp / "ls_2"),
+                ln_2: LayerNorm::with_eps(&bp / norm2, width, c.ln_eps),
+                ls_2: ls(&bp / ls2),
             });
-            let name = format!("{prefix}.resblocks.{i}");
+            let name = format!("{prefix}.{blocks}.{i}");
             sites.push([
                 name.clone(),
                 format!("{name}.attn.heads"),
-                format!("{name}.mlp.c_fc"),
+                format!("{name}.mlp.{fc1}"),
             ]);
         }
         Transformer {

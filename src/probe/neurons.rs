@@ -92,41 +92,83 @@ pub fn resolve_layer(
                 units: stage_channels(s),
             })
         }
-        VisionConfig::VisionTransformer { width, layers, .. } => {
-            let l = l
-                .trim_start_matches("transformer.")
-                .trim_start_matches("resblocks.");
-            let (n, sub) = match l.split_once('.') {
-                Some((n, sub)) => (n, Some(sub)),
-                None => (l, None),
-            };
-            let n: i64 = n
-                .parse()
-                .ok()
-                .filter(|n| (0..*layers).contains(n))
-                .ok_or_else(|| {
-                    bad(format!(
-                        "a ViT layer is resblocks.N (residual stream) or resblocks.N.mlp (MLP neurons), N = 0..{}",
-                        layers - 1
-                    ))
-                })?;
-            let base = format!("visual.transformer.resblocks.{n}");
-            match sub {
-                None => Ok(LayerSite {
-                    site: base,
-                    layout: SiteLayout::Tokens,
-                    units: *width,
-                }),
-                Some("mlp" | "mlp.c_fc") => Ok(LayerSite {
-                    site: format!("{base}.mlp.c_fc"),
-                    layout: SiteLayout::Tokens,
-                    units: 4 * width,
-                }),
-                Some(other) => Err(bad(format!(
-                    "`{other}`: only the residual stream (resblocks.N) and MLP neurons (resblocks.N.mlp) are pooled per unit"
-                ))),
-            }
-        }
+        VisionConfig::VisionTransformer {
+            width,
+            layers,
+            mlp_width,
+            ..
+        } => vit_layer(
+            l,
+            layer,
+            "transformer.",
+            "resblocks",
+            "c_fc",
+            *layers,
+            *width,
+            *mlp_width,
+        ),
+        VisionConfig::TimmVit {
+            width,
+            layers,
+            mlp_width,
+            ..
+        } => vit_layer(
+            l, layer, "trunk.", "blocks", "fc1", *layers, *width, *mlp_width,
+        ),
+        VisionConfig::TimmConvNext { .. } => Err(bad(
+            "the ConvNeXt tower records no per-unit sites (probe a ViT or ModifiedResNet model)"
+                .into(),
+        )),
+    }
+}
+
+/// A ViT block's residual stream (`BLOCKS.N`) or MLP neurons (`BLOCKS.N.mlp`), for a tower
+/// whose blocks sit at `visual.{trunk}{blocks}.N` with MLP input layer `fc`.
+#[allow(clippy::too_many_arguments)]
+fn vit_layer(
+    l: &str,
+    layer: &str,
+    trunk: &str,
+    blocks: &str,
+    fc: &str,
+    layers: i64,
+    width: i64,
+    mlp_width: i64,
+) -> Result<LayerSite, ProbeError> {
+    let bad = |why: String| ProbeError::Site(format!("--layer {layer}: {why}"));
+    let l = l
+        .trim_start_matches(trunk)
+        .trim_start_matches(blocks)
+        .trim_start_matches('.');
+    let (n, sub) = match l.split_once('.') {
+        Some((n, sub)) => (n, Some(sub)),
+        None => (l, None),
+    };
+    let n: i64 = n
+        .parse()
+        .ok()
+        .filter(|n| (0..layers).contains(n))
+        .ok_or_else(|| {
+            bad(format!(
+                "a ViT layer is {blocks}.N (residual stream) or {blocks}.N.mlp (MLP neurons), N = 0..{}",
+                layers - 1
+            ))
+        })?;
+    let base = format!("visual.{trunk}{blocks}.{n}");
+    match sub {
+        None => Ok(LayerSite {
+            site: base,
+            layout: SiteLayout::Tokens,
+            units: width,
+        }),
+        Some(s) if s == "mlp" || s == format!("mlp.{fc}") => Ok(LayerSite {
+            site: format!("{base}.mlp.{fc}"),
+            layout: SiteLayout::Tokens,
+            units: mlp_width,
+        }),
+        Some(other) => Err(bad(format!(
+            "`{other}`: only the residual stream ({blocks}.N) and MLP neurons ({blocks}.N.mlp) are pooled per unit"
+        ))),
     }
 }
 

@@ -1,0 +1,308 @@
+//! timm image towers as open_clip wraps them (`TimmModel`): the table of timm model names
+//! typoclip builds — each entry the arguments of timm's own model function — and open_clip's
+//! head after the trunk (`visual.head.*`: `timm_proj` linear, mlp or none).
+//!
+//! A name not in the table is refused by the config stage, never approximated by a neighbour.
+//! Reference: timm 1.0 `models/vision_transformer.py` (`vit_*_siglip_*`), `models/convnext.py`
+//! (`convnext_*`); open_clip `timm_model.py`.
+
+use tch::{nn, Tensor};
+
+use super::config::{Activation, TimmProj};
+use super::transformer::Linear;
+
+/// The architecture a timm model name stands for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum TimmArch {
+    /// `VisionTransformer(class_token=False, global_pool='map', …)`.
+    Vit {
+        /// `img_size` (timm takes it from the name's pretrained config).
+        image_size: i64,
+        patch_size: i64,
+        width: i64,
+        depth: i64,
+        heads: i64,
+        mlp_ratio: f64,
+        act: Activation,
+    },
+    /// `ConvNeXt(depths, dims, norm_eps)`.
+    ConvNext {
+        depths: [i64; 4],
+        dims: [i64; 4],
+        ln_eps: f64,
+    },
+}
+
+/// The SigLIP ViTs of timm: (name, image size, patch, width, depth, heads, MLP ratio, act).
+const SIGLIP_VITS: [(&str, i64, i64, i64, i64, i64, f64, Activation); 16] = {
+    use Activation::{Gelu, GeluTanh};
+    [
+        (
+            "vit_base_patch32_siglip_256",
+            256,
+            32,
+            768,
+            12,
+            12,
+            4.0,
+            GeluTanh,
+        ),
+        (
+            "vit_base_patch16_siglip_224",
+            224,
+            16,
+            768,
+            12,
+            12,
+            4.0,
+            Gelu,
+        ),
+        (
+            "vit_base_patch16_siglip_256",
+            256,
+            16,
+            768,
+            12,
+            12,
+            4.0,
+            Gelu,
+        ),
+        (
+            "vit_base_patch16_siglip_384",
+            384,
+            16,
+            768,
+            12,
+            12,
+            4.0,
+            Gelu,
+        ),
+        (
+            "vit_base_patch16_siglip_512",
+            512,
+            16,
+            768,
+            12,
+            12,
+            4.0,
+            Gelu,
+        ),
+        (
+            "vit_large_patch16_siglip_256",
+            256,
+            16,
+            1024,
+            24,
+            16,
+            4.0,
+            Gelu,
+        ),
+        (
+            "vit_large_patch16_siglip_384",
+            384,
+            16,
+            1024,
+            24,
+            16,
+            4.0,
+            Gelu,
+        ),
+        (
+            "vit_large_patch16_siglip_512",
+            512,
+            16,
+            1024,
+            24,
+            16,
+            4.0,
+            GeluTanh,
+        ),
+        (
+            "vit_so400m_patch14_siglip_224",
+            224,
+            14,
+            1152,
+            27,
+            16,
+            3.7362,
+            Gelu,
+        ),
+        (
+            "vit_so400m_patch14_siglip_378",
+            378,
+            14,
+            1152,
+            27,
+            16,
+            3.7362,
+            Gelu,
+        ),
+        (
+            "vit_so400m_patch14_siglip_384",
+            384,
+            14,
+            1152,
+            27,
+            16,
+            3.7362,
+            Gelu,
+        ),
+        (
+            "vit_so400m_patch16_siglip_256",
+            256,
+            16,
+            1152,
+            27,
+            16,
+            3.7362,
+            GeluTanh,
+        ),
+        (
+            "vit_so400m_patch16_siglip_384",
+            384,
+            16,
+            1152,
+            27,
+            16,
+            3.7362,
+            GeluTanh,
+        ),
+        (
+            "vit_so400m_patch16_siglip_512",
+            512,
+            16,
+            1152,
+            27,
+            16,
+            3.7362,
+            GeluTanh,
+        ),
+        (
+            "vit_giantopt_patch16_siglip_256",
+            256,
+            16,
+            1536,
+            40,
+            16,
+            4.0,
+            GeluTanh,
+        ),
+        (
+            "vit_giantopt_patch16_siglip_384",
+            384,
+            16,
+            1536,
+            40,
+            16,
+            4.0,
+            GeluTanh,
+        ),
+    ]
+};
+
+/// timm's ConvNeXt v1 models: (name, depths, dims, norm_eps).
+const CONVNEXTS: [(&str, [i64; 4], [i64; 4], f64); 6] = [
+    ("convnext_tiny", [3, 3, 9, 3], [96, 192, 384, 768], 1e-6),
+    ("convnext_small", [3, 3, 27, 3], [96, 192, 384, 768], 1e-6),
+    ("convnext_base", [3, 3, 27, 3], [128, 256, 512, 1024], 1e-6),
+    ("convnext_large", [3, 3, 27, 3], [192, 384, 768, 1536], 1e-6),
+    (
+        "convnext_xlarge",
+        [3, 3, 27, 3],
+        [256, 512, 1024, 2048],
+        1e-6,
+    ),
+    (
+        "convnext_xxlarge",
+        [3, 4, 30, 3],
+        [384, 768, 1536, 3072],
+        1e-5,
+    ),
+];
+
+/// The architecture of a timm model name, if typoclip builds it.
+pub(crate) fn timm_arch(name: &str) -> Option<TimmArch> {
+    if let Some(&(_, image_size, patch_size, width, depth, heads, mlp_ratio, act)) =
+        SIGLIP_VITS.iter().find(|v| v.0 == name)
+    {
+        return Some(TimmArch::Vit {
+            image_size,
+            patch_size,
+            width,
+            depth,
+            heads,
+            mlp_ratio,
+            act,
+        });
+    }
+    CONVNEXTS
+        .iter()
+        .find(|c| c.0 == name)
+        .map(|&(_, depths, dims, ln_eps)| TimmArch::ConvNext {
+            depths,
+            dims,
+            ln_eps,
+        })
+}
+
+/// open_clip's `TimmModel.head`: `[B, num_features] → [B, embed_dim]`.
+#[derive(Debug)]
+pub(crate) enum TimmHead {
+    None,
+    Proj(Linear),
+    Mlp { fc1: Linear, fc2: Linear },
+}
+
+impl TimmHead {
+    /// The head under `p` (`visual.head`).
+    pub(crate) fn new(p: nn::Path, proj: TimmProj, features: i64, embed_dim: i64) -> TimmHead {
+        match proj {
+            TimmProj::None => TimmHead::None,
+            TimmProj::Linear { bias } => {
+                TimmHead::Proj(Linear::with_bias(&p / "proj", features, embed_dim, bias))
+            }
+            TimmProj::Mlp { bias } => {
+                let m = &p / "mlp";
+                TimmHead::Mlp {
+                    fc1: Linear::new(&m / "fc1", features, 2 * embed_dim),
+                    fc2: Linear::with_bias(&m / "fc2", 2 * embed_dim, embed_dim, bias),
+                }
+            }
+        }
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
+        match self {
+            TimmHead::None => x.shallow_clone(),
+            TimmHead::Proj(l) => l.forward(x),
+            TimmHead::Mlp { fc1, fc2 } => fc2.forward(&fc1.forward(x).gelu("none")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_resolve_to_timms_arguments() {
+        assert_eq!(
+            timm_arch("vit_so400m_patch14_siglip_378"),
+            Some(TimmArch::Vit {
+                image_size: 378,
+                patch_size: 14,
+                width: 1152,
+                depth: 27,
+                heads: 16,
+                mlp_ratio: 3.7362,
+                act: Activation::Gelu,
+            })
+        );
+        assert!(matches!(
+            timm_arch("convnext_xxlarge"),
+            Some(TimmArch::ConvNext { ln_eps, .. }) if ln_eps == 1e-5
+        ));
+        assert_eq!(timm_arch("vit_base_patch16_siglip_gap_224"), None);
+        assert_eq!(timm_arch("eva02_base_patch16_clip_224"), None);
+    }
+}
