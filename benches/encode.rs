@@ -2,7 +2,10 @@
 //! JSON line per (architecture, batch size). Run through `scripts/bench_encode.sh`, which runs
 //! the same measurement in Python open_clip and prints the ratio.
 //!
-//! `cargo bench --bench encode [-- ARCH...]`; `TYPOCLIP_BENCH_SECONDS` sets the time per cell.
+//! `cargo bench --bench encode [-- ARCH...]` (open_clip names: `ViT-B-32` means OpenAI's
+//! QuickGELU `ViT-B-32-quickgelu`; names without such a variant, `ViT-B-16-SigLIP` or
+//! `convnext_base`, are built as open_clip builds them); `TYPOCLIP_BENCH_SECONDS` sets the time
+//! per cell.
 
 use std::time::Instant;
 
@@ -30,9 +33,10 @@ fn main() {
         .unwrap_or_else(|| vec![1, 8, 32]);
     let _guard = tch::no_grad_guard();
     for arch in &archs {
-        let config =
-            // OpenAI's architecture (QuickGELU), as the Python side builds it.
-        ClipConfig::preset(&format!("{arch}-quickgelu"))
+        // OpenAI's architecture (QuickGELU) where open_clip has one, else open_clip's own
+        // (SigLIP, ConvNeXt), as the Python side builds it.
+        let config = ClipConfig::preset(&format!("{arch}-quickgelu"))
+            .or_else(|| ClipConfig::preset(arch))
             .unwrap_or_else(|| panic!("unknown architecture {arch}"));
         let model = ClipModel::random(&config, 0, Device::Cpu).expect("model");
         let r = model.image_resolution();

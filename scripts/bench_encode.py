@@ -16,7 +16,9 @@ def main():
     torch.manual_seed(0)
     with torch.no_grad():
         for arch in archs:
-            model = open_clip.create_model(arch + "-quickgelu", pretrained=None).eval()
+            # OpenAI's QuickGELU variant where open_clip has one (as benches/encode.rs).
+            name = arch + "-quickgelu" if arch + "-quickgelu" in open_clip.list_models() else arch
+            model = open_clip.create_model(name, pretrained=None).eval()
             r = model.visual.image_size
             r = r[0] if isinstance(r, (tuple, list)) else r
             for batch in (1, 8, 32):

@@ -14,6 +14,13 @@ Writes into --out:
   unigram/     tokenizer.json + tokenizer_config.json: a SentencePiece-style Unigram tokenizer
                (NFKC, runs of spaces collapsed by a regex, Metaspace `▁`, `$A </s>`), as
                SigLIP's T5 tokenizers
+  gemma/       tokenizer.json + tokenizer_config.json: a Gemma-style byte-fallback BPE (spaces
+               replaced by `▁`, no pre-tokenizer), as SigLIP 2's tokenizers, with
+               `tokenizer_class: GemmaTokenizer` and no `add_*_token` flags: transformers'
+               `GemmaTokenizerFast` then rewrites the file's post-processor (which adds
+               nothing) into `<bos> $A`
+  gemma-eos/   the same tokenizer.json with `add_bos_token: false, add_eos_token: true`
+               (`$A <eos>`)
   cases.json   [{"folder", "context_length", "clean", "strip_sep_token", "ids": [[...]]}]
   corpus.json  [{"text", "mojibake"}]: "mojibake" is true where ftfy's mojibake repair
                changes the text (outside what typoclip reproduces, see src/tokenizer.rs)
@@ -128,11 +135,31 @@ def train_unigram(lines, folder):
                    "eos_token": "</s>", "unk_token": "<unk>"}, f, indent=1)
 
 
+def train_gemma(lines, folder):
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"] + [f"<0x{b:02X}>" for b in range(256)]
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=specials, show_progress=False)
+    tok.train_from_iterator(lines, trainer)
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
+                                     decoders.Fuse()])
+    tokens = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>"}
+    for name, flags in [("gemma", {}), ("gemma-eos", {"add_bos_token": False, "add_eos_token": True})]:
+        d = os.path.join(os.path.dirname(folder), name)
+        os.makedirs(d, exist_ok=True)
+        tok.save(os.path.join(d, "tokenizer.json"))
+        with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
+            json.dump({"tokenizer_class": "GemmaTokenizer", **tokens, **flags}, f, indent=1)
+
+
 # (folder, context_length, clean, strip_sep_token)
 CASES = [(folder, n, clean, strip)
          for folder, n, strips in [("wordpiece", 32, (False, True)), ("wordpiece", 8, (True,)),
                                    ("wordpiece-cased", 32, (False,)),
-                                   ("unigram", 64, (False,)), ("unigram", 8, (False,))]
+                                   ("unigram", 64, (False,)), ("unigram", 8, (False,)),
+                                   ("gemma", 64, (False,)), ("gemma-eos", 64, (False,)),
+                                   ("gemma-eos", 8, (False,))]
          for clean in ("whitespace", "lower", "canonicalize")
          for strip in strips]
 
@@ -153,6 +180,7 @@ def main():
     lines = training_corpus(rng)
     train_wordpiece(lines, os.path.join(args.out, "wordpiece"))
     train_unigram(lines, os.path.join(args.out, "unigram"))
+    train_gemma(lines, os.path.join(args.out, "gemma"))
     texts = fuzz_corpus(rng)
     cases = []
     for folder, n, clean, strip in CASES:

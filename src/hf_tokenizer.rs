@@ -16,9 +16,9 @@
 //! the pad id), transformers' special-token lookup (`special_tokens_map.json` over
 //! `tokenizer_config.json` over the class defaults), its padding/truncation sides, and
 //! `BertTokenizerFast` rewriting the `BertNormalizer` from `do_lower_case`, `strip_accents` and
-//! `tokenize_chinese_chars`. Not reproduced: the post-processor rewrites of
-//! `LlamaTokenizerFast` / `GemmaTokenizerFast` from `add_bos_token` / `add_eos_token` (the
-//! `tokenizer.json` post-processor is used as written), special tokens that are missing from
+//! `tokenize_chinese_chars`, and `LlamaTokenizerFast` / `GemmaTokenizerFast` (SigLIP 2's)
+//! replacing the file's post-processor by `[bos] $A [eos]` from `add_bos_token` /
+//! `add_eos_token` and padding on the left. Not reproduced: special tokens that are missing from
 //! the vocabulary (refused), and open_clip's `tokenizer_mode="clips"` (refused).
 //! Reference: open_clip 3.3.0 `tokenizer.py` (`HFTokenizer`, `get_clean_fn`,
 //! `canonicalize_text`), `factory.py` (`get_tokenizer`).
@@ -276,9 +276,15 @@ impl Config {
             .map(|t| (t.to_string(), self.config_path.clone()))
     }
 
+    /// `padding_side` / `truncation_side`: the config's, else the class attribute (transformers'
+    /// `LlamaTokenizerFast` and `GemmaTokenizerFast` pad on the left), else right.
     fn side(&self, key: &str) -> Result<Side, HfTokenizerError> {
+        let class_side = match (self.class.as_deref(), key) {
+            (Some("GemmaTokenizer" | "LlamaTokenizer"), "padding_side") => Side::Left,
+            _ => Side::Right,
+        };
         match self.config.get(key) {
-            None | Some(Value::Null) => Ok(Side::Right),
+            None | Some(Value::Null) => Ok(class_side),
             Some(Value::String(s)) if s == "right" => Ok(Side::Right),
             Some(Value::String(s)) if s == "left" => Ok(Side::Left),
             Some(v) => Err(file_error(
@@ -307,6 +313,75 @@ impl Config {
     }
 }
 
+impl Config {
+    /// `LlamaTokenizerFast` / `GemmaTokenizerFast.update_post_processor`: whatever the file's
+    /// post-processor, these classes replace it by `[bos] $A [eos]` from `add_bos_token`
+    /// (default true) and `add_eos_token` (default false).
+    fn rewrite_llama_post_processor(
+        &self,
+        tokenizer: &mut Tokenizer,
+        path: &Path,
+    ) -> Result<(), HfTokenizerError> {
+        if !matches!(
+            self.class.as_deref(),
+            Some("GemmaTokenizer" | "LlamaTokenizer")
+        ) {
+            return Ok(());
+        }
+        let flag = |key: &str, default: bool| -> Result<bool, HfTokenizerError> {
+            match self.config.get(key) {
+                None | Some(Value::Null) => Ok(default),
+                Some(Value::Bool(b)) => Ok(*b),
+                Some(v) => Err(file_error(
+                    &self.config_path,
+                    format!("{key}: {v} is not a boolean"),
+                )),
+            }
+        };
+        let mut specials = Vec::new();
+        let mut piece = |name: &str, on: bool, seq: u32| -> Result<String, HfTokenizerError> {
+            if !on {
+                return Ok(String::new());
+            }
+            let (token, source) = self.special_token(name).ok_or_else(|| {
+                file_error(
+                    &self.config_path,
+                    format!("add_{name} is set but no {name} is named"),
+                )
+            })?;
+            let id = tokenizer.token_to_id(&token).ok_or_else(|| {
+                file_error(
+                    &source,
+                    format!("{name} {token:?} is not in {}'s vocabulary", path.display()),
+                )
+            })?;
+            specials.push((token.clone(), id));
+            Ok(format!("{token}:{seq} "))
+        };
+        let (bos, eos) = (flag("add_bos_token", true)?, flag("add_eos_token", false)?);
+        let single = format!(
+            "{}$A:0 {}",
+            piece("bos_token", bos, 0)?,
+            piece("eos_token", eos, 0)?
+        );
+        let pair = format!(
+            "{single}{}$B:1 {}",
+            piece("bos_token", bos, 1)?,
+            piece("eos_token", eos, 1)?
+        );
+        specials.dedup();
+        let template = tokenizers::processors::template::TemplateProcessing::builder()
+            .try_single(single.trim())
+            .and_then(|b| b.try_pair(pair.trim()))
+            .map_err(|e| file_error(&self.config_path, e.to_string()))?
+            .special_tokens(specials)
+            .build()
+            .map_err(|e| file_error(&self.config_path, e.to_string()))?;
+        tokenizer.with_post_processor(Some(template));
+        Ok(())
+    }
+}
+
 /// `AutoTokenizer`'s class for a `config.json` `model_type` (the ones open_clip's zoo uses).
 fn class_of_model_type(model_type: &str) -> Option<&'static str> {
     Some(match model_type {
@@ -325,6 +400,10 @@ fn class_default(class: &str, name: &str) -> Option<&'static str> {
         ("BertTokenizer", "pad_token") => Some("[PAD]"),
         ("BertTokenizer", "sep_token") => Some("[SEP]"),
         ("T5Tokenizer" | "GemmaTokenizer", "pad_token") => Some("<pad>"),
+        ("GemmaTokenizer", "bos_token") => Some("<bos>"),
+        ("GemmaTokenizer", "eos_token") => Some("<eos>"),
+        ("LlamaTokenizer", "bos_token") => Some("<s>"),
+        ("LlamaTokenizer", "eos_token") => Some("</s>"),
         ("RobertaTokenizer" | "XLMRobertaTokenizer", "pad_token") => Some("<pad>"),
         ("RobertaTokenizer" | "XLMRobertaTokenizer", "sep_token") => Some("</s>"),
         _ => None,
@@ -500,6 +579,7 @@ impl HfTokenizer {
             truncation: config.side("truncation_side")?,
         };
         let mut tokenizer = tokenizer;
+        config.rewrite_llama_post_processor(&mut tokenizer, path)?;
         layout.configure(&mut tokenizer, context_length, path)?;
         Ok(HfTokenizer {
             tokenizer,

@@ -368,12 +368,37 @@ fn timm_towers_match_open_clip() {
     for n in names {
         check_timm(&dir, n);
     }
+    // SigLIP scores with its own sigmoid: the zero-shot classifier of the loaded model gives
+    // `sigmoid(open_clip's logits)`, independent per class.
+    let _g = tch::no_grad_guard();
+    let name = names[0];
+    let io = read_tensors(&dir.join(format!("{name}.io.safetensors")));
+    let mut m = ClipModel::new(&cut_timm_config(name), Device::Cpu).unwrap();
+    let sd = read_state_dict(&dir.join(format!("{name}.open_clip.safetensors"))).unwrap();
+    copy_into(&mut m, &sd.tensors).unwrap();
+    let classes: Vec<String> = (0..io["tokens"].size()[0])
+        .map(|i| format!("c{i}"))
+        .collect();
+    let clf = typoclip::zeroshot::ZeroShotClassifier {
+        weights: typoclip::model::l2_normalize(&m.encode_text(&io["tokens"])),
+        logit_scale: m.logit_scale_exp(),
+        logit_bias: m.logit_bias(),
+        labels: typoclip::zeroshot::LabelSet::parse_list("test", &classes.join(",")).unwrap(),
+        templates: typoclip::zeroshot::TemplateSet::builtin("single").unwrap(),
+    };
+    assert_eq!(clf.scoring(), "sigmoid");
+    let d = max_abs_diff(
+        &clf.probs(&m.encode_image(&io["images"])),
+        &io["logits"].sigmoid(),
+    );
+    assert!(d <= 1e-5, "{name}: sigmoid probabilities differ by {d}");
 }
 
 /// The timm towers of the list at real shapes — every SigLIP image size family, the
 /// SO400M MLP ratio 3.7362, GELU-tanh (SigLIP 2, gopt), the SigLIP 2 text tower (256 000
 /// tokens, GELU-tanh), ConvNeXt base / base_w / large_d / xxlarge: `cargo test --release
-/// --test parity -- --ignored timm_zoo` (run by hand; the README records the run).
+/// --test parity -- --ignored timm_zoo` (run by hand; the README records the run;
+/// `TYPOCLIP_TIMM_ZOO=NAME,…` runs only those fixtures).
 #[test]
 #[ignore = "large: timm towers at real shapes; run with --ignored"]
 fn timm_zoo_configs_match_open_clip() {
@@ -382,6 +407,8 @@ fn timm_zoo_configs_match_open_clip() {
         "zoo-ViT-B-16-SigLIP-384@2",
         "zoo-ViT-L-16-SigLIP-256@2",
         "zoo-ViT-SO400M-14-SigLIP@2",
+        // 384 px in patches of 14: timm's patch conv drops the last 6 pixel rows and columns.
+        "zoo-ViT-SO400M-14-SigLIP-384@2",
         "zoo-ViT-SO400M-16-SigLIP2-256@2",
         "zoo-ViT-B-16-SigLIP2@2",
         "zoo-ViT-gopt-16-SigLIP2-256@2",
@@ -390,7 +417,14 @@ fn timm_zoo_configs_match_open_clip() {
         "zoo-convnext_large_d@4",
         "zoo-convnext_xxlarge@2",
     ];
+    let only = std::env::var("TYPOCLIP_TIMM_ZOO").ok();
     for n in names {
+        if only
+            .as_deref()
+            .is_some_and(|o| !o.split(',').any(|x| x == n))
+        {
+            continue;
+        }
         // One at a time: the exports of the large ones take gigabytes.
         let dir = common::generate(&format!("timm-zoo/{n}"), n);
         check_timm(&dir, n);

@@ -502,7 +502,7 @@ impl ClipConfig {
                     || *heads < 1
                     || width % heads != 0
                     || *patch_size < 1
-                    || image_resolution % patch_size != 0
+                    || image_resolution < patch_size
                     || *mlp_width < 1
                 {
                     return bad(format!(

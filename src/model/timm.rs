@@ -33,169 +33,94 @@ pub(crate) enum TimmArch {
     },
 }
 
-/// The SigLIP ViTs of timm: (name, image size, patch, width, depth, heads, MLP ratio, act).
-const SIGLIP_VITS: [(&str, i64, i64, i64, i64, i64, f64, Activation); 16] = {
+/// `TimmArch::Vit` from timm's arguments: image size, patch, width, depth, heads, MLP ratio, act.
+const fn vit(
+    image_size: i64,
+    patch_size: i64,
+    width: i64,
+    depth: i64,
+    heads: i64,
+    mlp_ratio: f64,
+    act: Activation,
+) -> TimmArch {
+    TimmArch::Vit {
+        image_size,
+        patch_size,
+        width,
+        depth,
+        heads,
+        mlp_ratio,
+        act,
+    }
+}
+
+/// The SigLIP ViTs of timm.
+const SIGLIP_VITS: [(&str, TimmArch); 16] = {
     use Activation::{Gelu, GeluTanh};
     [
         (
             "vit_base_patch32_siglip_256",
-            256,
-            32,
-            768,
-            12,
-            12,
-            4.0,
-            GeluTanh,
+            vit(256, 32, 768, 12, 12, 4.0, GeluTanh),
         ),
         (
             "vit_base_patch16_siglip_224",
-            224,
-            16,
-            768,
-            12,
-            12,
-            4.0,
-            Gelu,
+            vit(224, 16, 768, 12, 12, 4.0, Gelu),
         ),
         (
             "vit_base_patch16_siglip_256",
-            256,
-            16,
-            768,
-            12,
-            12,
-            4.0,
-            Gelu,
+            vit(256, 16, 768, 12, 12, 4.0, Gelu),
         ),
         (
             "vit_base_patch16_siglip_384",
-            384,
-            16,
-            768,
-            12,
-            12,
-            4.0,
-            Gelu,
+            vit(384, 16, 768, 12, 12, 4.0, Gelu),
         ),
         (
             "vit_base_patch16_siglip_512",
-            512,
-            16,
-            768,
-            12,
-            12,
-            4.0,
-            Gelu,
+            vit(512, 16, 768, 12, 12, 4.0, Gelu),
         ),
         (
             "vit_large_patch16_siglip_256",
-            256,
-            16,
-            1024,
-            24,
-            16,
-            4.0,
-            Gelu,
+            vit(256, 16, 1024, 24, 16, 4.0, Gelu),
         ),
         (
             "vit_large_patch16_siglip_384",
-            384,
-            16,
-            1024,
-            24,
-            16,
-            4.0,
-            Gelu,
+            vit(384, 16, 1024, 24, 16, 4.0, Gelu),
         ),
         (
             "vit_large_patch16_siglip_512",
-            512,
-            16,
-            1024,
-            24,
-            16,
-            4.0,
-            GeluTanh,
+            vit(512, 16, 1024, 24, 16, 4.0, GeluTanh),
         ),
         (
             "vit_so400m_patch14_siglip_224",
-            224,
-            14,
-            1152,
-            27,
-            16,
-            3.7362,
-            Gelu,
+            vit(224, 14, 1152, 27, 16, 3.7362, Gelu),
         ),
         (
             "vit_so400m_patch14_siglip_378",
-            378,
-            14,
-            1152,
-            27,
-            16,
-            3.7362,
-            Gelu,
+            vit(378, 14, 1152, 27, 16, 3.7362, Gelu),
         ),
         (
             "vit_so400m_patch14_siglip_384",
-            384,
-            14,
-            1152,
-            27,
-            16,
-            3.7362,
-            Gelu,
+            vit(384, 14, 1152, 27, 16, 3.7362, Gelu),
         ),
         (
             "vit_so400m_patch16_siglip_256",
-            256,
-            16,
-            1152,
-            27,
-            16,
-            3.7362,
-            GeluTanh,
+            vit(256, 16, 1152, 27, 16, 3.7362, GeluTanh),
         ),
         (
             "vit_so400m_patch16_siglip_384",
-            384,
-            16,
-            1152,
-            27,
-            16,
-            3.7362,
-            GeluTanh,
+            vit(384, 16, 1152, 27, 16, 3.7362, GeluTanh),
         ),
         (
             "vit_so400m_patch16_siglip_512",
-            512,
-            16,
-            1152,
-            27,
-            16,
-            3.7362,
-            GeluTanh,
+            vit(512, 16, 1152, 27, 16, 3.7362, GeluTanh),
         ),
         (
             "vit_giantopt_patch16_siglip_256",
-            256,
-            16,
-            1536,
-            40,
-            16,
-            4.0,
-            GeluTanh,
+            vit(256, 16, 1536, 40, 16, 4.0, GeluTanh),
         ),
         (
             "vit_giantopt_patch16_siglip_384",
-            384,
-            16,
-            1536,
-            40,
-            16,
-            4.0,
-            GeluTanh,
+            vit(384, 16, 1536, 40, 16, 4.0, GeluTanh),
         ),
     ]
 };
@@ -222,18 +147,8 @@ const CONVNEXTS: [(&str, [i64; 4], [i64; 4], f64); 6] = [
 
 /// The architecture of a timm model name, if typoclip builds it.
 pub(crate) fn timm_arch(name: &str) -> Option<TimmArch> {
-    if let Some(&(_, image_size, patch_size, width, depth, heads, mlp_ratio, act)) =
-        SIGLIP_VITS.iter().find(|v| v.0 == name)
-    {
-        return Some(TimmArch::Vit {
-            image_size,
-            patch_size,
-            width,
-            depth,
-            heads,
-            mlp_ratio,
-            act,
-        });
+    if let Some(&(_, arch)) = SIGLIP_VITS.iter().find(|v| v.0 == name) {
+        return Some(arch);
     }
     CONVNEXTS
         .iter()
