@@ -85,7 +85,14 @@ void *typoclip_linear(const at::Tensor *x, const at::Tensor *w, const at::Tensor
       out = stack.at(0).toTensor();
     } else {
       out = b ? at::linear(*x, *w, *b) : at::linear(*x, *w);
-      if (residual) out = out + *residual;
+      if (residual) {
+        // The product is a fresh tensor: add in place where no broadcast is needed.
+        if (residual->sizes() == out.sizes()) {
+          out.add_(*residual);
+        } else {
+          out = out + *residual;
+        }
+      }
     }
     return new at::Tensor(std::move(out));
   } catch (const std::exception &e) {

@@ -1,9 +1,10 @@
 //! Which CPU kernels the towers' matrix products run on.
 //!
 //! Every `Linear` of every tower (and the fused `in_proj` of the attention blocks) goes through
-//! [`linear`]. On the CPU in fp32 with no gradient recorded it calls oneDNN's
-//! `mkldnn::_linear_pointwise` through the C++ shim in `csrc/onednn_shim.cpp`; otherwise (CUDA,
-//! bf16, fitting with gradients, or [`set_cpu_linear`]`(CpuLinear::Aten)`) it calls `at::linear`,
+//! [`linear`]. On the CPU in fp32 with no gradient recorded, for inputs of fewer than
+//! [`ONEDNN_MAX_ROWS`] rows, it calls oneDNN's `mkldnn::_linear_pointwise` through the C++ shim
+//! in `csrc/onednn_shim.cpp`; otherwise (longer inputs, CUDA, bf16, fitting with gradients, or
+//! [`set_cpu_linear`]`(CpuLinear::Aten)`) it calls `at::linear`,
 //! libtorch's MKL-backed path that Python open_clip uses. Both compute the same product; they
 //! differ by float rounding only (about 1e-6 relative). `TYPOCLIP_CPU_LINEAR=aten` in the
 //! environment selects the libtorch path for the whole process, for A/B measurements.
@@ -132,7 +133,16 @@ pub(crate) fn uses_onednn(x: &Tensor) -> bool {
         && !grad_enabled()
 }
 
+/// Products of at least this many rows (tokens × batch) run on `at::linear` even where oneDNN is
+/// selected: oneDNN's JIT sgemm is faster for short inputs, MKL's for long ones. Measured on the
+/// 2-core AMD EPYC VM, 2 threads, fp32, `[M, 768] × [768, 3072]` (and `3072 → 768`,
+/// `768 → 2304`): oneDNN 1.1–1.3× faster at M = 50, even at M ≈ 100, MKL 1.1× faster at
+/// M = 200 and 1.2–1.3× at M = 1600 (ViT-B/16 at batch 8).
+pub const ONEDNN_MAX_ROWS: i64 = 160;
+
 fn call(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, residual: Option<&Tensor>) -> Tensor {
+    let rows = x.numel() as i64 / x.size().last().copied().unwrap_or(1).max(1);
+    let use_onednn = cpu_linear() == CpuLinear::OneDnn && rows < ONEDNN_MAX_ROWS;
     let ptr = |t: Option<&Tensor>| t.map_or(std::ptr::null(), |t| t.as_ptr() as *const c_void);
     let mut err: *mut c_char = std::ptr::null_mut();
     // SAFETY: the tensor pointers are live `at::Tensor*` owned by the borrowed tch tensors for
@@ -144,7 +154,7 @@ fn call(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, residual: Option<&Te
             weight.as_ptr() as *const c_void,
             ptr(bias),
             ptr(residual),
-            c_int::from(cpu_linear() == CpuLinear::OneDnn),
+            c_int::from(use_onednn),
             &mut err,
         );
         take(out, err, "linear")
@@ -212,24 +222,25 @@ mod tests {
         let _g = tch::no_grad_guard();
         tch::manual_seed(3);
         let opts = (Kind::Float, Device::Cpu);
-        let x = Tensor::randn([4, 50, 96], opts);
-        let w = Tensor::randn([160, 96], opts) * 0.1;
-        let b = Tensor::randn([160], opts);
-        let r = Tensor::randn([4, 50, 160], opts);
-        let want = x.linear(&w, Some(&b));
-        // Both paths, whatever the process-wide choice is: call the shim with each.
-        assert!(max_diff(&call(&x, &w, Some(&b), None), &want) < 1e-5);
-        assert!(max_diff(&call(&x, &w, None, None), &x.linear::<Tensor>(&w, None)) < 1e-5);
-        assert!(max_diff(&call(&x, &w, Some(&b), Some(&r)), &(&want + &r)) < 1e-5);
-        // A non-contiguous input (a transposed batch) gives the same rows.
-        let xt = x.transpose(0, 1);
-        assert!(max_diff(&call(&xt, &w, Some(&b), None), &want.transpose(0, 1)) < 1e-5);
-        // A bias broadcast over a residual of a different but broadcastable shape.
-        let r1 = Tensor::randn([160], opts);
-        assert!(max_diff(&call(&x, &w, Some(&b), Some(&r1)), &(&want + &r1)) < 1e-5);
+        // 100 rows take oneDNN (where selected), 200 rows `at::linear`: both must agree.
+        for batch in [2, 4] {
+            let x = Tensor::randn([batch, 50, 96], opts);
+            let w = Tensor::randn([160, 96], opts) * 0.1;
+            let b = Tensor::randn([160], opts);
+            let r = Tensor::randn([batch, 50, 160], opts);
+            let want = x.linear(&w, Some(&b));
+            assert!(max_diff(&call(&x, &w, Some(&b), None), &want) < 1e-5);
+            assert!(max_diff(&call(&x, &w, None, None), &x.linear::<Tensor>(&w, None)) < 1e-5);
+            assert!(max_diff(&call(&x, &w, Some(&b), Some(&r)), &(&want + &r)) < 1e-5);
+            // A non-contiguous input (a transposed batch) gives the same rows.
+            let xt = x.transpose(0, 1);
+            assert!(max_diff(&call(&xt, &w, Some(&b), None), &want.transpose(0, 1)) < 1e-5);
+            // A bias broadcast over a residual of a different but broadcastable shape.
+            let r1 = Tensor::randn([160], opts);
+            assert!(max_diff(&call(&x, &w, Some(&b), Some(&r1)), &(&want + &r1)) < 1e-5);
+        }
     }
 
-    /// ATen's three-op QuickGELU, what open_clip computes.
     fn quick_gelu_aten(x: &Tensor) -> Tensor {
         x * (x * 1.702).sigmoid()
     }
