@@ -80,16 +80,21 @@ pub fn fit_projection(
 }
 
 /// P(word) on each attacked image and whether the attack succeeded (the word is the top-1 and
-/// the clean image's top-1 was not the word), for image embeddings `[N, D]`.
+/// the clean image's top-1 was not the word), for image embeddings `[N, D]`. P follows the
+/// model's scoring: softmax over the classes, or each class's sigmoid with the logit `bias` of
+/// a SigLIP-style model.
 fn attack_pull(
     feats: &Tensor,
     class_weights: &Tensor,
-    scale: f64,
+    (scale, bias): (f64, Option<f64>),
     words: &[usize],
     clean_top1: &[i64],
 ) -> (f64, f64) {
-    let probs = (l2_normalize(feats).matmul(&class_weights.transpose(0, 1)) * scale)
-        .softmax(-1, Kind::Float);
+    let logits = l2_normalize(feats).matmul(&class_weights.transpose(0, 1)) * scale;
+    let probs = match bias {
+        Some(b) => (logits + b).sigmoid(),
+        None => logits.softmax(-1, Kind::Float),
+    };
     let top1 = Vec::<i64>::try_from(probs.argmax(-1, false)).expect("i64");
     let idx = Tensor::from_slice(&words.iter().map(|&w| w as i64).collect::<Vec<_>>());
     let p_word = probs
@@ -126,7 +131,7 @@ pub fn fit_heads(
         crate::zeroshot::class_embeddings(model, tokenizer, &classes, templates, 256)
             .map_err(|e| e.to_string())?
     };
-    let scale = model.logit_scale_exp();
+    let scale = (model.logit_scale_exp(), model.logit_bias());
     let words: Vec<usize> = set
         .items
         .iter()
