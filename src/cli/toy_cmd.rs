@@ -71,6 +71,10 @@ pub struct TrainArgs {
     /// captioned as the thing it names.
     #[arg(long, default_value_t = TrainSettings::default().word_only)]
     pub word_only: f64,
+    /// Fraction of batch pairs that are twins: one object scene twice with two different class
+    /// names written on it, so that only reading tells them apart.
+    #[arg(long, default_value_t = TrainSettings::default().word_twins)]
+    pub word_twins: f64,
     /// Measure held-out accuracy (200 scenes) every N steps and print it.
     #[arg(long, value_name = "N")]
     pub eval_every: Option<usize>,
@@ -111,6 +115,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
         word_matches_object: a.word_matches_object,
         word_names_subject: a.word_names_subject,
         word_only: a.word_only,
+        word_twins: a.word_twins,
         ..TrainSettings::default()
     };
     settings.validate()?;

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -54,6 +54,11 @@ pub struct TrainSettings {
     /// ([`World::word_only`]).
     #[serde(default)]
     pub word_only: f64,
+    /// Fraction of batch pairs (items 2k, 2k+1) made twins ([`World::twin`]): one object
+    /// scene twice, with two different class names written on it, so that only reading tells
+    /// the pair apart.
+    #[serde(default)]
+    pub word_twins: f64,
     /// Steps between checkpoints.
     pub checkpoint_every: usize,
 }
@@ -71,6 +76,7 @@ impl Default for TrainSettings {
             word_matches_object: 0.5,
             word_names_subject: 0.0,
             word_only: 0.0,
+            word_twins: 0.0,
             checkpoint_every: 50,
         }
     }
@@ -106,10 +112,11 @@ impl TrainSettings {
             || !unit.contains(&self.word_matches_object)
             || !unit.contains(&self.word_names_subject)
             || !unit.contains(&self.word_only)
+            || !unit.contains(&self.word_twins)
             || self.lr.is_nan()
             || self.lr <= 0.0
         {
-            bail!("toy train: word_prob, word_matches_object, word_names_subject and word_only must be in [0, 1] and lr > 0");
+            bail!("toy train: word_prob, word_matches_object, word_names_subject, word_only and word_twins must be in [0, 1] and lr > 0");
         }
         Ok(())
     }
@@ -142,8 +149,25 @@ pub fn batch(
     let items: Vec<(Tensor, Vec<i64>)> = (0..settings.batch)
         .into_par_iter()
         .map(|i| {
-            let mut rng = ChaCha8Rng::seed_from_u64(stream(settings.seed, step as u64, i as u64));
-            let scene = world.scene(&mut rng);
+            let seed = |i: usize| stream(settings.seed, step as u64, i as u64);
+            let mut rng = ChaCha8Rng::seed_from_u64(seed(i));
+            let mut scene = world.scene(&mut rng);
+            // (No draw at probability 0: the default world's batches do not depend on it.)
+            if settings.word_twins > 0.0 && i / 2 * 2 + 1 < settings.batch {
+                // Both items of pair k draw the pair's decision and its first scene from the
+                // streams of item 2k and of `TWIN_STREAM`.
+                let first = i / 2 * 2;
+                let mut pair = ChaCha8Rng::seed_from_u64(seed(first) ^ TWIN_STREAM);
+                if pair.gen_bool(settings.word_twins) {
+                    let base = world.scene(&mut ChaCha8Rng::seed_from_u64(seed(first)));
+                    let a = world.twin(&base, &mut pair);
+                    scene = if i == first {
+                        a
+                    } else {
+                        world.twin(&a, &mut pair)
+                    };
+                }
+            }
             let caption = world.caption(&scene, &mut rng);
             let img = world.render(&scene);
             (
@@ -163,6 +187,9 @@ pub fn batch(
         crate::tokenizer::pad_rows(&rows, width),
     )
 }
+
+/// Mixed into item 2k's stream seed for the draws of its twin pair ([`TrainSettings::word_twins`]).
+const TWIN_STREAM: u64 = 0x7715_7715_7715_7715;
 
 /// The `s` of [`stream`] for `typoclip toy world`'s sample scenes (training steps count up from
 /// 0, so these streams never meet a training batch).

@@ -230,6 +230,30 @@ impl World {
         s
     }
 
+    /// A twin of `scene` for contrastive hard negatives: the same object, background and
+    /// texture with another class's name written on it, in a rendering of its own (font,
+    /// size, label, position). Two such scenes in one batch are told apart only by what is
+    /// written on them, as two photos of one product with different text.
+    pub fn twin<R: Rng>(&self, scene: &Scene, rng: &mut R) -> Scene {
+        let written = scene
+            .word
+            .as_ref()
+            .and_then(|w| SHAPES.iter().position(|&c| c == w.text));
+        // Uniform over the classes other than the one already written, if any.
+        let k = match written {
+            Some(w) => {
+                let k = rng.gen_range(0..SHAPES.len() - 1);
+                k + (k >= w) as usize
+            }
+            None => rng.gen_range(0..SHAPES.len()),
+        };
+        Scene {
+            word: Some(self.word(rng, SHAPES[k])),
+            object: true,
+            ..scene.clone()
+        }
+    }
+
     /// A random rendering of `text`: font, size, label or plain ink, position.
     pub fn word<R: Rng>(&self, rng: &mut R, text: &str) -> Word {
         let label = rng.gen_bool(0.75);
@@ -594,6 +618,31 @@ mod tests {
             seen += 1;
         }
         assert!(seen > 10, "{seen} incongruent scenes");
+    }
+
+    #[test]
+    fn twins_differ_only_in_the_written_class_name() {
+        let world = World::new(64, 0.4);
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for _ in 0..50 {
+            let base = world.scene(&mut rng);
+            let a = world.twin(&base, &mut rng);
+            let b = world.twin(&a, &mut rng);
+            let (wa, wb) = (a.word.clone().unwrap(), b.word.clone().unwrap());
+            assert!(SHAPES.contains(&wa.text.as_str()) && SHAPES.contains(&wb.text.as_str()));
+            assert_ne!(wa.text, wb.text);
+            assert_eq!(
+                Scene {
+                    word: None,
+                    ..a.clone()
+                },
+                Scene { word: None, ..b }
+            );
+            assert_eq!(
+                (a.shape, a.colour, a.centre),
+                (base.shape, base.colour, base.centre)
+            );
+        }
     }
 
     #[test]
