@@ -376,21 +376,7 @@ fn timm_towers_match_open_clip() {
     let mut m = ClipModel::new(&cut_timm_config(name), Device::Cpu).unwrap();
     let sd = read_state_dict(&dir.join(format!("{name}.open_clip.safetensors"))).unwrap();
     copy_into(&mut m, &sd.tensors).unwrap();
-    let classes: Vec<String> = (0..io["tokens"].size()[0])
-        .map(|i| format!("c{i}"))
-        .collect();
-    let clf = typoclip::zeroshot::ZeroShotClassifier {
-        weights: typoclip::model::l2_normalize(&m.encode_text(&io["tokens"])),
-        logit_scale: m.logit_scale_exp(),
-        logit_bias: m.logit_bias(),
-        labels: typoclip::zeroshot::LabelSet::parse_list("test", &classes.join(",")).unwrap(),
-        templates: typoclip::zeroshot::TemplateSet::builtin("single").unwrap(),
-    };
-    assert_eq!(clf.scoring(), "sigmoid");
-    let d = max_abs_diff(
-        &clf.probs(&m.encode_image(&io["images"])),
-        &io["logits"].sigmoid(),
-    );
+    let d = common::sigmoid_scores_match(&m, &io);
     assert!(d <= 1e-5, "{name}: sigmoid probabilities differ by {d}");
 }
 

@@ -132,3 +132,29 @@ pub fn max_relative(a: &Tensor, b: &Tensor) -> f64 {
     let den = b.norm_scalaropt_dim(2.0, [-1i64].as_slice(), false);
     f64::try_from((num / den).max()).unwrap()
 }
+
+/// SigLIP's zero-shot formula on a reference fixture: the classifier `model` builds from the
+/// fixture's prompts (`tokens`) scores its `images` with `sigmoid(open_clip's logits)` — each
+/// class's own sigmoid, rows not summing to one. Returns the largest difference.
+pub fn sigmoid_scores_match(
+    model: &typoclip::model::ClipModel,
+    io: &std::collections::BTreeMap<String, Tensor>,
+) -> f64 {
+    use typoclip::zeroshot::{LabelSet, TemplateSet, ZeroShotClassifier};
+    assert!(model.logit_bias().is_some(), "not a sigmoid-scored model");
+    let names: Vec<String> = (0..io["tokens"].size()[0])
+        .map(|i| format!("c{i}"))
+        .collect();
+    let clf = ZeroShotClassifier {
+        weights: typoclip::model::l2_normalize(&model.encode_text(&io["tokens"])),
+        logit_scale: model.logit_scale_exp(),
+        logit_bias: model.logit_bias(),
+        labels: LabelSet::parse_list("test", &names.join(",")).unwrap(),
+        templates: TemplateSet::builtin("single").unwrap(),
+    };
+    assert_eq!(clf.scoring(), "sigmoid");
+    let probs = clf.probs(&model.encode_image(&io["images"]));
+    let sums = Vec::<f32>::try_from(probs.sum_dim_intlist(-1, false, Kind::Float)).unwrap();
+    assert!(sums.iter().all(|s| (s - 1.0).abs() > 1e-3), "{sums:?}");
+    max_abs_diff(&probs, &io["logits"].sigmoid())
+}
