@@ -903,3 +903,89 @@ fn sigmoid_model_sweeps_with_sigmoid_scores_and_says_so() {
         "{md}"
     );
 }
+
+/// The libtorch thread count is part of a run: `--threads` is recorded, a resume without it
+/// adopts the recorded count whatever the machine's default (so a requeued job on another node
+/// resumes to the same bytes), and a `--threads` that contradicts the record is refused in one
+/// line naming the file.
+#[test]
+fn a_resumed_run_keeps_the_thread_count_it_started_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = make_class_folders(dir.path());
+    let spec = common::repo().join("attacks/ipod-label.toml");
+    let args = |out: &Path, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "sweep",
+            "--model",
+            &model(),
+            "--dataset",
+            photos.to_str().unwrap(),
+            "--attacks",
+            spec.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--batch-size",
+            "4",
+            "--quiet",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let threads = |out: &Path| -> i64 {
+        let p: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("provenance.json")).unwrap())
+                .unwrap();
+        p["threads"].as_i64().unwrap()
+    };
+    let full = dir.path().join("full");
+    let o = typoclip(
+        &args(&full, &["--threads", "1"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(threads(&full), 1);
+    let records = std::fs::read(full.join("records.jsonl")).unwrap();
+    let cut = |name: &str| -> std::path::PathBuf {
+        let out = dir.path().join(name);
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::copy(full.join("provenance.json"), out.join("provenance.json")).unwrap();
+        let half = records.len() / 2;
+        std::fs::write(out.join("records.jsonl"), &records[..half]).unwrap();
+        out
+    };
+    let resumed = cut("resumed");
+    let o = typoclip(
+        &args(&resumed, &["--resume"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(threads(&resumed), 1, "the resume took another thread count");
+    assert_eq!(
+        std::fs::read(resumed.join("records.jsonl")).unwrap(),
+        records
+    );
+    assert_eq!(
+        std::fs::read(resumed.join("summary.json")).unwrap(),
+        std::fs::read(full.join("summary.json")).unwrap()
+    );
+    let refused = cut("refused");
+    let o = typoclip(
+        &args(&refused, &["--resume", "--threads", "2"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.lines().count() == 1 && e.contains("--threads 2") && e.contains("provenance.json"),
+        "{e}"
+    );
+}

@@ -233,6 +233,10 @@ pub struct SweepArgs {
     /// model runs a forward pass, so they never preempt its threads.
     #[arg(long)]
     pub workers: Option<usize>,
+    /// libtorch threads [default: libtorch's; on --resume, the count the run started with].
+    /// Recorded in provenance: records are bit-identical only at the same count.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
     /// Continue an interrupted run in --out.
     #[arg(long)]
     pub resume: bool,

@@ -288,6 +288,7 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
                 seed: plan.seed,
                 batch_size: args.batch_size,
                 workers: args.workers,
+                threads: None,
                 resume,
                 quiet: args.quiet,
                 json: false,

@@ -178,6 +178,7 @@ pub fn resolve(args: &SweepArgs) -> Result<RunSpec> {
         seed: args.seed,
         batch_size: args.batch_size,
         workers: args.workers,
+        threads: args.threads.map(usize::from),
         resume: args.resume,
         defenses: args.defense.clone(),
         probe: args.probe.clone(),
@@ -212,6 +213,7 @@ pub struct Executed {
 /// the sweep stage. `banner` prints the model line on stderr first.
 pub fn execute(run: &RunSpec, banner: bool) -> Result<Executed> {
     let args = run;
+    run.pin_threads()?;
     let mode = run.mode;
     let precision = run.precision;
     // Bad defenses are refused before any work.

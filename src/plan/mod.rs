@@ -87,6 +87,9 @@ struct SweepOptions {
     seed: u64,
     batch_size: Option<usize>,
     workers: Option<usize>,
+    /// libtorch threads of every job: pins the count so shards run on nodes of different
+    /// sizes still merge to the bytes of one run.
+    threads: Option<usize>,
     #[serde(default)]
     variants: Vec<String>,
     classes: Option<String>,
@@ -327,6 +330,7 @@ impl Plan {
                         seed: o.seed,
                         batch_size,
                         workers: o.workers,
+                        threads: o.threads,
                         resume: true,
                         defenses: o.defenses.clone(),
                         probe: None,

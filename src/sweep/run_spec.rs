@@ -62,6 +62,9 @@ pub struct RunSpec {
     pub batch_size: usize,
     /// Image workers (`None`: one per CPU).
     pub workers: Option<usize>,
+    /// libtorch intra-op threads (`None`: libtorch's default, or on resume the count the run
+    /// started with; see [`RunSpec::pin_threads`]).
+    pub threads: Option<usize>,
     /// Continue a run already in the folder.
     pub resume: bool,
     /// `--defense` specs, validated, in the order given.
@@ -75,6 +78,39 @@ pub struct RunSpec {
 }
 
 impl RunSpec {
+    /// Sets libtorch's thread count for this run and returns it. Records are bit-identical only
+    /// between runs at the same count (libtorch's reductions split by thread), so the count is
+    /// part of the run: `--threads`, or — resuming a run whose provenance records one — the
+    /// count it started with, whatever this machine's default (a requeued job on another node
+    /// still resumes to the same bytes). A `--threads` that contradicts the recorded count is
+    /// refused in one line naming the file.
+    pub fn pin_threads(&self) -> anyhow::Result<i32> {
+        let recorded = if self.resume {
+            let path = self.run_dir().join("provenance.json");
+            std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|v| v.get("threads").and_then(serde_json::Value::as_i64))
+                .map(|t| (t as i32, path))
+        } else {
+            None
+        };
+        let wanted = match (self.threads, recorded) {
+            (Some(t), Some((r, path))) if t as i32 != r => anyhow::bail!(
+                "--threads {t}: {} records a run started with {r} libtorch threads, and its \
+                 records are bit-identical only at that count (resume without --threads)",
+                path.display()
+            ),
+            (Some(t), _) => Some(t as i32),
+            (None, Some((r, _))) => Some(r),
+            (None, None) => None,
+        };
+        if let Some(t) = wanted.filter(|&t| t >= 1) {
+            tch::set_num_threads(t);
+        }
+        Ok(tch::get_num_threads())
+    }
+
     /// The folder this run writes into: `out`, or its shard's folder inside it.
     pub fn run_dir(&self) -> PathBuf {
         match self.shard {
@@ -141,6 +177,9 @@ impl RunSpec {
         }
         if let Some(w) = self.workers {
             push("--workers", w.to_string());
+        }
+        if let Some(t) = self.threads {
+            push("--threads", t.to_string());
         }
         for d in &self.defenses {
             push("--defense", d.clone());
