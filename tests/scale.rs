@@ -386,6 +386,22 @@ fn a_two_model_four_shard_plan_has_eight_jobs_and_valid_scripts() {
     assert!(pod["volumes"][0]["persistentVolumeClaim"]["claimName"]
         .as_str()
         .is_some());
+    // `threads = T` in the manifest pins every job's libtorch threads.
+    assert!(!tsv.contains("--threads"), "{tsv}");
+    let text = std::fs::read_to_string(&plan).unwrap();
+    std::fs::write(&plan, text.replace("[sweep]\n", "[sweep]\nthreads = 1\n")).unwrap();
+    let pinned = dir.path().join("pinned");
+    ok(&typoclip(&[
+        "plan",
+        plan.to_str().unwrap(),
+        "--out",
+        pinned.to_str().unwrap(),
+    ]));
+    let tsv = String::from_utf8(read(&pinned.join("jobs.tsv"))).unwrap();
+    assert!(
+        tsv.lines().skip(1).all(|l| l.contains("--threads 1")),
+        "{tsv}"
+    );
 }
 
 #[test]
