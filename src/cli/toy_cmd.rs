@@ -75,6 +75,9 @@ pub struct TrainArgs {
     /// names written on it, so that only reading tells them apart.
     #[arg(long, default_value_t = TrainSettings::default().word_twins)]
     pub word_twins: f64,
+    /// Factor on the written words' font size (1: 13–20 % of the picture's side).
+    #[arg(long, default_value_t = TrainSettings::default().word_scale)]
+    pub word_scale: f32,
     /// Measure held-out accuracy (200 scenes) every N steps and print it.
     #[arg(long, value_name = "N")]
     pub eval_every: Option<usize>,
@@ -116,6 +119,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
         word_names_subject: a.word_names_subject,
         word_only: a.word_only,
         word_twins: a.word_twins,
+        word_scale: a.word_scale,
         ..TrainSettings::default()
     };
     settings.validate()?;
@@ -133,11 +137,11 @@ fn run_train(a: TrainArgs) -> Result<()> {
         let rec = toy::read_record(&dir)?;
         if rec.settings == settings {
             println!(
-                "{}: already trained (seed {}, {} steps)",
-                dir.display(),
-                rec.settings.seed,
-                rec.settings.steps
+                "already trained (seed {}, {} steps)",
+                rec.settings.seed, rec.settings.steps
             );
+            // The folder last, on its own line, as after training.
+            println!("{}", dir.display());
             return Ok(());
         }
         bail!(

@@ -1,9 +1,10 @@
 //! The positive control: a tiny CLIP that typoclip trains itself on a synthetic world of
-//! coloured shapes in which 40 % of the pictures carry a written word (half of them the object's
-//! own name) that their captions transcribe, so that contrastive training can teach it to read
-//! and every stage (attacks, metrics, defenses, probes, reports) can show a real effect on a
-//! machine without downloaded weights. (The default training learns the shapes but does not
-//! read yet: see the README's "The positive control" for what it reaches.)
+//! coloured shapes in which 40 % of the pictures carry a large written word (half of them the
+//! object's own name; half of the class names shown alone, captioned as the thing they name)
+//! that their captions transcribe, so that contrastive training teaches it to read and every
+//! stage (attacks, metrics, defenses, probes, reports) can show a real effect on a machine
+//! without downloaded weights. (The default training reads its own world's words; see the
+//! README's "The positive control" for what it reaches on the sweeps.)
 //!
 //! - [`world`]: the synthetic scenes, their rendering and captions;
 //! - [`train`](mod@train): contrastive training with checkpoints and resume;

@@ -59,6 +59,9 @@ pub struct TrainSettings {
     /// the pair apart.
     #[serde(default)]
     pub word_twins: f64,
+    /// Factor on the written words' font size ([`World::word_scale`]).
+    #[serde(default = "one")]
+    pub word_scale: f32,
     /// Steps between checkpoints.
     pub checkpoint_every: usize,
 }
@@ -67,7 +70,7 @@ impl Default for TrainSettings {
     fn default() -> Self {
         TrainSettings {
             seed: 0,
-            steps: 2400,
+            steps: 1600,
             batch: 128,
             lr: 1e-3,
             warmup: 40,
@@ -75,8 +78,9 @@ impl Default for TrainSettings {
             word_prob: 0.4,
             word_matches_object: 0.5,
             word_names_subject: 0.0,
-            word_only: 0.0,
+            word_only: 0.5,
             word_twins: 0.0,
+            word_scale: 2.5,
             checkpoint_every: 50,
         }
     }
@@ -93,13 +97,16 @@ impl TrainSettings {
         0.5 * self.lr * (1.0 + (std::f64::consts::PI * t).cos())
     }
 
-    /// The world these settings train on (the toy's image size, their word probabilities).
+    /// The world these settings train on (the toy's image size, their word probabilities and
+    /// size).
     pub fn world(&self) -> World {
-        World::new(super::IMAGE_SIZE, self.word_prob).with_words(
-            self.word_matches_object,
-            self.word_names_subject,
-            self.word_only,
-        )
+        World::new(super::IMAGE_SIZE, self.word_prob)
+            .with_words(
+                self.word_matches_object,
+                self.word_names_subject,
+                self.word_only,
+            )
+            .with_word_scale(self.word_scale)
     }
 
     /// Rejects settings that cannot train.
@@ -113,13 +120,18 @@ impl TrainSettings {
             || !unit.contains(&self.word_names_subject)
             || !unit.contains(&self.word_only)
             || !unit.contains(&self.word_twins)
+            || !(0.25..=4.0).contains(&self.word_scale)
             || self.lr.is_nan()
             || self.lr <= 0.0
         {
-            bail!("toy train: word_prob, word_matches_object, word_names_subject, word_only and word_twins must be in [0, 1] and lr > 0");
+            bail!("toy train: word_prob, word_matches_object, word_names_subject, word_only and word_twins must be in [0, 1], word_scale in [0.25, 4] and lr > 0");
         }
         Ok(())
     }
+}
+
+fn one() -> f32 {
+    1.0
 }
 
 /// What a finished run reports.

@@ -145,6 +145,9 @@ pub struct World {
     /// the background, captioned as the thing it names ("a photo of a square."), so that the
     /// word is the only evidence.
     pub word_only: f64,
+    /// Factor on the written words' font size (1: 13–20 % of the side; a word is never wider
+    /// than the picture).
+    pub word_scale: f32,
     fonts: Vec<FontStack>,
 }
 
@@ -165,6 +168,7 @@ impl World {
             word_matches_object: 0.0,
             word_names_subject: 0.0,
             word_only: 0.0,
+            word_scale: 1.0,
             fonts,
         }
     }
@@ -175,6 +179,12 @@ impl World {
         self.word_matches_object = matches_object;
         self.word_names_subject = names_subject;
         self.word_only = word_only;
+        self
+    }
+
+    /// The same world with [`World::word_scale`] set.
+    pub fn with_word_scale(mut self, scale: f32) -> World {
+        self.word_scale = scale;
         self
     }
 
@@ -265,8 +275,7 @@ impl World {
         Word {
             text: text.to_string(),
             font: rng.gen_range(0..self.fonts.len()),
-            size_frac: rng
-                .gen_range(0.13..0.2f32)
+            size_frac: (rng.gen_range(0.13..0.2f32) * self.word_scale)
                 .min(1.45 / text.chars().count().max(1) as f32),
             label,
             ink,
@@ -618,6 +627,19 @@ mod tests {
             seen += 1;
         }
         assert!(seen > 10, "{seen} incongruent scenes");
+    }
+
+    #[test]
+    fn word_scale_enlarges_words_up_to_the_picture_width() {
+        let small = World::new(64, 1.0);
+        let large = World::new(64, 1.0).with_word_scale(2.0);
+        for seed in 0..20 {
+            let a = small.word(&mut ChaCha8Rng::seed_from_u64(seed), "star");
+            let b = large.word(&mut ChaCha8Rng::seed_from_u64(seed), "star");
+            assert!((b.size_frac - 2.0 * a.size_frac).abs() < 1e-6 || b.size_frac == 1.45 / 4.0);
+            let c = large.word(&mut ChaCha8Rng::seed_from_u64(seed), "crescent");
+            assert!(c.size_frac <= 1.45 / 8.0 + 1e-6);
+        }
     }
 
     #[test]
