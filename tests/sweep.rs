@@ -542,6 +542,31 @@ fn bf16_precision_is_recorded_and_close_to_fp32() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("precision differs"));
 }
 
+/// `typoclip sweep` of the tiny model over `photos` with `spec`, into `out`, quiet, in batches of
+/// `batch`, then `extra`.
+fn sweep_args(photos: &Path, spec: &Path, out: &Path, batch: usize, extra: &[&str]) -> Vec<String> {
+    let batch = batch.to_string();
+    let mut a: Vec<String> = [
+        "sweep",
+        "--model",
+        &model(),
+        "--dataset",
+        photos.to_str().unwrap(),
+        "--attacks",
+        spec.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--batch-size",
+        &batch,
+        "--quiet",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
 /// A class-per-folder dataset (`photos/<class>/`) of 5 + 3 photos and 4 unreadable files: real
 /// ImageNet-sample photos when `../shared/data` is there, drawn ones otherwise.
 fn make_class_folders(dir: &Path) -> std::path::PathBuf {
@@ -605,27 +630,10 @@ fn resume_from_any_cut_point_gives_identical_summary() {
     let spec = common::repo().join("attacks/distill-suite.toml");
     let batch = 16usize;
     let args = |out: &Path, workers: Option<&str>| -> Vec<String> {
-        let mut a: Vec<String> = [
-            "sweep",
-            "--model",
-            &model(),
-            "--dataset",
-            photos.to_str().unwrap(),
-            "--attacks",
-            spec.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--batch-size",
-            &batch.to_string(),
-            "--quiet",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        if let Some(w) = workers {
-            a.extend(["--workers".to_string(), w.to_string()]);
+        match workers {
+            Some(w) => sweep_args(&photos, &spec, out, batch, &["--workers", w]),
+            None => sweep_args(&photos, &spec, out, batch, &[]),
         }
-        a
     };
     let run = |a: &[String]| {
         let o = Command::new(env!("CARGO_BIN_EXE_typoclip"))
@@ -913,27 +921,7 @@ fn a_resumed_run_keeps_the_thread_count_it_started_with() {
     let dir = tempfile::tempdir().unwrap();
     let photos = make_class_folders(dir.path());
     let spec = common::repo().join("attacks/ipod-label.toml");
-    let args = |out: &Path, extra: &[&str]| -> Vec<String> {
-        let mut a: Vec<String> = [
-            "sweep",
-            "--model",
-            &model(),
-            "--dataset",
-            photos.to_str().unwrap(),
-            "--attacks",
-            spec.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--batch-size",
-            "4",
-            "--quiet",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        a.extend(extra.iter().map(|s| s.to_string()));
-        a
-    };
+    let args = |out: &Path, extra: &[&str]| sweep_args(&photos, &spec, out, 4, extra);
     let threads = |out: &Path| -> i64 {
         let p: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("provenance.json")).unwrap())
