@@ -279,9 +279,10 @@ impl Config {
     /// `padding_side` / `truncation_side`: the config's, else the class attribute (transformers'
     /// `LlamaTokenizerFast` and `GemmaTokenizerFast` pad on the left), else right.
     fn side(&self, key: &str) -> Result<Side, HfTokenizerError> {
-        let class_side = match (self.class.as_deref(), key) {
-            (Some("GemmaTokenizer" | "LlamaTokenizer"), "padding_side") => Side::Left,
-            _ => Side::Right,
+        let class_side = if key == "padding_side" && self.is_llama_class() {
+            Side::Left
+        } else {
+            Side::Right
         };
         match self.config.get(key) {
             None | Some(Value::Null) => Ok(class_side),
@@ -311,9 +312,16 @@ impl Config {
         normalizer["strip_accents"] = get("strip_accents", Value::Null);
         normalizer["handle_chinese_chars"] = get("tokenize_chinese_chars", Value::Bool(true));
     }
-}
 
-impl Config {
+    /// Whether the class is transformers' `LlamaTokenizer(Fast)` or `GemmaTokenizer(Fast)`, which
+    /// pad on the left and rebuild their post-processor from their flags.
+    fn is_llama_class(&self) -> bool {
+        matches!(
+            self.class.as_deref(),
+            Some("GemmaTokenizer" | "LlamaTokenizer")
+        )
+    }
+
     /// `LlamaTokenizerFast` / `GemmaTokenizerFast.update_post_processor`: whatever the file's
     /// post-processor, these classes replace it by `[bos] $A [eos]` from `add_bos_token`
     /// (default true) and `add_eos_token` (default false).
@@ -322,10 +330,7 @@ impl Config {
         tokenizer: &mut Tokenizer,
         path: &Path,
     ) -> Result<(), HfTokenizerError> {
-        if !matches!(
-            self.class.as_deref(),
-            Some("GemmaTokenizer" | "LlamaTokenizer")
-        ) {
+        if !self.is_llama_class() {
             return Ok(());
         }
         let flag = |key: &str, default: bool| -> Result<bool, HfTokenizerError> {

@@ -921,7 +921,10 @@ fn a_resumed_run_keeps_the_thread_count_it_started_with() {
     let dir = tempfile::tempdir().unwrap();
     let photos = make_class_folders(dir.path());
     let spec = common::repo().join("attacks/ipod-label.toml");
-    let args = |out: &Path, extra: &[&str]| sweep_args(&photos, &spec, out, 4, extra);
+    let sweep = |out: &Path, extra: &[&str]| {
+        let args = sweep_args(&photos, &spec, out, 4, extra);
+        typoclip(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
     let threads = |out: &Path| -> i64 {
         let p: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("provenance.json")).unwrap())
@@ -929,12 +932,7 @@ fn a_resumed_run_keeps_the_thread_count_it_started_with() {
         p["threads"].as_i64().unwrap()
     };
     let full = dir.path().join("full");
-    let o = typoclip(
-        &args(&full, &["--threads", "1"])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    let o = sweep(&full, &["--threads", "1"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(threads(&full), 1);
     let records = std::fs::read(full.join("records.jsonl")).unwrap();
@@ -947,12 +945,7 @@ fn a_resumed_run_keeps_the_thread_count_it_started_with() {
         out
     };
     let resumed = cut("resumed");
-    let o = typoclip(
-        &args(&resumed, &["--resume"])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    let o = sweep(&resumed, &["--resume"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(threads(&resumed), 1, "the resume took another thread count");
     assert_eq!(
@@ -964,12 +957,7 @@ fn a_resumed_run_keeps_the_thread_count_it_started_with() {
         std::fs::read(full.join("summary.json")).unwrap()
     );
     let refused = cut("refused");
-    let o = typoclip(
-        &args(&refused, &["--resume", "--threads", "2"])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    let o = sweep(&refused, &["--resume", "--threads", "2"]);
     assert_eq!(o.status.code(), Some(2));
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(

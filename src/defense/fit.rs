@@ -131,7 +131,7 @@ pub fn fit_heads(
         crate::zeroshot::class_embeddings(model, tokenizer, &classes, templates, 256)
             .map_err(|e| e.to_string())?
     };
-    let scale = (model.logit_scale_exp(), model.logit_bias());
+    let scoring = (model.logit_scale_exp(), model.logit_bias());
     let words: Vec<usize> = set
         .items
         .iter()
@@ -152,7 +152,7 @@ pub fn fit_heads(
     let clean_top1: Vec<i64> = set.items.iter().map(|i| clean_top1_img[i.image]).collect();
     let attacked: Vec<&Tensor> = set.items.iter().map(|i| &i.attacked).collect();
     let base = encode_all(model, &attacked, batch_size, &Probe::none);
-    let (p0, asr0) = attack_pull(&base, &weights, scale, &words, &clean_top1);
+    let (p0, asr0) = attack_pull(&base, &weights, scoring, &words, &clean_top1);
     let total = (layers * heads) as usize;
     let mut scores = Vec::with_capacity(total);
     for l in 0..layers as usize {
@@ -165,7 +165,7 @@ pub fn fit_heads(
                 })
             };
             let f = encode_all(model, &attacked, batch_size, &probe);
-            let (p, asr) = attack_pull(&f, &weights, scale, &words, &clean_top1);
+            let (p, asr) = attack_pull(&f, &weights, scoring, &words, &clean_top1);
             scores.push(HeadScore {
                 layer: l,
                 head: h,

@@ -213,11 +213,11 @@ impl VisionConfig {
         }
     }
 
-    /// The width of the tower's pooled features before open_clip's head (`num_features`).
-    fn timm_features(&self) -> Option<i64> {
+    /// A timm tower's pooled feature width (`num_features`) and open_clip's head after it.
+    fn timm_head(&self) -> Option<(i64, TimmProj)> {
         match self {
-            VisionConfig::TimmVit { width, .. } => Some(*width),
-            VisionConfig::TimmConvNext { dims, .. } => Some(dims[3]),
+            VisionConfig::TimmVit { width, proj, .. } => Some((*width, *proj)),
+            VisionConfig::TimmConvNext { dims, proj, .. } => Some((dims[3], *proj)),
             _ => None,
         }
     }
@@ -524,11 +524,8 @@ impl ClipConfig {
                 }
             }
         }
-        if let (Some(features), VisionConfig::TimmVit { proj, .. })
-        | (Some(features), VisionConfig::TimmConvNext { proj, .. }) =
-            (self.vision.timm_features(), &self.vision)
-        {
-            if *proj == TimmProj::None && features != self.embed_dim {
+        if let Some((features, TimmProj::None)) = self.vision.timm_head() {
+            if features != self.embed_dim {
                 return bad(format!(
                     "timm_proj none: the trunk's {features} features are not embed_dim {}",
                     self.embed_dim

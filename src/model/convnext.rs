@@ -26,6 +26,7 @@ struct Conv {
 }
 
 impl Conv {
+    /// `in_ch` is the input channels of each group.
     fn new(p: nn::Path, in_ch: i64, out_ch: i64, kernel: i64) -> Conv {
         let fan_in = (in_ch * kernel * kernel) as f64;
         Conv {
@@ -68,12 +69,9 @@ struct Block {
 impl Block {
     fn new(p: nn::Path, c: i64, eps: f64) -> Block {
         let mlp = &p / "mlp";
-        let conv_dw = &p / "conv_dw";
         Block {
-            conv_dw: Conv {
-                weight: param(&conv_dw, "weight", &[c, 1, 7, 7], 1.0 / 7.0),
-                bias: conv_dw.var("bias", &[c], nn::Init::Const(0.0)),
-            },
+            // Depthwise: one input channel per group.
+            conv_dw: Conv::new(&p / "conv_dw", 1, c, 7),
             norm: LayerNorm::with_eps(&p / "norm", c, eps),
             fc1: Linear::new(&mlp / "fc1", c, 4 * c),
             fc2: Linear::new(&mlp / "fc2", 4 * c, c),

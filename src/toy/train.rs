@@ -171,7 +171,11 @@ pub fn batch(
                 let first = i / 2 * 2;
                 let mut pair = ChaCha8Rng::seed_from_u64(seed(first) ^ TWIN_STREAM);
                 if pair.gen_bool(settings.word_twins) {
-                    let base = world.scene(&mut ChaCha8Rng::seed_from_u64(seed(first)));
+                    let base = if i == first {
+                        scene
+                    } else {
+                        world.scene(&mut ChaCha8Rng::seed_from_u64(seed(first)))
+                    };
                     let a = world.twin(&base, &mut pair);
                     scene = if i == first {
                         a
