@@ -3,20 +3,24 @@
 #  1. a project-local .venv with the lean libtorch runtime from PyPI's torch wheel (no Python
 #     torch import needed: only the shared libraries), linked as .libtorch for tch;
 #  2. the built-in default images, extracted from the scikit-image wheel (public domain / CC0);
-#  3. cargo build --release.
-#  4. typoclip fetch ViT-B-32 (continues when offline).
-#  5. Debian's chromium, used only by the test that renders a report in a real browser
+#  3. PaddleOCR's PP-OCRv4 text detector (Apache-2.0), extracted from the rapidocr-onnxruntime
+#     wheel into .cache/ocr/ (the mask defense's source=ocr and `typoclip detect` read it);
+#  4. cargo build --release.
+#  5. typoclip fetch ViT-B-32 (continues when offline).
+#  6. Debian's chromium, used only by the test that renders a report in a real browser
 #     (continues without it; that test then skips and says so).
-#  6. Debian's Slurm and MUNGE (slurmctld slurmd munge slurm-client), used only by the test
+#  7. Debian's Slurm and MUNGE (slurmctld slurmd munge slurm-client), used only by the test
 #     that runs a plan's array script on a real single-node Slurm (tests/slurm.rs; continues
 #     without them; that test then skips and says so).
-# Environment: TYPOCLIP_SKIP_BUILD=1 skips steps 3-4, TYPOCLIP_SKIP_FETCH=1 skips step 4,
-# TYPOCLIP_SKIP_CHROMIUM=1 skips step 5, TYPOCLIP_SKIP_SLURM=1 skips step 6.
+# Environment: TYPOCLIP_SKIP_BUILD=1 skips steps 4-5, TYPOCLIP_SKIP_FETCH=1 skips step 5,
+# TYPOCLIP_SKIP_CHROMIUM=1 skips step 6, TYPOCLIP_SKIP_SLURM=1 skips step 7.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 TORCH_VERSION=2.13.0   # what tch 0.26.0 expects
 SKIMAGE_VERSION=0.26.0
+RAPIDOCR_VERSION=1.4.4
+OCR_SHA256=d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9
 say() { echo "[setup] $*"; }
 
 need_apt=()
@@ -59,6 +63,19 @@ if [ ! -f "$BUILTIN/.done" ]; then
   touch "$BUILTIN/.done"
 else
   say "built-in images present in $BUILTIN"
+fi
+
+OCR=.cache/ocr/ch_PP-OCRv4_det_infer.onnx
+if [ ! -f "$OCR" ] || ! echo "$OCR_SHA256  $OCR" | sha256sum -c --status; then
+  say "extracting PP-OCRv4's text detector from rapidocr-onnxruntime $RAPIDOCR_VERSION (Apache-2.0)"
+  tmp=$(mktemp -d)
+  .venv/bin/pip download -q --no-deps --only-binary=:all: -d "$tmp" "rapidocr-onnxruntime==$RAPIDOCR_VERSION"
+  mkdir -p .cache/ocr
+  unzip -q -o -j "$tmp"/rapidocr_onnxruntime-*.whl 'rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx' -d .cache/ocr
+  rm -rf "$tmp"
+  echo "$OCR_SHA256  $OCR" | sha256sum -c --status || { echo "[setup] $OCR: sha256 mismatch" >&2; exit 1; }
+else
+  say "text detector present in $OCR"
 fi
 
 if [ "${TYPOCLIP_SKIP_BUILD:-0}" != 1 ]; then

@@ -7,7 +7,8 @@
 //! (rendering text overlays), [`sweep`] (the evaluation pipeline, its shards and their merge),
 //! [`plan`] (models × datasets × attacks expanded into sharded jobs), [`metrics`], [`records`],
 //! [`defense`] (mitigations as plug-ins at four hooks), [`probe`] (neuron activations, concept
-//! arithmetic, Stroop, linear probes), [`report`] (HTML/Markdown reports and run comparison),
+//! arithmetic, Stroop, linear probes), [`report`] (HTML/Markdown reports and run comparison), [`ocr`] (a trained scene-text
+//! detector),
 //! [`cli`].
 
 pub mod attack;
@@ -20,6 +21,7 @@ pub mod hub;
 pub mod metrics;
 pub mod model;
 pub mod npy;
+pub mod ocr;
 pub mod plan;
 pub mod preprocess;
 pub mod probe;

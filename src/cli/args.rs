@@ -142,6 +142,9 @@ pub enum Command {
     Plan(crate::cli::plan_cmd::PlanArgs),
     /// The positive control: train the toy CLIP that reads (`--model toy`), or look at its world.
     Toy(crate::cli::toy_cmd::ToyArgs),
+    /// Where the trained text detector (PaddleOCR's PP-OCRv4) sees text: boxes as JSON, and
+    /// with `--out` an overlay PNG per image.
+    Detect(crate::cli::detect_cmd::DetectArgs),
     /// Spatially pooled activations of image-tower units; top-activating images (HTML contact
     /// sheet); activation change per unit under an attack.
     Neurons(crate::cli::probe_cmd::NeuronsArgs),

@@ -4,6 +4,7 @@
 pub mod args;
 pub mod attack_cmd;
 pub mod bench_cmd;
+pub mod detect_cmd;
 pub mod fit_cmd;
 pub mod models_cmd;
 pub mod plan_cmd;
@@ -53,6 +54,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Compare(args) => report_cmd::run_compare(args),
         Command::Plan(args) => plan_cmd::run_plan(args),
         Command::Toy(args) => toy_cmd::run_toy(args),
+        Command::Detect(args) => detect_cmd::run_detect(args),
         Command::Fetch(args) => models_cmd::run_fetch(args),
         Command::Import(args) => models_cmd::run_import(args),
         Command::Embed {

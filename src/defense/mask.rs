@@ -11,6 +11,9 @@
 //!   when their stroke width (from a distance transform) is small against their size and nearly
 //!   constant, their fill ratio and height are letter-like ([`detect_text`]). It fires on some
 //!   textures and misses low-contrast text; it is not a trained OCR detector.
+//! - `ocr`: PaddleOCR's trained PP-OCRv4 text detector ([`crate::ocr`]); the mask is its text
+//!   boxes (after DB post-processing with `thresh`, `box_thresh` and `unclip`). It works on
+//!   physical photos and hand-writing, and is the detector papers mask with.
 //!
 //! How it is filled (`fill=`), from unmasked pixels only, inward ring by ring: each pass gives
 //! every masked pixel that has known pixels within `radius` their mean (`mean`) or
@@ -30,6 +33,8 @@ pub enum MaskSource {
     Oracle,
     /// The classical detector.
     Detector,
+    /// The trained OCR detector.
+    Ocr,
 }
 
 /// Masks text and fills it from the surroundings.
@@ -45,33 +50,63 @@ pub struct TextMask {
     pub radius: u32,
     /// Detector: local contrast (0..255) above which a pixel is a stroke candidate.
     pub threshold: u8,
+    /// The OCR detector (`source=ocr`), loaded once when the spec is parsed.
+    pub ocr: Option<std::sync::Arc<crate::ocr::TextDetector>>,
 }
 
 impl TextMask {
-    /// `mask:source=oracle,fill=blur,dilate=0,radius=2,threshold=40`.
+    /// `mask:source=oracle,fill=blur,dilate=0,radius=2`; `source=detector` adds
+    /// `threshold=40`; `source=ocr` adds `thresh=0.3,box_thresh=0.6,unclip=1.5` (PaddleOCR's
+    /// DB defaults) and records the detector model's sha256.
     pub fn build(p: &mut Params) -> Result<Box<dyn Defense>, DefenseError> {
-        let source = p.choice("source", "oracle", &["oracle", "detector"])?;
+        let source = p.choice("source", "oracle", &["oracle", "detector", "ocr"])?;
         let fill = p.choice("fill", "blur", &["blur", "mean"])?;
         let dilate = p.usize("dilate", if source == "oracle" { 0 } else { 1 }, 0, 32)? as u8;
         let radius = p.usize("radius", 2, 1, 16)? as u32;
+        for (key, owner) in [
+            ("threshold", "detector"),
+            ("thresh", "ocr"),
+            ("box_thresh", "ocr"),
+            ("unclip", "ocr"),
+        ] {
+            if source != owner && p.raw(key).is_some() {
+                return Err(p.error(format!("{key}: applies to source={owner} only")));
+            }
+        }
         let threshold = if source == "detector" {
             p.usize("threshold", 40, 1, 254)? as u8
         } else {
-            if p.spec().contains("threshold=") {
-                return Err(p.error("threshold: applies to source=detector only"));
-            }
             40
         };
+        let ocr = if source == "ocr" {
+            let mut settings = crate::ocr::DetectorSettings::default();
+            settings.db.thresh = p.f64("thresh", settings.db.thresh as f64, 0.01, 0.99)? as f32;
+            settings.db.box_thresh =
+                p.f64("box_thresh", settings.db.box_thresh as f64, 0.0, 0.99)? as f32;
+            settings.db.unclip_ratio =
+                p.f64("unclip", settings.db.unclip_ratio as f64, 0.0, 4.0)? as f32;
+            let path = crate::ocr::model_path();
+            let detector = crate::ocr::TextDetector::load(&path, settings, tch::Device::Cpu)
+                .map_err(|e| p.error(e))?;
+            p.note(
+                "model_sha256",
+                serde_json::Value::String(crate::ocr::MODEL_SHA256.into()),
+            );
+            Some(std::sync::Arc::new(detector))
+        } else {
+            None
+        };
         Ok(Box::new(TextMask {
-            source: if source == "oracle" {
-                MaskSource::Oracle
-            } else {
-                MaskSource::Detector
+            source: match source.as_str() {
+                "oracle" => MaskSource::Oracle,
+                "detector" => MaskSource::Detector,
+                _ => MaskSource::Ocr,
             },
             gaussian: fill == "blur",
             dilate,
             radius,
             threshold,
+            ocr,
         }))
     }
 }
@@ -84,6 +119,11 @@ impl Defense for TextMask {
                 None => return image,
             },
             MaskSource::Detector => detect_text(&image, self.threshold),
+            MaskSource::Ocr => {
+                let detector = self.ocr.as_ref().expect("source=ocr loads its detector");
+                let (w, h) = image.dimensions();
+                crate::ocr::db::boxes_mask(&detector.detect(&image).boxes, w, h)
+            }
         };
         let mask = if self.dilate > 0 {
             imageproc::morphology::dilate(&mask, Norm::LInf, self.dilate)

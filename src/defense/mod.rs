@@ -21,7 +21,8 @@
 //!
 //! Shipped defenses (sources in each module's docs): [`prompt`] (template sets naming the
 //! confound), [`filters`] (Gaussian blur, downscale-upscale, JPEG re-compression, median),
-//! [`mask`] (text masking: the renderer's oracle mask, or a classical text detector),
+//! [`mask`] (text masking: the renderer's oracle mask, a classical text detector, or the trained
+//! OCR detector),
 //! [`heads`] (typographic attention-head ablation), [`projection`] (reading-subspace
 //! projection), [`prefix`] (Defense-Prefix), [`flip`] (flip consistency), [`interpolate`]
 //! (weight interpolation). Fitting (`typoclip fit …`) lives in [`fit`]; calibration sets and
@@ -409,7 +410,16 @@ const REGISTRY: &[Entry] = &[
     Entry {
         name: "mask",
         hook: Hook::Image,
-        params: &["source", "fill", "dilate", "radius", "threshold"],
+        params: &[
+            "source",
+            "fill",
+            "dilate",
+            "radius",
+            "threshold",
+            "thresh",
+            "box_thresh",
+            "unclip",
+        ],
         build: mask::TextMask::build,
     },
     Entry {
@@ -530,7 +540,7 @@ impl DefenseStack {
             Some((r, _)) => Err(DefenseError::Unusable {
                 spec: r.spec.clone(),
                 message: "the oracle mask needs rendered attacks (--attacks SPEC); physical \
-                          photos carry no mask — use mask:source=detector"
+                          photos carry no mask — use mask:source=ocr or mask:source=detector"
                     .into(),
             }),
             None => Ok(()),

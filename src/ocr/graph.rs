@@ -1,0 +1,535 @@
+//! An ONNX inference graph run on libtorch: each node is checked and compiled once, at load, into
+//! one `tch` operation (ONNX's semantics, refusing any attribute value it does not implement),
+//! so the graph runs on whatever device its constants were moved to — the CPU or the GPU beside
+//! CLIP. Values live in numbered slots and are dropped after their last use.
+//!
+//! The operator set is the one PaddleOCR's exported detectors use (opset 11–13): `Conv`,
+//! `ConvTranspose`, `BatchNormalization`, `Add`, `Sub`, `Mul`, `Div`, `Clip`, `Relu`,
+//! `Sigmoid`, `HardSigmoid`, `HardSwish`, `GlobalAveragePool`, `Resize` (nearest, as Paddle
+//! exports it), `Concat` and `Constant`. Anything else is refused at load naming the node.
+
+use std::collections::HashMap;
+
+use tch::{Device, Kind, Tensor};
+
+use super::onnx::{tensor_from_proto, AttributeProto, ModelProto, NodeProto};
+
+/// A compiled graph.
+pub struct Graph {
+    ops: Vec<Step>,
+    /// Constant slots, filled at load.
+    constants: Vec<(usize, Tensor)>,
+    input: usize,
+    output: usize,
+    slots: usize,
+    device: Device,
+}
+
+impl std::fmt::Debug for Graph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Graph")
+            .field("ops", &self.ops.len())
+            .field("constants", &self.constants.len())
+            .field("device", &self.device)
+            .finish()
+    }
+}
+
+struct Step {
+    op: Op,
+    inputs: Vec<usize>,
+    output: usize,
+    /// Slots whose last use is this step.
+    frees: Vec<usize>,
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Conv {
+        stride: [i64; 2],
+        padding: [i64; 2],
+        dilation: [i64; 2],
+        groups: i64,
+    },
+    ConvTranspose {
+        stride: [i64; 2],
+        padding: [i64; 2],
+        output_padding: [i64; 2],
+        dilation: [i64; 2],
+        groups: i64,
+    },
+    BatchNorm {
+        epsilon: f64,
+    },
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Clip {
+        min: Option<f64>,
+        max: Option<f64>,
+    },
+    Relu,
+    Sigmoid,
+    HardSigmoid {
+        alpha: f64,
+        beta: f64,
+    },
+    HardSwish,
+    GlobalAveragePool,
+    /// Nearest-neighbour upsampling by whole factors (asymmetric coordinates, floor).
+    ResizeNearest {
+        scale: [f64; 2],
+    },
+    Concat {
+        axis: i64,
+    },
+}
+
+/// Why a graph cannot be compiled.
+fn node_error(node: &NodeProto, index: usize, what: impl std::fmt::Display) -> String {
+    format!(
+        "node {index} ({} {:?}): {what}",
+        node.op_type,
+        if node.name.is_empty() {
+            node.output.first().cloned().unwrap_or_default()
+        } else {
+            node.name.clone()
+        }
+    )
+}
+
+fn attr<'a>(node: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
+    node.attribute.iter().find(|a| a.name == name)
+}
+
+fn ints(node: &NodeProto, name: &str) -> Option<Vec<i64>> {
+    attr(node, name).map(|a| a.ints.clone())
+}
+
+fn pair(node: &NodeProto, index: usize, name: &str, default: i64) -> Result<[i64; 2], String> {
+    match ints(node, name) {
+        None => Ok([default, default]),
+        Some(v) if v.len() == 2 => Ok([v[0], v[1]]),
+        Some(v) => Err(node_error(node, index, format!("{name}: {v:?} is not 2-D"))),
+    }
+}
+
+/// ONNX pads `[top, left, bottom, right]` → torch's symmetric `[h, w]`.
+fn symmetric_pads(node: &NodeProto, index: usize) -> Result<[i64; 2], String> {
+    if let Some(a) = attr(node, "auto_pad") {
+        let mode = String::from_utf8_lossy(&a.s);
+        if mode != "NOTSET" {
+            return Err(node_error(
+                node,
+                index,
+                format!("auto_pad: {mode} is not supported"),
+            ));
+        }
+    }
+    match ints(node, "pads") {
+        None => Ok([0, 0]),
+        Some(p) if p.len() == 4 && p[0] == p[2] && p[1] == p[3] => Ok([p[0], p[1]]),
+        Some(p) => Err(node_error(
+            node,
+            index,
+            format!("pads: {p:?} is not symmetric 2-D"),
+        )),
+    }
+}
+
+fn string_attr(node: &NodeProto, name: &str, default: &str) -> String {
+    attr(node, name)
+        .map(|a| String::from_utf8_lossy(&a.s).into_owned())
+        .unwrap_or_else(|| default.to_string())
+}
+
+fn float_attr(node: &NodeProto, name: &str, default: f32) -> f64 {
+    attr(node, name).map(|a| a.f).unwrap_or(default) as f64
+}
+
+impl Graph {
+    /// Compiles a model's graph; its constants go to `device`.
+    pub fn compile(model: &ModelProto, device: Device) -> Result<Graph, String> {
+        let graph = model.graph.as_ref().ok_or("graph: missing")?;
+        for set in &model.opset_import {
+            if (set.domain.is_empty() || set.domain == "ai.onnx") && set.version > 17 {
+                return Err(format!(
+                    "opset_import: version {} is newer than this reader knows (17)",
+                    set.version
+                ));
+            }
+        }
+        let mut slot_of: HashMap<String, usize> = HashMap::new();
+        let slot = |name: &str, slot_of: &mut HashMap<String, usize>| -> usize {
+            let n = slot_of.len();
+            *slot_of.entry(name.to_string()).or_insert(n)
+        };
+        let mut constants: Vec<(usize, Tensor)> = Vec::new();
+        let mut values: HashMap<usize, Tensor> = HashMap::new();
+        for t in &graph.initializer {
+            let s = slot(&t.name, &mut slot_of);
+            let x = tensor_from_proto(t)?;
+            values.insert(s, x.shallow_clone());
+            constants.push((s, x));
+        }
+        let inputs: Vec<&str> = graph
+            .input
+            .iter()
+            .map(|v| v.name.as_str())
+            .filter(|n| !graph.initializer.iter().any(|t| t.name == *n))
+            .collect();
+        let [input] = inputs.as_slice() else {
+            return Err(format!(
+                "input: the graph has {} non-constant inputs, a detector has one",
+                inputs.len()
+            ));
+        };
+        let input = slot(input, &mut slot_of);
+        let [output] = graph.output.as_slice() else {
+            return Err(format!(
+                "output: the graph has {} outputs, a detector has one",
+                graph.output.len()
+            ));
+        };
+        let output_name = output.name.clone();
+
+        let mut ops: Vec<Step> = Vec::new();
+        for (index, node) in graph.node.iter().enumerate() {
+            if !(node.domain.is_empty() || node.domain == "ai.onnx") {
+                return Err(node_error(
+                    node,
+                    index,
+                    format!("domain {:?} is not supported", node.domain),
+                ));
+            }
+            let [out] = node.output.as_slice() else {
+                return Err(node_error(
+                    node,
+                    index,
+                    "only single-output nodes are supported",
+                ));
+            };
+            if node.op_type == "Constant" {
+                let t = attr(node, "value")
+                    .and_then(|a| a.t.as_ref())
+                    .ok_or_else(|| {
+                        node_error(
+                            node,
+                            index,
+                            "value: missing (only tensor constants are supported)",
+                        )
+                    })?;
+                let x = tensor_from_proto(t).map_err(|e| node_error(node, index, e))?;
+                let s = slot(out, &mut slot_of);
+                values.insert(s, x.shallow_clone());
+                constants.push((s, x));
+                continue;
+            }
+            let mut ins = Vec::new();
+            for name in &node.input {
+                if name.is_empty() {
+                    ins.push(usize::MAX);
+                    continue;
+                }
+                let Some(&s) = slot_of.get(name) else {
+                    return Err(node_error(
+                        node,
+                        index,
+                        format!("input {name:?} is not defined before it"),
+                    ));
+                };
+                ins.push(s);
+            }
+            let constant = |k: usize| -> Option<&Tensor> { ins.get(k).and_then(|s| values.get(s)) };
+            let scalar = |k: usize| -> Result<Option<f64>, String> {
+                match ins.get(k) {
+                    None | Some(&usize::MAX) => Ok(None),
+                    Some(_) => match constant(k) {
+                        Some(t) if t.numel() == 1 => Ok(Some(t.double_value(&[]))),
+                        _ => Err(node_error(
+                            node,
+                            index,
+                            format!("input {k}: must be a constant scalar"),
+                        )),
+                    },
+                }
+            };
+            let need = |n: usize| -> Result<(), String> {
+                if ins.len() < n || ins[..n].contains(&usize::MAX) {
+                    Err(node_error(node, index, format!("needs {n} inputs")))
+                } else {
+                    Ok(())
+                }
+            };
+            let (op, keep): (Op, usize) = match node.op_type.as_str() {
+                "Conv" => {
+                    need(2)?;
+                    if constant(1).map(|w| w.dim() != 4).unwrap_or(true) {
+                        return Err(node_error(
+                            node,
+                            index,
+                            "weight: must be a constant 4-D tensor",
+                        ));
+                    }
+                    let op = Op::Conv {
+                        stride: pair(node, index, "strides", 1)?,
+                        padding: symmetric_pads(node, index)?,
+                        dilation: pair(node, index, "dilations", 1)?,
+                        groups: attr(node, "group").map(|a| a.i).unwrap_or(1),
+                    };
+                    (op, ins.len().min(3))
+                }
+                "ConvTranspose" => {
+                    need(2)?;
+                    if attr(node, "output_shape").is_some() {
+                        return Err(node_error(node, index, "output_shape: not supported"));
+                    }
+                    let op = Op::ConvTranspose {
+                        stride: pair(node, index, "strides", 1)?,
+                        padding: symmetric_pads(node, index)?,
+                        output_padding: pair(node, index, "output_padding", 0)?,
+                        dilation: pair(node, index, "dilations", 1)?,
+                        groups: attr(node, "group").map(|a| a.i).unwrap_or(1),
+                    };
+                    (op, ins.len().min(3))
+                }
+                "BatchNormalization" => {
+                    need(5)?;
+                    if attr(node, "training_mode")
+                        .map(|a| a.i != 0)
+                        .unwrap_or(false)
+                    {
+                        return Err(node_error(
+                            node,
+                            index,
+                            "training_mode: only inference is supported",
+                        ));
+                    }
+                    (
+                        Op::BatchNorm {
+                            epsilon: float_attr(node, "epsilon", 1e-5),
+                        },
+                        5,
+                    )
+                }
+                "Add" | "Sub" | "Mul" | "Div" => {
+                    need(2)?;
+                    let op = match node.op_type.as_str() {
+                        "Add" => Op::Add,
+                        "Sub" => Op::Sub,
+                        "Mul" => Op::Mul,
+                        _ => Op::Div,
+                    };
+                    (op, 2)
+                }
+                "Clip" => {
+                    need(1)?;
+                    let (min, max) = if attr(node, "min").is_some() || attr(node, "max").is_some() {
+                        (
+                            attr(node, "min").map(|a| a.f as f64),
+                            attr(node, "max").map(|a| a.f as f64),
+                        )
+                    } else {
+                        (scalar(1)?, scalar(2)?)
+                    };
+                    (Op::Clip { min, max }, 1)
+                }
+                "Relu" => (Op::Relu, 1),
+                "Sigmoid" => (Op::Sigmoid, 1),
+                "HardSwish" => (Op::HardSwish, 1),
+                "HardSigmoid" => (
+                    Op::HardSigmoid {
+                        alpha: float_attr(node, "alpha", 0.2),
+                        beta: float_attr(node, "beta", 0.5),
+                    },
+                    1,
+                ),
+                "GlobalAveragePool" => (Op::GlobalAveragePool, 1),
+                "Concat" => {
+                    let axis = attr(node, "axis")
+                        .map(|a| a.i)
+                        .ok_or_else(|| node_error(node, index, "axis: missing"))?;
+                    (Op::Concat { axis }, ins.len())
+                }
+                "Resize" => {
+                    let mode = string_attr(node, "mode", "nearest");
+                    let coords = string_attr(node, "coordinate_transformation_mode", "half_pixel");
+                    let nearest = string_attr(node, "nearest_mode", "round_prefer_floor");
+                    if mode != "nearest" || coords != "asymmetric" || nearest != "floor" {
+                        return Err(node_error(
+                            node,
+                            index,
+                            format!("mode {mode}, coordinate_transformation_mode {coords}, nearest_mode {nearest}: only nearest / asymmetric / floor is supported"),
+                        ));
+                    }
+                    let scales = constant(2).ok_or_else(|| {
+                        node_error(
+                            node,
+                            index,
+                            "scales: must be a constant (sizes are not supported)",
+                        )
+                    })?;
+                    let s: Vec<f64> =
+                        Vec::<f64>::try_from(scales.to_kind(Kind::Double).flatten(0, -1))
+                            .map_err(|e| node_error(node, index, e))?;
+                    if s.len() != 4
+                        || s[0] != 1.0
+                        || s[1] != 1.0
+                        || s[2] < 1.0
+                        || s[3] < 1.0
+                        || s[2].fract() != 0.0
+                        || s[3].fract() != 0.0
+                    {
+                        return Err(node_error(node, index, format!("scales: {s:?}: only whole spatial upsampling factors are supported")));
+                    }
+                    (
+                        Op::ResizeNearest {
+                            scale: [s[2], s[3]],
+                        },
+                        1,
+                    )
+                }
+                other => {
+                    return Err(node_error(
+                        node,
+                        index,
+                        format!("operator {other} is not supported"),
+                    ))
+                }
+            };
+            let s_out = slot(out, &mut slot_of);
+            ops.push(Step {
+                op,
+                inputs: ins[..keep].to_vec(),
+                output: s_out,
+                frees: Vec::new(),
+            });
+        }
+        let output = *slot_of
+            .get(&output_name)
+            .ok_or_else(|| format!("output {output_name:?}: no node makes it"))?;
+        // Each non-constant slot is freed after its last use (the output never is).
+        let constant_slots: std::collections::HashSet<usize> =
+            constants.iter().map(|(s, _)| *s).collect();
+        let mut last_use: HashMap<usize, usize> = HashMap::new();
+        for (k, step) in ops.iter().enumerate() {
+            for &s in &step.inputs {
+                last_use.insert(s, k);
+            }
+        }
+        for (s, k) in last_use {
+            if s != output && !constant_slots.contains(&s) && s != usize::MAX {
+                ops[k].frees.push(s);
+            }
+        }
+        let constants = constants
+            .into_iter()
+            .map(|(s, t)| (s, t.to_device(device)))
+            .collect();
+        Ok(Graph {
+            ops,
+            constants,
+            input,
+            output,
+            slots: slot_of.len(),
+            device,
+        })
+    }
+
+    /// Where the constants live (and the input must).
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Runs the graph on one input.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let mut values: Vec<Option<Tensor>> = (0..self.slots).map(|_| None).collect();
+        for (s, t) in &self.constants {
+            values[*s] = Some(t.shallow_clone());
+        }
+        values[self.input] = Some(x.shallow_clone());
+        for step in &self.ops {
+            let arg = |k: usize| -> &Tensor {
+                values[step.inputs[k]]
+                    .as_ref()
+                    .expect("compiled graphs define values before use")
+            };
+            let opt = |k: usize| -> Option<&Tensor> {
+                step.inputs
+                    .get(k)
+                    .filter(|&&s| s != usize::MAX)
+                    .map(|&s| values[s].as_ref().expect("defined"))
+            };
+            let y = match &step.op {
+                Op::Conv {
+                    stride,
+                    padding,
+                    dilation,
+                    groups,
+                } => arg(0).conv2d(arg(1), opt(2), stride, padding, dilation, *groups),
+                Op::ConvTranspose {
+                    stride,
+                    padding,
+                    output_padding,
+                    dilation,
+                    groups,
+                } => arg(0).conv_transpose2d(
+                    arg(1),
+                    opt(2),
+                    stride,
+                    padding,
+                    output_padding,
+                    *groups,
+                    dilation,
+                ),
+                Op::BatchNorm { epsilon } => arg(0).batch_norm(
+                    Some(arg(1)),
+                    Some(arg(2)),
+                    Some(arg(3)),
+                    Some(arg(4)),
+                    false,
+                    0.0,
+                    *epsilon,
+                    false,
+                ),
+                Op::Add => arg(0) + arg(1),
+                Op::Sub => arg(0) - arg(1),
+                Op::Mul => arg(0) * arg(1),
+                Op::Div => arg(0) / arg(1),
+                Op::Clip { min, max } => match (min, max) {
+                    (Some(a), Some(b)) => arg(0).clamp(*a, *b),
+                    (Some(a), None) => arg(0).clamp_min(*a),
+                    (None, Some(b)) => arg(0).clamp_max(*b),
+                    (None, None) => arg(0).shallow_clone(),
+                },
+                Op::Relu => arg(0).relu(),
+                Op::Sigmoid => arg(0).sigmoid(),
+                Op::HardSigmoid { alpha, beta } => (arg(0) * *alpha + *beta).clamp(0.0, 1.0),
+                Op::HardSwish => arg(0).hardswish(),
+                Op::GlobalAveragePool => arg(0).mean_dim(&[2i64, 3][..], true, None),
+                Op::ResizeNearest { scale } => {
+                    let size = arg(0).size();
+                    let (h, w) = (size[2], size[3]);
+                    arg(0).upsample_nearest2d(
+                        [
+                            (h as f64 * scale[0]).floor() as i64,
+                            (w as f64 * scale[1]).floor() as i64,
+                        ],
+                        Some(scale[0]),
+                        Some(scale[1]),
+                    )
+                }
+                Op::Concat { axis } => {
+                    let parts: Vec<&Tensor> = (0..step.inputs.len()).map(arg).collect();
+                    Tensor::cat(&parts, *axis)
+                }
+            };
+            values[step.output] = Some(y);
+            for &s in &step.frees {
+                values[s] = None;
+            }
+        }
+        values[self.output].take().expect("the output is computed")
+    }
+}
