@@ -95,3 +95,37 @@ fn the_detector_boxes_the_word_on_distills_labelled_apple() {
         clean.text_area(w, h)
     );
 }
+
+#[test]
+fn graph_fusion_keeps_the_map_and_shrinks_the_graph() {
+    let (Some(det), Some(photos)) = (detector(), photos()) else {
+        return;
+    };
+    let path = typoclip::ocr::model_path();
+    let bytes = std::fs::read(&path).unwrap();
+    let model = typoclip::ocr::onnx::read_model(&path, &bytes).unwrap();
+    let plain = typoclip::ocr::graph::Graph::compile_with(&model, Device::Cpu, false).unwrap();
+    let fused = typoclip::ocr::graph::Graph::compile_with(&model, Device::Cpu, true).unwrap();
+    let (before, after) = (plain.op_counts(), fused.op_counts());
+    eprintln!(
+        "unfused {} steps {before:?}\nfused {} steps {after:?}",
+        plain.steps(),
+        fused.steps()
+    );
+    // PP-OCRv4's export spells each hard-swish as Add, Clip, Mul, Div: all of them fuse. Of its
+    // three batch norms, the two after a convolution fuse into it; the one after the head's
+    // transposed convolution stays.
+    let n = |m: &std::collections::BTreeMap<String, usize>, k: &str| m.get(k).copied().unwrap_or(0);
+    assert_eq!(n(&after, "HardSwish"), n(&before, "Clip"), "{after:?}");
+    assert_eq!((n(&before, "BatchNorm"), n(&after, "BatchNorm")), (3, 1));
+    for gone in ["Clip", "Div"] {
+        assert_eq!(n(&after, gone), 0, "{gone} left: {after:?}");
+    }
+    assert!(n(&after, "Mul") < n(&before, "Mul") / 2, "{after:?}");
+    let img = typoclip::dataset::load_rgb(&photos[1]).unwrap();
+    let x = det.input(&img);
+    let _guard = tch::no_grad_guard();
+    let d = common::max_abs_diff(&fused.forward(&x), &plain.forward(&x));
+    eprintln!("fused vs unfused: max |Δp| = {d:.2e}");
+    assert!(d <= 1e-4, "{d}");
+}

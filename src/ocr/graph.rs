@@ -23,6 +23,8 @@ pub struct Graph {
     output: usize,
     slots: usize,
     device: Device,
+    /// Activations and convolution weights in NHWC memory (the CPU).
+    channels_last: bool,
 }
 
 impl std::fmt::Debug for Graph {
@@ -84,6 +86,224 @@ enum Op {
     Concat {
         axis: i64,
     },
+    /// `x · scale + bias` with scalar constants (fused from `Mul` then `Add`).
+    Affine {
+        scale: f64,
+        bias: f64,
+    },
+}
+
+/// Whether `b` broadcasts to `a`'s shape (so `a op= b` is `a op b`), with the same dtype.
+fn broadcasts_into(b: &Tensor, a: &Tensor) -> bool {
+    let (sa, sb) = (a.size(), b.size());
+    a.kind() == b.kind()
+        && sb.len() <= sa.len()
+        && sb
+            .iter()
+            .rev()
+            .zip(sa.iter().rev())
+            .all(|(&x, &y)| x == y || x == 1)
+}
+
+/// A constant's value when it is one number.
+fn scalar_of(values: &HashMap<usize, Tensor>, slot: usize) -> Option<f64> {
+    values
+        .get(&slot)
+        .filter(|t| t.numel() == 1 && t.kind() == Kind::Float)
+        .map(|t| t.double_value(&vec![0; t.dim()]))
+}
+
+/// A per-output-channel constant for a convolution with `c` output channels: one number, or
+/// `[C, 1, 1]` / `[1, C, 1, 1]`, as a `[C]` vector.
+fn channel_vector(values: &HashMap<usize, Tensor>, slot: usize, c: i64) -> Option<Tensor> {
+    let t = values.get(&slot)?;
+    if t.kind() != Kind::Float {
+        return None;
+    }
+    let size = t.size();
+    if t.numel() == 1 {
+        return Some(t.flatten(0, -1).expand([c], false).contiguous());
+    }
+    let channel = match size.as_slice() {
+        [n, 1, 1] | [1, n, 1, 1] => *n,
+        _ => return None,
+    };
+    (channel == c).then(|| t.flatten(0, -1))
+}
+
+/// Graph fusions, each exact in real arithmetic (floating-point results move by rounding
+/// only): a convolution absorbs the inference `BatchNormalization`, the constant `Mul` and the
+/// constant `Add` that follow it when it is their only input (weights and bias rescaled
+/// per output channel); `Add(x, 3) → Clip(0, 6) → Mul(x, ·) → Div(·, 6)` becomes `HardSwish`;
+/// `Mul` by a scalar then `Add` of a scalar becomes one `Affine`. Steps that become dead are
+/// removed.
+fn fuse(
+    ops: Vec<Step>,
+    values: &mut HashMap<usize, Tensor>,
+    slots: &mut usize,
+    output: usize,
+) -> Vec<Step> {
+    let mut ops: Vec<Option<Step>> = ops.into_iter().map(Some).collect();
+    let mut consumers: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (k, step) in ops.iter().enumerate() {
+        for &s in &step.as_ref().expect("all live").inputs {
+            consumers.entry(s).or_default().push(k);
+        }
+    }
+    // The one live step reading `slot`, when exactly one does and it is not the output.
+    let only_consumer =
+        |ops: &[Option<Step>], consumers: &HashMap<usize, Vec<usize>>, slot: usize| {
+            if slot == output {
+                return None;
+            }
+            let live: Vec<usize> = consumers
+                .get(&slot)
+                .map(|v| v.iter().copied().filter(|&k| ops[k].is_some()).collect())
+                .unwrap_or_default();
+            match live.as_slice() {
+                [k] => Some(*k),
+                _ => None,
+            }
+        };
+    let mut new_constant = |values: &mut HashMap<usize, Tensor>, t: Tensor| -> usize {
+        let s = *slots;
+        *slots += 1;
+        values.insert(s, t);
+        s
+    };
+    for i in 0..ops.len() {
+        // Convolutions absorb what follows them.
+        loop {
+            let Some(step) = ops[i].as_ref() else { break };
+            if !matches!(step.op, Op::Conv { .. }) {
+                break;
+            }
+            let Some(j) = only_consumer(&ops, &consumers, step.output) else {
+                break;
+            };
+            let next = ops[j].as_ref().expect("live");
+            let w = &values[&step.inputs[1]];
+            let c = w.size()[0];
+            let b = match step.inputs.get(2) {
+                Some(s) => values[s].shallow_clone(),
+                None => Tensor::zeros([c], (Kind::Float, Device::Cpu)),
+            };
+            let other = |next: &Step| -> Option<usize> {
+                match next.inputs.as_slice() {
+                    [a, b] if *a == step.output && values.contains_key(b) => Some(*b),
+                    [a, b] if *b == step.output && values.contains_key(a) => Some(*a),
+                    _ => None,
+                }
+            };
+            let folded: Option<(Tensor, Tensor)> = match &next.op {
+                Op::BatchNorm { epsilon } if next.inputs[0] == step.output => {
+                    let p: Option<Vec<Tensor>> = next.inputs[1..5]
+                        .iter()
+                        .map(|s| values.get(s).map(|t| t.to_kind(Kind::Double)))
+                        .collect();
+                    p.map(|p| {
+                        let k = &p[0] / (&p[3] + *epsilon).sqrt();
+                        let w2 = w.to_kind(Kind::Double) * k.view([c, 1, 1, 1]);
+                        let b2 = (b.to_kind(Kind::Double) - &p[2]) * &k + &p[1];
+                        (w2.to_kind(Kind::Float), b2.to_kind(Kind::Float))
+                    })
+                }
+                Op::Mul => other(next)
+                    .and_then(|s| channel_vector(values, s, c))
+                    .map(|k| (w * k.view([c, 1, 1, 1]), &b * &k)),
+                Op::Add => other(next)
+                    .and_then(|s| channel_vector(values, s, c))
+                    .map(|k| (w.shallow_clone(), &b + &k)),
+                _ => None,
+            };
+            let Some((w2, b2)) = folded else { break };
+            let out = next.output;
+            let ws = new_constant(values, w2);
+            let bs = new_constant(values, b2);
+            let step = ops[i].as_mut().expect("live");
+            step.inputs = vec![step.inputs[0], ws, bs];
+            step.output = out;
+            ops[j] = None;
+        }
+        // HardSwish: Add(x, 3) → Clip(0, 6) → Mul(x, clip) → Div(mul, 6).
+        let hardswish = (|| {
+            let add = ops[i].as_ref()?;
+            if !matches!(add.op, Op::Add) || scalar_of(values, add.inputs[1])? != 3.0 {
+                return None;
+            }
+            let x = add.inputs[0];
+            let k_clip = only_consumer(&ops, &consumers, add.output)?;
+            let clip = ops[k_clip].as_ref()?;
+            if !matches!(clip.op, Op::Clip { min: Some(a), max: Some(b) } if a == 0.0 && b == 6.0) {
+                return None;
+            }
+            let k_mul = only_consumer(&ops, &consumers, clip.output)?;
+            let mul = ops[k_mul].as_ref()?;
+            let mut ins = mul.inputs.clone();
+            ins.sort();
+            let mut want = vec![x, clip.output];
+            want.sort();
+            if !matches!(mul.op, Op::Mul) || ins != want {
+                return None;
+            }
+            let k_div = only_consumer(&ops, &consumers, mul.output)?;
+            let div = ops[k_div].as_ref()?;
+            if !matches!(div.op, Op::Div)
+                || div.inputs[0] != mul.output
+                || scalar_of(values, div.inputs[1])? != 6.0
+            {
+                return None;
+            }
+            Some((x, k_clip, k_mul, k_div))
+        })();
+        if let Some((x, k_clip, k_mul, k_div)) = hardswish {
+            let out = ops[k_div].as_ref().expect("live").output;
+            ops[k_clip] = None;
+            ops[k_mul] = None;
+            ops[k_div] = None;
+            ops[i] = Some(Step {
+                op: Op::HardSwish,
+                inputs: vec![x],
+                output: out,
+                frees: Vec::new(),
+            });
+            continue;
+        }
+        // Affine: Mul(x, scalar) → Add(·, scalar).
+        let affine = (|| {
+            let mul = ops[i].as_ref()?;
+            if !matches!(mul.op, Op::Mul) {
+                return None;
+            }
+            let (x, scale) = match mul.inputs.as_slice() {
+                [a, b] => match (scalar_of(values, *a), scalar_of(values, *b)) {
+                    (Some(k), None) => (*b, k),
+                    (None, Some(k)) => (*a, k),
+                    _ => return None,
+                },
+                _ => return None,
+            };
+            let k_add = only_consumer(&ops, &consumers, mul.output)?;
+            let add = ops[k_add].as_ref()?;
+            let bias = match add.inputs.as_slice() {
+                [a, b] if *a == mul.output => scalar_of(values, *b)?,
+                [a, b] if *b == mul.output => scalar_of(values, *a)?,
+                _ => return None,
+            };
+            matches!(add.op, Op::Add).then_some((x, scale, bias, k_add))
+        })();
+        if let Some((x, scale, bias, k_add)) = affine {
+            let out = ops[k_add].as_ref().expect("live").output;
+            ops[k_add] = None;
+            ops[i] = Some(Step {
+                op: Op::Affine { scale, bias },
+                inputs: vec![x],
+                output: out,
+                frees: Vec::new(),
+            });
+        }
+    }
+    ops.into_iter().flatten().collect()
 }
 
 /// Why a graph cannot be compiled.
@@ -149,8 +369,13 @@ fn float_attr(node: &NodeProto, name: &str, default: f32) -> f64 {
 }
 
 impl Graph {
-    /// Compiles a model's graph; its constants go to `device`.
+    /// Compiles a model's graph with its fusions; its constants go to `device`.
     pub fn compile(model: &ModelProto, device: Device) -> Result<Graph, String> {
+        Self::compile_with(model, device, true)
+    }
+
+    /// Compiles a model's graph, fusing (see [`fuse`]) when `fusion` is true.
+    pub fn compile_with(model: &ModelProto, device: Device, fusion: bool) -> Result<Graph, String> {
         let graph = model.graph.as_ref().ok_or("graph: missing")?;
         for set in &model.opset_import {
             if (set.domain.is_empty() || set.domain == "ai.onnx") && set.version > 17 {
@@ -409,7 +634,21 @@ impl Graph {
         let output = *slot_of
             .get(&output_name)
             .ok_or_else(|| format!("output {output_name:?}: no node makes it"))?;
-        // Each non-constant slot is freed after its last use (the output never is).
+        drop(constants);
+        let mut slots = slot_of.len();
+        if fusion {
+            ops = fuse(ops, &mut values, &mut slots, output);
+        }
+        // Only constants some step reads are kept.
+        let used: std::collections::HashSet<usize> =
+            ops.iter().flat_map(|s| s.inputs.iter().copied()).collect();
+        let mut constants: Vec<(usize, Tensor)> = values
+            .into_iter()
+            .filter(|(s, _)| used.contains(s))
+            .collect();
+        constants.sort_by_key(|(s, _)| *s);
+        // Each non-constant slot is freed after its last use (the output and the input never
+        // are: the input belongs to the caller).
         let constant_slots: std::collections::HashSet<usize> =
             constants.iter().map(|(s, _)| *s).collect();
         let mut last_use: HashMap<usize, usize> = HashMap::new();
@@ -419,22 +658,56 @@ impl Graph {
             }
         }
         for (s, k) in last_use {
-            if s != output && !constant_slots.contains(&s) && s != usize::MAX {
+            if s != output && s != input && !constant_slots.contains(&s) && s != usize::MAX {
                 ops[k].frees.push(s);
             }
         }
+        // oneDNN's convolutions are fastest on NHWC activations and weights on the CPU;
+        // elementwise operators keep the layout.
+        let channels_last = device == Device::Cpu;
         let constants = constants
             .into_iter()
-            .map(|(s, t)| (s, t.to_device(device)))
+            .map(|(s, t)| {
+                let t = t.to_device(device);
+                (
+                    s,
+                    if t.dim() == 4 && channels_last {
+                        crate::model::kernels::channels_last(&t)
+                    } else {
+                        t
+                    },
+                )
+            })
             .collect();
         Ok(Graph {
             ops,
             constants,
             input,
             output,
-            slots: slot_of.len(),
+            slots,
             device,
+            channels_last,
         })
+    }
+
+    /// The number of compiled steps (after fusion).
+    pub fn steps(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// How many steps of each operator the compiled graph has.
+    pub fn op_counts(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        for step in &self.ops {
+            let name = format!("{:?}", step.op);
+            let name = name
+                .split(|c: char| !c.is_alphanumeric())
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            *out.entry(name).or_insert(0) += 1;
+        }
+        out
     }
 
     /// Where the constants live (and the input must).
@@ -448,8 +721,27 @@ impl Graph {
         for (s, t) in &self.constants {
             values[*s] = Some(t.shallow_clone());
         }
-        values[self.input] = Some(x.shallow_clone());
+        values[self.input] = Some(if self.channels_last {
+            crate::model::kernels::channels_last(x)
+        } else {
+            x.shallow_clone()
+        });
         for step in &self.ops {
+            // The first input, owned, when this step is its last use: elementwise operators then
+            // write into it instead of allocating.
+            let first = step.inputs[0];
+            let in_place = step.frees.contains(&first)
+                && step.inputs.iter().filter(|&&s| s == first).count() == 1
+                && match step.op {
+                    Op::Relu | Op::HardSwish | Op::Affine { .. } => true,
+                    Op::Add | Op::Sub | Op::Mul | Op::Div => {
+                        let a = values[first].as_ref().expect("defined");
+                        let b = values[step.inputs[1]].as_ref().expect("defined");
+                        broadcasts_into(b, a)
+                    }
+                    _ => false,
+                };
+            let mut own = if in_place { values[first].take() } else { None };
             let arg = |k: usize| -> &Tensor {
                 values[step.inputs[k]]
                     .as_ref()
@@ -493,6 +785,30 @@ impl Graph {
                     *epsilon,
                     false,
                 ),
+                Op::Add | Op::Sub | Op::Mul | Op::Div if own.is_some() => {
+                    let mut a = own.take().expect("owned");
+                    let b = arg(1);
+                    let _ = match step.op {
+                        Op::Add => a.g_add_(b),
+                        Op::Sub => a.g_sub_(b),
+                        Op::Mul => a.g_mul_(b),
+                        _ => a.g_div_(b),
+                    };
+                    a
+                }
+                Op::Relu | Op::HardSwish | Op::Affine { .. } if own.is_some() => {
+                    let mut a = own.take().expect("owned");
+                    let _ = match step.op {
+                        Op::Relu => a.relu_(),
+                        Op::HardSwish => a.hardswish_(),
+                        Op::Affine { scale, bias } => {
+                            let _ = a.g_mul_scalar_(scale);
+                            a.g_add_scalar_(bias)
+                        }
+                        _ => unreachable!(),
+                    };
+                    a
+                }
                 Op::Add => arg(0) + arg(1),
                 Op::Sub => arg(0) - arg(1),
                 Op::Mul => arg(0) * arg(1),
@@ -523,6 +839,11 @@ impl Graph {
                 Op::Concat { axis } => {
                     let parts: Vec<&Tensor> = (0..step.inputs.len()).map(arg).collect();
                     Tensor::cat(&parts, *axis)
+                }
+                Op::Affine { scale, bias } => {
+                    let mut y = arg(0) * *scale;
+                    let _ = y.g_add_scalar_(*bias);
+                    y
                 }
             };
             values[step.output] = Some(y);
