@@ -173,8 +173,7 @@ fn fuse(
     };
     for i in 0..ops.len() {
         // Convolutions absorb what follows them.
-        loop {
-            let Some(step) = ops[i].as_ref() else { break };
+        while let Some(step) = ops[i].as_ref() {
             if !matches!(step.op, Op::Conv { .. }) {
                 break;
             }
