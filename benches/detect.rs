@@ -62,7 +62,7 @@ fn bench(c: &mut Criterion) {
     group.bench_function(format!("network_{threads}t"), |b| {
         b.iter(|| {
             for x in &inputs {
-                std::hint::black_box(det.probability(x));
+                let _ = std::hint::black_box(det.probability(x));
             }
         })
     });
