@@ -1,8 +1,17 @@
-//! `typoclip detect`: where the trained text detector ([`crate::ocr`]) sees text. Writes each
-//! image's boxes (corners in image pixels, score) and text area as JSON, and with `--out` an
-//! overlay PNG per image (the probability map above `thresh` tinted, the boxes outlined).
-//! Unreadable images are reported in the JSON and skipped.
+//! `typoclip detect`: where the trained text detector ([`crate::ocr`]) sees text.
+//!
+//! - Images alone: each image's boxes (corners in image pixels, score) and text area as JSON,
+//!   and with `--out` an overlay PNG per image (the probability map above `thresh` tinted, the
+//!   boxes outlined).
+//! - `--attacks SPEC…` (on the images or a `--dataset`): detectability of rendered attacks
+//!   against the renderer's oracle mask, per variant ([`crate::ocr::measure::rendered`]).
+//! - `--dataset` of photographed attacks: which photos have text boxes, per condition
+//!   ([`crate::ocr::measure::physical`]).
+//!
+//! The measurements write `detectability.json`, `detectability.csv` and `report.html` with
+//! example images into `--out`. Unreadable images are reported and skipped.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -15,8 +24,7 @@ use crate::ocr::{DetectorSettings, TextBox, TextDetector};
 /// `typoclip detect`.
 #[derive(Debug, Args)]
 pub struct DetectArgs {
-    /// Images to look at.
-    #[arg(required = true)]
+    /// Images to look at (or `--dataset`).
     pub images: Vec<PathBuf>,
     /// Folder for `detections.json` and one `<name>.overlay.png` per image (default: JSON on
     /// standard output, no overlays).
@@ -37,13 +45,48 @@ pub struct DetectArgs {
     /// `cpu`, `cuda`, `cuda:N` or `auto`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Attack specs to measure detectability of (repeatable; needs `--out`).
+    #[arg(long)]
+    pub attacks: Vec<PathBuf>,
+    /// A dataset descriptor (or folder) to take the images from.
+    #[arg(long)]
+    pub dataset: Option<PathBuf>,
+    /// At most this many images (the first in the dataset's order; 0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+    /// Measurements look at the model input: resize and centre crop to this many pixels
+    /// (CLIP's 224).
+    #[arg(long, default_value_t = 224)]
+    pub input_size: u32,
+    /// Seed of the attack rendering (mixed with each image's id, as sweeps do).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// What `detect` does.
+#[derive(Debug, Clone)]
+pub enum DetectMode {
+    /// Boxes per image.
+    Boxes,
+    /// Detectability of rendered attacks.
+    Rendered(Vec<crate::attack::Variant>),
+    /// Detection on photographed attacks.
+    Physical,
 }
 
 /// Resolved settings of one `detect` run.
 #[derive(Debug, Clone)]
 pub struct DetectSettings {
-    /// Images.
-    pub images: Vec<PathBuf>,
+    /// What to do.
+    pub mode: DetectMode,
+    /// Images: (id, path, the sample when from a dataset).
+    pub images: Vec<crate::dataset::descriptor::Sample>,
+    /// SCAM's post-it areas by pair id (empty for other data).
+    pub postits: std::collections::BTreeMap<String, f64>,
+    /// The transform measurements see images through.
+    pub transform: crate::preprocess::PreprocessCfg,
+    /// Rendering seed.
+    pub seed: u64,
     /// Output folder.
     pub out: Option<PathBuf>,
     /// Detector settings.
@@ -73,8 +116,63 @@ impl DetectArgs {
         detector.db.thresh = self.thresh;
         detector.db.box_thresh = self.box_thresh;
         detector.db.unclip_ratio = self.unclip;
+        if !self.images.is_empty() && self.dataset.is_some() {
+            anyhow::bail!("give image files or --dataset, not both");
+        }
+        let mut postits = std::collections::BTreeMap::new();
+        let mut images: Vec<crate::dataset::descriptor::Sample> = match &self.dataset {
+            Some(d) => {
+                let opened = crate::dataset::descriptor::DatasetDescriptor::open(d)?;
+                if opened.descriptor.kind == crate::dataset::descriptor::DatasetKind::Scam {
+                    postits = crate::dataset::descriptor::scam_postit_areas(&opened.root)?;
+                }
+                opened.descriptor.samples(&opened.root)?
+            }
+            None => self
+                .images
+                .iter()
+                .map(|p| crate::dataset::descriptor::Sample {
+                    id: p.display().to_string(),
+                    path: p.clone(),
+                    label: None,
+                    wnid: None,
+                    attack_text: None,
+                    condition: None,
+                    pair: None,
+                })
+                .collect(),
+        };
+        if images.is_empty() {
+            anyhow::bail!("nothing to look at: give image files or --dataset");
+        }
+        let mut variants = Vec::new();
+        for a in &self.attacks {
+            variants.extend(crate::attack::AttackSpec::load(a)?.variants);
+        }
+        let mode = if !variants.is_empty() {
+            // Attacks are drawn on clean images only.
+            images.retain(|s| s.attack_text.is_none());
+            DetectMode::Rendered(variants)
+        } else if self.dataset.is_some() {
+            DetectMode::Physical
+        } else {
+            DetectMode::Boxes
+        };
+        if self.limit > 0 {
+            images.truncate(self.limit);
+        }
+        if !matches!(mode, DetectMode::Boxes) && self.out.is_none() {
+            anyhow::bail!("--out: the detectability measurements need an output folder");
+        }
+        if self.input_size < 32 {
+            anyhow::bail!("--input-size: {} is under 32", self.input_size);
+        }
         Ok(DetectSettings {
-            images: self.images,
+            mode,
+            images,
+            postits,
+            transform: crate::preprocess::PreprocessCfg::square(self.input_size),
+            seed: self.seed,
             out: self.out,
             detector,
             device: crate::cli::resolve::parse_device(&self.device)?,
@@ -117,7 +215,13 @@ pub fn run_detect(args: DetectArgs) -> Result<()> {
             .with_context(|| format!("{}: cannot create", out.display()))?;
     }
     let mut results = Vec::new();
-    for (i, path) in s.images.iter().enumerate() {
+    match &s.mode {
+        DetectMode::Boxes => {}
+        DetectMode::Rendered(variants) => return run_rendered(&s, &det, variants),
+        DetectMode::Physical => return run_physical(&s, &det),
+    }
+    for (i, sample) in s.images.iter().enumerate() {
+        let path = &sample.path;
         let img = match crate::dataset::load_rgb(path) {
             Ok(img) => img,
             Err(e) => {
@@ -205,18 +309,252 @@ pub fn overlay_image(img: &RgbImage, found: &crate::ocr::Detection, thresh: f32)
             *px
         }
     });
-    for b in &found.boxes {
-        for k in 0..4 {
-            let (p, q) = (b.points[k], b.points[(k + 1) % 4]);
-            for off in [-0.5f32, 0.5] {
-                imageproc::drawing::draw_line_segment_mut(
-                    &mut out,
-                    (p[0] + off, p[1] + off),
-                    (q[0] + off, q[1] + off),
-                    Rgb([0, 255, 64]),
-                );
-            }
-        }
-    }
+    crate::ocr::measure::outline_boxes(&mut out, &found.boxes);
     out
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.4}")).unwrap_or_default()
+}
+
+fn write_file(path: &std::path::Path, bytes: impl AsRef<[u8]>) -> Result<()> {
+    std::fs::write(path, bytes).with_context(|| format!("{}: cannot write", path.display()))
+}
+
+fn html_page(title: &str, intro: &str, body: &str) -> String {
+    format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title>\n<style>body{{font-family:sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}figure{{display:inline-block;margin:4px;font-size:11px;width:230px}}</style></head><body>\n<h1>{t}</h1>\n<p>{intro}</p>\n{body}</body></html>\n",
+        t = html_escape::encode_text(title),
+    )
+}
+
+/// The provenance block every measurement carries.
+fn provenance(s: &DetectSettings) -> serde_json::Value {
+    serde_json::json!({
+        "detector": "PP-OCRv4 det (PaddleOCR, via rapidocr-onnxruntime 1.4.4)",
+        "model_sha256": crate::ocr::MODEL_SHA256,
+        "settings": s.detector,
+        "transform": s.transform.describe(),
+        "seed": s.seed,
+        "images": s.images.len(),
+        "typoclip": env!("CARGO_PKG_VERSION"),
+    })
+}
+
+fn load_images(s: &DetectSettings) -> Vec<(String, RgbImage)> {
+    s.images
+        .iter()
+        .filter_map(|sample| match crate::dataset::load_rgb(&sample.path) {
+            Ok(img) => Some((sample.id.clone(), img)),
+            Err(e) => {
+                eprintln!("skipped: {e}");
+                None
+            }
+        })
+        .collect()
+}
+
+fn run_rendered(
+    s: &DetectSettings,
+    det: &TextDetector,
+    variants: &[crate::attack::Variant],
+) -> Result<()> {
+    let out = s.out.as_ref().expect("resolve requires --out");
+    let images = load_images(s);
+    if images.is_empty() {
+        anyhow::bail!("no readable clean image to draw the attacks on");
+    }
+    let (table, examples) =
+        crate::ocr::measure::rendered(det, &images, variants, &s.transform, s.seed);
+    let mut csv = String::from(
+        "attack,variant,params,images,detected_rate,pixel_recall,pixel_precision,oracle_px,box_px,hit_px\n",
+    );
+    for r in &table.rows {
+        let params: Vec<String> = r.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        csv += &format!(
+            "{},{},{},{},{:.4},{},{},{},{},{}\n",
+            r.attack,
+            r.variant,
+            params.join(";"),
+            r.score.images,
+            r.score.detected_rate(),
+            fmt_opt(r.score.recall()),
+            fmt_opt(r.score.precision()),
+            r.score.oracle_px,
+            r.score.box_px,
+            r.score.hit_px
+        );
+    }
+    write_file(&out.join("detectability.csv"), csv)?;
+    let json = serde_json::json!({
+        "provenance": provenance(s),
+        "clean_box_fraction": table.clean_box_fraction,
+        "clean_with_boxes": table.clean_with_boxes,
+        "rows": table.rows.iter().map(|r| serde_json::json!({
+            "variant": r.variant, "attack": r.attack, "params": r.params,
+            "score": r.score, "recall": r.score.recall(), "precision": r.score.precision(),
+            "detected_rate": r.score.detected_rate(),
+        })).collect::<Vec<_>>(),
+    });
+    write_file(
+        &out.join("detectability.json"),
+        serde_json::to_string_pretty(&json)? + "\n",
+    )?;
+    std::fs::create_dir_all(out.join("examples"))?;
+    let mut rows_html = String::new();
+    let mut figs = String::new();
+    for (k, (r, ex)) in table.rows.iter().zip(&examples).enumerate() {
+        rows_html += &format!(
+            "<tr><td>{}</td><td>{}</td><td>{:.2}</td><td>{}</td><td>{}</td></tr>\n",
+            html_escape::encode_text(&r.variant),
+            r.score.images,
+            r.score.detected_rate(),
+            fmt_opt(r.score.recall()),
+            fmt_opt(r.score.precision()),
+        );
+        let name = format!("examples/{k:03}.png");
+        ex.image
+            .save(out.join(&name))
+            .with_context(|| format!("{}: cannot write", out.join(&name).display()))?;
+        figs += &format!(
+            "<figure><img src=\"{name}\" width=\"224\"><figcaption>{}</figcaption></figure>\n",
+            html_escape::encode_text(&ex.variant)
+        );
+    }
+    let body = format!(
+        "<p>Clean inputs: {} of {} have a box; {:.3} % of their pixels are inside one.</p>\n<table><tr><th>variant</th><th>images</th><th>detected</th><th>pixel recall</th><th>pixel precision</th></tr>\n{rows_html}</table>\n<h2>Examples (first image; attack pixels tinted blue, boxes green)</h2>\n{figs}",
+        table.clean_with_boxes,
+        table.images,
+        100.0 * table.clean_box_fraction
+    );
+    write_file(
+        &out.join("report.html"),
+        html_page(
+            "Detectability of rendered attacks by PP-OCRv4's text detector",
+            &format!(
+                "A trained detector (no CLIP weights involved): boxes at the model input ({}) against every pixel the attack changed. Recall: attack pixels inside a box; precision: box pixels the attack changed (a label's paper counts as attack); detected: images with a box touching the attack. Model sha256 {}.",
+                html_escape::encode_text(&s.transform.describe()),
+                crate::ocr::MODEL_SHA256
+            ),
+            &body,
+        ),
+    )?;
+    eprintln!(
+        "{} variants on {} images: {}",
+        table.rows.len(),
+        images.len(),
+        out.join("report.html").display()
+    );
+    Ok(())
+}
+
+fn run_physical(s: &DetectSettings, det: &TextDetector) -> Result<()> {
+    let out = s.out.as_ref().expect("resolve requires --out");
+    let mut errors = Vec::new();
+    let (rows, conditions, postits) =
+        crate::ocr::measure::physical(det, &s.images, &s.postits, &s.transform, |id, e| {
+            eprintln!("skipped: {e}");
+            errors.push(serde_json::json!({"id": id, "error": e}));
+        });
+    let mut csv =
+        String::from("id,condition,attack_text,boxes,text_area,max_score,postit_area_pct\n");
+    for r in &rows {
+        csv += &format!(
+            "{},{},{},{},{:.5},{:.4},{}\n",
+            r.id,
+            r.condition,
+            r.attack_text.as_deref().unwrap_or(""),
+            r.boxes,
+            r.text_area,
+            r.max_score,
+            r.postit_area_pct
+                .map(|a| format!("{a:.4}"))
+                .unwrap_or_default()
+        );
+    }
+    write_file(&out.join("detectability.csv"), csv)?;
+    let json = serde_json::json!({
+        "provenance": provenance(s),
+        "conditions": conditions,
+        "postit_sizes": postits,
+        "photos": rows,
+        "errors": errors,
+    });
+    write_file(
+        &out.join("detectability.json"),
+        serde_json::to_string_pretty(&json)? + "\n",
+    )?;
+    let mut body = String::from(
+        "<table><tr><th>condition</th><th>photos</th><th>with a box</th><th>mean text area %</th></tr>\n",
+    );
+    for c in &conditions {
+        body += &format!(
+            "<tr><td>{}</td><td>{}</td><td>{} ({:.1} %)</td><td>{:.2}</td></tr>\n",
+            html_escape::encode_text(&c.condition),
+            c.photos,
+            c.with_boxes,
+            100.0 * c.with_boxes as f64 / (c.photos as f64).max(1.0),
+            100.0 * c.mean_text_area
+        );
+    }
+    body += "</table>\n";
+    if !postits.is_empty() {
+        body += "<h2>SCAM: photos with a box, by the post-it area the dataset states</h2>\n<table><tr><th>post-it area %</th><th>photos</th><th>with a box</th><th>median box area / post-it area</th></tr>\n";
+        for p in &postits {
+            body += &format!(
+                "<tr><td>[{}, {})</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                p.range_pct.0,
+                p.range_pct.1,
+                p.photos,
+                p.with_boxes,
+                p.median_area_ratio
+                    .map(|r| format!("{r:.2}"))
+                    .unwrap_or_default()
+            );
+        }
+        body += "</table>\n";
+    }
+    // Overlays of the first photos of each condition, for inspection.
+    std::fs::create_dir_all(out.join("examples"))?;
+    body += "<h2>Overlays (boxes green, probability above thresh red)</h2>\n";
+    let mut shown: BTreeMap<&str, usize> = BTreeMap::new();
+    for (k, (r, sample)) in rows.iter().zip(&s.images).enumerate() {
+        let n = shown.entry(r.condition.as_str()).or_default();
+        if *n >= 12 {
+            continue;
+        }
+        *n += 1;
+        let Ok(img) = crate::dataset::load_rgb(&sample.path) else {
+            continue;
+        };
+        let input = crate::preprocess::model_input(&img, &s.transform);
+        let found = det.detect(&input);
+        let name = format!("examples/{k:04}.png");
+        overlay_image(&input, &found, s.detector.db.thresh)
+            .save(out.join(&name))
+            .with_context(|| format!("{}: cannot write", out.join(&name).display()))?;
+        body += &format!(
+            "<figure><img src=\"{name}\" width=\"224\"><figcaption>{} · {}</figcaption></figure>\n",
+            html_escape::encode_text(&r.condition),
+            html_escape::encode_text(&r.id)
+        );
+    }
+    write_file(
+        &out.join("report.html"),
+        html_page(
+            "Text detection on photographed attacks by PP-OCRv4's text detector",
+            &format!(
+                "A trained detector (no CLIP weights involved), on each photo as the model input ({}). Model sha256 {}.",
+                html_escape::encode_text(&s.transform.describe()),
+                crate::ocr::MODEL_SHA256
+            ),
+            &body,
+        ),
+    )?;
+    eprintln!(
+        "{} photos: {}",
+        rows.len(),
+        out.join("report.html").display()
+    );
+    Ok(())
 }

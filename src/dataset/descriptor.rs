@@ -555,6 +555,27 @@ fn scam(root: &Path) -> Result<Vec<Sample>, DatasetError> {
     Ok(out)
 }
 
+/// SCAM's stated post-it area (`postit_area_pct`, percent of the photo) per `image_id`, from
+/// the dataset's `index.json`; entries without it are left out.
+pub fn scam_postit_areas(
+    root: &Path,
+) -> Result<std::collections::BTreeMap<String, f64>, DatasetError> {
+    #[derive(Deserialize)]
+    struct Entry {
+        image_id: String,
+        postit_area_pct: Option<f64>,
+    }
+    let index = root.join("index.json");
+    let text =
+        std::fs::read_to_string(&index).map_err(|e| derr(&index, format!("cannot read: {e}")))?;
+    let entries: Vec<Entry> =
+        serde_json::from_str(&text).map_err(|e| derr(&index, format!("line {}: {e}", e.line())))?;
+    Ok(entries
+        .into_iter()
+        .filter_map(|e| e.postit_area_pct.map(|a| (e.image_id, a)))
+        .collect())
+}
+
 fn rta100(root: &Path) -> Result<Vec<Sample>, DatasetError> {
     Ok(sorted_entries(root)?
         .into_iter()

@@ -13,6 +13,7 @@
 
 pub mod db;
 pub mod graph;
+pub mod measure;
 pub mod onnx;
 
 use std::path::{Path, PathBuf};
