@@ -129,3 +129,226 @@ fn graph_fusion_keeps_the_map_and_shrinks_the_graph() {
     eprintln!("fused vs unfused: max |Δp| = {d:.2e}");
     assert!(d <= 1e-4, "{d}");
 }
+
+/// The ImageNet sample's first photos, or the built-in images when it is absent.
+fn clean_photos(n: usize) -> Vec<(String, image::RgbImage)> {
+    let mut paths: Vec<PathBuf> = match common::shared_data() {
+        Some(d) => std::fs::read_dir(d.join("imagenet-sample"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect(),
+        None => typoclip::dataset::builtin_images()
+            .unwrap()
+            .into_iter()
+            .map(|b| b.path)
+            .collect(),
+    };
+    paths.sort();
+    paths
+        .into_iter()
+        .take(n)
+        .map(|p| {
+            let img = typoclip::dataset::load_rgb(&p).unwrap();
+            (p.display().to_string(), img)
+        })
+        .collect()
+}
+
+fn variants(spec: &str) -> Vec<typoclip::attack::Variant> {
+    typoclip::attack::AttackSpec::load(&common::repo().join("attacks").join(spec))
+        .unwrap()
+        .variants
+}
+
+/// Over photos × attacks: the share of attack pixels the defense left untouched, and the share
+/// of clean-input pixels it changed.
+fn mask_effect(
+    spec: &str,
+    photos: &[(String, image::RgbImage)],
+    attacks: &[typoclip::attack::Variant],
+) -> (f64, f64) {
+    let cfg = typoclip::preprocess::PreprocessCfg::square(224);
+    let (_, defense) = typoclip::defense::parse_defense(spec).unwrap();
+    let ctx = typoclip::defense::ImageContext::default();
+    let (mut text, mut left, mut clean_px, mut clean_changed) = (0u64, 0u64, 0u64, 0u64);
+    for (id, img) in photos {
+        let clean = typoclip::preprocess::model_input(img, &cfg);
+        let defended = defense.transform_image(clean.clone(), &ctx);
+        clean_px += clean.as_raw().len() as u64 / 3;
+        clean_changed += typoclip::defense::mask::changed_pixels(&clean, &defended)
+            .pixels()
+            .filter(|p| p[0] > 0)
+            .count() as u64;
+        for v in attacks {
+            let seed = typoclip::sweep::image_seed(id, 0);
+            let r = typoclip::attack::render_for_model(img, v, &cfg, seed, None);
+            let oracle = typoclip::defense::mask::oracle_mask(&r);
+            let defended = defense.transform_image(r.attacked_input.clone(), &ctx);
+            let touched = typoclip::defense::mask::changed_pixels(&r.attacked_input, &defended);
+            for (m, t) in oracle.as_raw().iter().zip(touched.as_raw()) {
+                text += (*m > 0) as u64;
+                left += (*m > 0 && *t == 0) as u64;
+            }
+        }
+    }
+    (
+        left as f64 / text as f64,
+        clean_changed as f64 / clean_px as f64,
+    )
+}
+
+#[test]
+fn mask_source_ocr_removes_most_text_pixels_of_rendered_attacks() {
+    if detector().is_none() {
+        return;
+    }
+    // Plain words (white, outlined: every changed pixel is ink) at 12–24 % of the side, drawn
+    // on the model input of 12 photos; a text pixel is "left" when the defense did not touch it.
+    let photos = clean_photos(12);
+    let words: Vec<_> = variants("sweep-size.toml")
+        .into_iter()
+        .filter(|v| ["0.12", "0.16", "0.24"].iter().any(|s| v.name.ends_with(s)))
+        .collect();
+    assert_eq!(words.len(), 3);
+    let (ocr, ocr_clean) = mask_effect("mask:source=ocr", &photos, &words);
+    let (classical, classical_clean) = mask_effect("mask:source=detector", &photos, &words);
+    eprintln!(
+        "word pixels left: {:.1} % (ocr), {:.1} % (classical); clean pixels changed: {:.2} % \
+         (ocr), {:.2} % (classical)",
+        100.0 * ocr,
+        100.0 * classical,
+        100.0 * ocr_clean,
+        100.0 * classical_clean
+    );
+    // (A paper label is left out: the fill paints its box with the surrounding paper, so the
+    // paper pixels keep their value and this count cannot tell them from untouched ones.)
+    assert!(
+        ocr < 0.5,
+        "source=ocr leaves {:.1} % of word pixels",
+        100.0 * ocr
+    );
+    // The trained detector both finds more of the words and fires less on clean photos than
+    // the classical one.
+    assert!(
+        ocr < classical,
+        "word pixels left: ocr {ocr}, classical {classical}"
+    );
+    assert!(
+        ocr_clean < classical_clean,
+        "clean pixels changed: ocr {ocr_clean}, classical {classical_clean}"
+    );
+}
+
+#[test]
+fn detectability_rises_with_text_size() {
+    let Some(det) = detector() else {
+        return;
+    };
+    let photos = clean_photos(8);
+    let cfg = typoclip::preprocess::PreprocessCfg::square(224);
+    let size = variants("sweep-size.toml");
+    let (table, examples) = typoclip::ocr::measure::rendered(&det, &photos, &size, &cfg, 0);
+    assert_eq!((table.rows.len(), examples.len()), (9, 9));
+    let recall: Vec<f64> = table
+        .rows
+        .iter()
+        .map(|r| r.score.recall().unwrap())
+        .collect();
+    eprintln!("pixel recall by size: {recall:.2?}");
+    // 2 % of the side (a 4-pixel word) hides from the detector; 16–24 % does not.
+    assert!(recall[0] < 0.1, "{recall:?}");
+    assert!(recall[5] > 0.6 && recall[6] > 0.6, "{recall:?}");
+    // The same inputs give the same table.
+    let (again, _) = typoclip::ocr::measure::rendered(&det, &photos, &size, &cfg, 0);
+    assert_eq!(
+        serde_json::to_string(&table).unwrap(),
+        serde_json::to_string(&again).unwrap()
+    );
+}
+
+#[test]
+fn detect_writes_boxes_and_overlays_and_skips_corrupt_images() {
+    if detector().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let photos = clean_photos(1);
+    let corrupt = dir.path().join("broken.jpg");
+    std::fs::write(&corrupt, b"\xff\xd8 not a jpeg").unwrap();
+    // A rendered word the detector must box.
+    let word = dir.path().join("word.png");
+    let v = &variants("sweep-size.toml")[6];
+    let r = typoclip::attack::render(&photos[0].1, v, 0, None);
+    r.image.save(&word).unwrap();
+    let out = dir.path().join("out");
+    let o = common::run_typoclip(
+        &[
+            "detect",
+            word.to_str().unwrap(),
+            corrupt.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "typoclip-test-detect",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("detections.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["model_sha256"], typoclip::ocr::MODEL_SHA256);
+    let images = json["images"].as_array().unwrap();
+    assert_eq!(images.len(), 2);
+    assert!(
+        !images[0]["boxes"].as_array().unwrap().is_empty(),
+        "{}",
+        images[0]
+    );
+    assert!(out.join(images[0]["overlay"].as_str().unwrap()).is_file());
+    assert!(images[1]["error"].as_str().unwrap().contains("broken.jpg"));
+
+    // A missing model is one line naming it, before any work.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_typoclip"))
+        .args(["detect", word.to_str().unwrap()])
+        .env("TYPOCLIP_OCR_MODEL", "/nonexistent/det.onnx")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        err.contains("/nonexistent/det.onnx") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+}
+
+#[test]
+fn mask_source_ocr_records_its_parameters_and_refuses_foreign_ones() {
+    if detector().is_none() {
+        return;
+    }
+    let (record, _) =
+        typoclip::defense::parse_defense("mask:source=ocr,box_thresh=0.5,unclip=2").unwrap();
+    let p = &record.params;
+    assert_eq!(p["source"], "ocr");
+    assert_eq!(p["model_sha256"], typoclip::ocr::MODEL_SHA256);
+    assert_eq!(
+        (p["box_thresh"].as_f64(), p["unclip"].as_f64()),
+        (Some(0.5), Some(2.0))
+    );
+    assert!((p["thresh"].as_f64().unwrap() - 0.3).abs() < 1e-6, "{p:?}");
+    for (spec, expect) in [
+        (
+            "mask:source=ocr,threshold=9",
+            "threshold: applies to source=detector only",
+        ),
+        (
+            "mask:source=oracle,unclip=2",
+            "unclip: applies to source=ocr only",
+        ),
+        ("mask:source=ocr,thresh=1.5", "thresh"),
+    ] {
+        let e = typoclip::defense::parse_defense(spec)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(expect) && !e.contains('\n'), "{spec}: {e}");
+    }
+}
