@@ -62,6 +62,12 @@ pub struct Record {
     /// Top-5 of the linear probe on the attacked image.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub probe_attacked_top5: Vec<Scored>,
+    /// Share of the attacked model input inside the text detector's boxes (`--text-area`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub text_area: Option<f64>,
+    /// The text detector's best box score on the attacked model input (`--text-area`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub text_score: Option<f32>,
 }
 
 impl Record {

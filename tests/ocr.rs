@@ -352,3 +352,93 @@ fn mask_source_ocr_records_its_parameters_and_refuses_foreign_ones() {
         assert!(e.contains(expect) && !e.contains('\n'), "{spec}: {e}");
     }
 }
+
+#[test]
+fn sweeps_with_text_area_record_what_the_detector_sees() {
+    if detector().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Two classes of three photos each (ImageNet sample or the built-in images).
+    let photos = dir.path().join("photos");
+    for (i, (_, img)) in clean_photos(6).iter().enumerate() {
+        let class = if i < 3 { "goldfish" } else { "radio" };
+        std::fs::create_dir_all(photos.join(class)).unwrap();
+        img.save(photos.join(class).join(format!("p{i}.png")))
+            .unwrap();
+    }
+    let out = dir.path().join("run");
+    let model = common::fixtures().join("tiny-vit.state_dict.pt");
+    let spec = common::repo().join("attacks/sweep-size.toml");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "sweep",
+            "--model",
+            model.to_str().unwrap(),
+            "--dataset",
+            photos.to_str().unwrap(),
+            "--attacks",
+            spec.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let o = common::run_typoclip(
+        &args(&["--text-area", "--report"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        "typoclip-test-ocr-sweep",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let records: Vec<typoclip::records::Record> =
+        std::fs::read_to_string(out.join("records.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    assert_eq!(records.len(), 6 * 9);
+    let mean_area = |v: &str| -> f64 {
+        let a: Vec<f64> = records
+            .iter()
+            .filter(|r| r.variant == v)
+            .map(|r| r.text_area.expect("every record has a text area"))
+            .collect();
+        a.iter().sum::<f64>() / a.len() as f64
+    };
+    let (small, large) = (
+        mean_area("size/size_frac=0.02"),
+        mean_area("size/size_frac=0.24"),
+    );
+    eprintln!("mean text area: {small:.4} at size 0.02, {large:.4} at size 0.24");
+    // (The tiny model's input is small, so the words are too: areas are small.)
+    assert!(large > small && large > 0.01, "{small} vs {large}");
+    let prov: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("provenance.json")).unwrap())
+            .unwrap();
+    assert!(prov["text_detector"]
+        .as_str()
+        .unwrap()
+        .contains(typoclip::ocr::MODEL_SHA256));
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("Attack success against readable text") && html.contains("text-area"));
+    // Resuming without the detector would mix records with and without it: refused.
+    let o = common::run_typoclip(
+        &args(&["--resume"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        "typoclip-test-ocr-sweep",
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("text detector"),
+        "{err}"
+    );
+}

@@ -120,6 +120,7 @@ fn provenance(random: bool, started: &str, finished: &str) -> Provenance {
         libtorch_version: "2.13.0".into(),
         defenses: Vec::new(),
         linear_probe: None,
+        text_detector: None,
         model_parameters: None,
         shard: None,
         merged_shards: None,

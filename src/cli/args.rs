@@ -258,6 +258,11 @@ pub struct SweepArgs {
     /// (`probe_clean_top5`, `probe_attacked_top5`) and its metrics into `summary_probe.json/csv`.
     #[arg(long)]
     pub probe: Option<PathBuf>,
+    /// Run the trained text detector (PP-OCRv4, `typoclip detect`) on each attacked model
+    /// input: records get `text_area` (share of the input inside its boxes) and `text_score`,
+    /// so reports show attack success against how much readable text the detector sees.
+    #[arg(long)]
+    pub text_area: bool,
     /// Evaluate only shard `I` of `N` (zero-based) of the sweep's cells, into
     /// `--out/shards/I-of-N/`; `--merge` then joins the shards (see `src/sweep/shard.rs`).
     #[arg(long, value_name = "I/N")]

@@ -297,6 +297,7 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
                 classes: None,
                 precision: "fp32".into(),
                 probe: None,
+                text_area: false,
                 shard: None,
                 merge: false,
             })

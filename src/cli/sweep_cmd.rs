@@ -182,6 +182,7 @@ pub fn resolve(args: &SweepArgs) -> Result<RunSpec> {
         resume: args.resume,
         defenses: args.defense.clone(),
         probe: args.probe.clone(),
+        text_area: args.text_area,
         shard,
         progress: !args.quiet,
     };
@@ -367,6 +368,24 @@ pub fn execute(run: &RunSpec, banner: bool) -> Result<Executed> {
         Some(p) => Some((crate::probe::linear::LinearProbe::load(p)?, p)),
         None => None,
     };
+    let text_detector = if args.text_area {
+        let settings = crate::ocr::DetectorSettings::default();
+        let d =
+            crate::ocr::TextDetector::load(&crate::ocr::model_path(), settings, tch::Device::Cpu)
+                .map_err(|e| anyhow::anyhow!("--text-area: {e}"))?;
+        Some(std::sync::Arc::new(d))
+    } else {
+        None
+    };
+    let text_note = text_detector.as_ref().map(|d| {
+        format!(
+            "PP-OCRv4 det sha256 {} thresh {} box_thresh {} unclip {}",
+            crate::ocr::MODEL_SHA256,
+            d.settings.db.thresh,
+            d.settings.db.box_thresh,
+            d.settings.db.unclip_ratio
+        )
+    });
     if shape == Some(FolderShape::Unlabelled) && spec.is_none() {
         bail!(
             "{}: a folder of unlabelled images has no attacks in its photos: give --attacks SPEC",
@@ -483,6 +502,7 @@ pub fn execute(run: &RunSpec, banner: bool) -> Result<Executed> {
         started: now_rfc3339(),
         finished: None,
         linear_probe: probe_note,
+        text_detector: text_note,
         model_parameters: Some(m.model.parameter_count() as u64),
         shard: run.shard.map(|s| {
             let r = s.cell_range(cells.len(), run.batch_size);
@@ -505,6 +525,7 @@ pub fn execute(run: &RunSpec, banner: bool) -> Result<Executed> {
         precision,
         defenses: std::sync::Arc::new(defenses),
         linear_probe: linear_probe.map(|(p, _)| std::sync::Arc::new(p)),
+        text_detector,
     };
     if precision == crate::sweep::Precision::Bf16 {
         // After the fp32 text classifier: only the image tower runs in bfloat16.

@@ -334,6 +334,7 @@ impl Plan {
                         resume: true,
                         defenses: o.defenses.clone(),
                         probe: None,
+                        text_area: false,
                         shard: None,
                         progress: false,
                     };

@@ -8,6 +8,7 @@ pub mod examples;
 pub mod plots;
 pub mod reference;
 pub mod run;
+pub mod text_area;
 pub mod zoo;
 
 use std::collections::BTreeMap;
@@ -567,6 +568,13 @@ pub fn build_report(run: &RunData, opts: &ReportOptions) -> Result<Document, Rep
             Block::Table(changed_to_table(run)),
         ],
     });
+    if let Some(blocks) = text_area::blocks(&run.records) {
+        sections.push(Section {
+            id: "text-area".into(),
+            title: "Attack success against readable text".into(),
+            blocks,
+        });
+    }
     let (examples, note) = examples::examples(run, opts.examples_per_outcome);
     let mut ex_blocks = Vec::new();
     if let Some(n) = note {

@@ -179,6 +179,9 @@ pub struct SweepSettings {
     /// An extra scorer (`sweep --probe`): a linear probe whose top-5 go into the records and
     /// whose metrics go into `summary_probe.json` / `summary_probe.csv`.
     pub linear_probe: Option<std::sync::Arc<crate::probe::linear::LinearProbe>>,
+    /// The trained text detector (`sweep --text-area`): each record gets the share of the
+    /// attacked model input inside its text boxes and the best box score, before defenses.
+    pub text_detector: Option<std::sync::Arc<crate::ocr::TextDetector>>,
 }
 
 /// The image tower's arithmetic in a sweep. `Bf16` runs the image encoder in bfloat16 (a copy of
@@ -313,8 +316,26 @@ type Decoded = Result<(RgbImage, RgbImage), String>;
 
 struct Prepared {
     index: usize,
-    /// Preprocessed image and the attack's L0 fraction (0 for photos as they are).
-    result: Result<(Tensor, f64), String>,
+    /// Preprocessed image and what was seen of the attack.
+    result: Result<(Tensor, Seen), String>,
+}
+
+/// What a sweep measures of one (attacked) model input besides the model's view.
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    /// The attack's L0 fraction (0 for photos as they are).
+    l0: f64,
+    /// The text detector's box area and best score, with `--text-area`.
+    text: Option<(f64, f32)>,
+}
+
+/// The detector's view of a model input, before defenses.
+fn text_seen(detector: Option<&crate::ocr::TextDetector>, input: &RgbImage) -> Option<(f64, f32)> {
+    detector.map(|d| {
+        let found = d.detect(input);
+        let (w, h) = input.dimensions();
+        (found.text_area(w, h), found.max_score())
+    })
 }
 
 /// One image to decode, optionally attack, and preprocess.
@@ -408,6 +429,7 @@ fn prepare_images(
     ahead: usize,
     defenses: std::sync::Arc<crate::defense::DefenseStack>,
     gate: Option<std::sync::Arc<ForwardGate>>,
+    detector: Option<std::sync::Arc<crate::ocr::TextDetector>>,
 ) -> std::sync::mpsc::Receiver<Prepared> {
     let (tx, rx) = sync_channel::<Prepared>(ahead.max(1));
     let jobs = std::sync::Arc::new(std::sync::Mutex::new(jobs.into_iter().peekable()));
@@ -417,6 +439,7 @@ fn prepare_images(
         let defenses = defenses.clone();
         let gate = gate.clone();
         let transform = transform.clone();
+        let detector = detector.clone();
         std::thread::spawn(move || {
             // The last photo this worker decoded and its clean model input. A worker takes all
             // the consecutive jobs of one photo (its clean image and its variants) at once, so
@@ -460,10 +483,11 @@ fn prepare_images(
                     .map(|(img, input)| match &job.render {
                         None => {
                             let ctx = crate::defense::ImageContext::default();
+                            let text = text_seen(detector.as_deref(), input);
                             let input = defenses.transform_image(input.clone(), &ctx);
                             let t =
                                 crate::preprocess::to_normalized_tensor_with(&input, &transform);
-                            (t, 0.0)
+                            (t, Seen { l0: 0.0, text })
                         }
                         Some((variant, seed)) => {
                             let r = crate::attack::render_for_model_with_input(
@@ -481,10 +505,11 @@ fn prepare_images(
                                 oracle_mask: mask.as_ref(),
                             };
                             let l0 = r.rendered.l0_fraction;
+                            let text = text_seen(detector.as_deref(), &r.attacked_input);
                             let input = defenses.transform_image(r.attacked_input, &ctx);
                             let t =
                                 crate::preprocess::to_normalized_tensor_with(&input, &transform);
-                            (t, l0)
+                            (t, Seen { l0, text })
                         }
                     });
                 drop(in_progress);
@@ -565,6 +590,8 @@ fn score(
         error: None,
         probe_clean_top5: Vec::new(),
         probe_attacked_top5: Vec::new(),
+        text_area: None,
+        text_score: None,
     }
 }
 
@@ -711,11 +738,12 @@ pub fn run_cells(
         image_batch * 2,
         settings.defenses.clone(),
         gate.clone(),
+        settings.text_detector.clone(),
     );
     let mut waiting: HashMap<usize, Prepared> = HashMap::new();
     // Where the main thread's time goes, for the closing timing line.
     let (mut time_forward, mut time_waiting, mut time_writing) = (0.0f64, 0.0f64, 0.0f64);
-    let mut features: HashMap<usize, Result<(Tensor, f64), String>> = HashMap::new();
+    let mut features: HashMap<usize, Result<(Tensor, Seen), String>> = HashMap::new();
     let mut next_cell = start;
     let mut lines = String::new();
     let _guard = tch::no_grad_guard();
@@ -780,8 +808,10 @@ pub fn run_cells(
             };
             let c = &cells[next_cell];
             let rec = match (clean, attacked) {
-                (Ok((cf, _)), Ok((af, l0))) => {
-                    let mut rec = score(c, cf, af, classifier, settings.mode, *l0);
+                (Ok((cf, _)), Ok((af, seen))) => {
+                    let mut rec = score(c, cf, af, classifier, settings.mode, seen.l0);
+                    rec.text_area = seen.text.map(|t| t.0);
+                    rec.text_score = seen.text.map(|t| t.1);
                     if let Some((scorer, labels)) = &probe_scorer {
                         let probs = scorer.probs(&Tensor::stack(&[cf, af], 0));
                         rec.probe_clean_top5 = top5(&probs.get(0), labels);

@@ -102,6 +102,9 @@ pub struct Provenance {
     /// The linear probe scored beside zero-shot (`--probe`): its file and sha256.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub linear_probe: Option<String>,
+    /// The text detector run on each attacked input (`--text-area`): model and parameters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_detector: Option<String>,
     /// The model's scalar parameter count (buffers included), for zoo plots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_parameters: Option<u64>,
@@ -256,7 +259,12 @@ impl Provenance {
             old.linear_probe.as_ref().unwrap_or(&none),
             self.linear_probe.as_ref().unwrap_or(&none),
         );
-        for (what, before, now) in fields.into_iter().chain([probe_field]) {
+        let text_field = (
+            "text detector",
+            old.text_detector.as_ref().unwrap_or(&none),
+            self.text_detector.as_ref().unwrap_or(&none),
+        );
+        for (what, before, now) in fields.into_iter().chain([probe_field, text_field]) {
             if before != now {
                 let short = |s: &str| {
                     if s.len() > 40 {

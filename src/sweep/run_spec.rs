@@ -71,6 +71,8 @@ pub struct RunSpec {
     pub defenses: Vec<String>,
     /// Linear probe file.
     pub probe: Option<PathBuf>,
+    /// Run the text detector on each attacked input (`--text-area`).
+    pub text_area: bool,
     /// This run's shard of the sweep (`None`: all of it).
     pub shard: Option<Shard>,
     /// Show a progress bar.
@@ -192,6 +194,9 @@ impl RunSpec {
         }
         if self.model.fallback_random {
             a.push("--fallback-random".into());
+        }
+        if self.text_area {
+            a.push("--text-area".into());
         }
         if self.shuffle {
             a.push("--shuffle".into());
