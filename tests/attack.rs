@@ -69,6 +69,7 @@ fn shipped_specs_validate_with_the_expected_variant_counts() {
     assert_eq!(count("sweep-position"), 5 + 8);
     assert_eq!(count("sweep-font"), 6);
     assert_eq!(count("sweep-color"), 15);
+    assert_eq!(count("sweep-rotation"), 8);
     for (_, s) in &specs {
         assert!(!s.description.is_empty());
         for v in &s.variants {

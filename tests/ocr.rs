@@ -370,25 +370,7 @@ fn sweeps_with_text_area_record_what_the_detector_sees() {
     let out = dir.path().join("run");
     let model = common::fixtures().join("tiny-vit.state_dict.pt");
     let spec = common::repo().join("attacks/sweep-size.toml");
-    let args = |extra: &[&str]| -> Vec<String> {
-        let mut a: Vec<String> = [
-            "sweep",
-            "--model",
-            model.to_str().unwrap(),
-            "--dataset",
-            photos.to_str().unwrap(),
-            "--attacks",
-            spec.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--quiet",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        a.extend(extra.iter().map(|s| s.to_string()));
-        a
-    };
+    let args = |extra: &[&str]| common::sweep_args(&model, &photos, &spec, &out, extra);
     let o = common::run_typoclip(
         &args(&["--text-area", "--report"])
             .iter()

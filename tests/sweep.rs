@@ -546,25 +546,9 @@ fn bf16_precision_is_recorded_and_close_to_fp32() {
 /// `batch`, then `extra`.
 fn sweep_args(photos: &Path, spec: &Path, out: &Path, batch: usize, extra: &[&str]) -> Vec<String> {
     let batch = batch.to_string();
-    let mut a: Vec<String> = [
-        "sweep",
-        "--model",
-        &model(),
-        "--dataset",
-        photos.to_str().unwrap(),
-        "--attacks",
-        spec.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--batch-size",
-        &batch,
-        "--quiet",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    a.extend(extra.iter().map(|s| s.to_string()));
-    a
+    let mut rest = vec!["--batch-size", batch.as_str()];
+    rest.extend_from_slice(extra);
+    common::sweep_args(Path::new(&model()), photos, spec, out, &rest)
 }
 
 /// A class-per-folder dataset (`photos/<class>/`) of 5 + 3 photos and 4 unreadable files: real

@@ -185,48 +185,46 @@ pub fn tensor_from_proto(t: &TensorProto) -> Result<Tensor, String> {
         }
         Ok(Some(&t.raw_data))
     };
+    // Little-endian `raw_data` of `W`-byte values, else the typed field.
+    fn values<T, const W: usize>(
+        raw: Option<&[u8]>,
+        read: fn([u8; W]) -> T,
+        typed: impl FnOnce() -> Vec<T>,
+    ) -> Vec<T> {
+        match raw {
+            Some(b) => b
+                .chunks_exact(W)
+                .map(|c| read(c.try_into().expect("W bytes")))
+                .collect(),
+            None => typed(),
+        }
+    }
     let values = match t.data_type {
         1 => {
-            let v: Vec<f32> = match raw(4)? {
-                Some(b) => b
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-                    .collect(),
-                None => t.float_data.clone(),
-            };
+            let v = values(raw(4)?, f32::from_le_bytes, || t.float_data.clone());
             check_len(name, v.len(), count)?;
             Tensor::from_slice(&v)
         }
         11 => {
-            let v: Vec<f32> = match raw(8)? {
-                Some(b) => b
-                    .chunks_exact(8)
-                    .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
-                    .collect(),
-                None => t.double_data.iter().map(|&x| x as f32).collect(),
-            };
+            let v = values(
+                raw(8)?,
+                |b| f64::from_le_bytes(b) as f32,
+                || t.double_data.iter().map(|&x| x as f32).collect(),
+            );
             check_len(name, v.len(), count)?;
             Tensor::from_slice(&v)
         }
         7 => {
-            let v: Vec<i64> = match raw(8)? {
-                Some(b) => b
-                    .chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-                    .collect(),
-                None => t.int64_data.clone(),
-            };
+            let v = values(raw(8)?, i64::from_le_bytes, || t.int64_data.clone());
             check_len(name, v.len(), count)?;
             Tensor::from_slice(&v)
         }
         6 => {
-            let v: Vec<i64> = match raw(4)? {
-                Some(b) => b
-                    .chunks_exact(4)
-                    .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64)
-                    .collect(),
-                None => t.int32_data.iter().map(|&x| x as i64).collect(),
-            };
+            let v = values(
+                raw(4)?,
+                |b| i32::from_le_bytes(b) as i64,
+                || t.int32_data.iter().map(|&x| x as i64).collect(),
+            );
             check_len(name, v.len(), count)?;
             Tensor::from_slice(&v)
         }

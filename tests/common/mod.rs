@@ -158,3 +158,28 @@ pub fn sigmoid_scores_match(
     assert!(sums.iter().all(|s| (s - 1.0).abs() > 1e-3), "{sums:?}");
     max_abs_diff(&probs, &io["logits"].sigmoid())
 }
+
+/// `typoclip sweep --model M --dataset D --attacks SPEC --out OUT --quiet`, then `extra`.
+pub fn sweep_args(
+    model: &Path,
+    dataset: &Path,
+    spec: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> Vec<String> {
+    let path = |p: &Path| p.display().to_string();
+    let mut a: Vec<String> = vec![
+        "sweep".into(),
+        "--model".into(),
+        path(model),
+        "--dataset".into(),
+        path(dataset),
+        "--attacks".into(),
+        path(spec),
+        "--out".into(),
+        path(out),
+        "--quiet".into(),
+    ];
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
