@@ -853,3 +853,118 @@ impl Graph {
         values[self.output].take().expect("the output is computed")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ocr::onnx::{GraphProto, TensorProto, ValueInfoProto};
+
+    fn value(name: &str) -> ValueInfoProto {
+        ValueInfoProto { name: name.into() }
+    }
+
+    fn model(nodes: Vec<NodeProto>, initializer: Vec<TensorProto>) -> ModelProto {
+        ModelProto {
+            ir_version: 8,
+            graph: Some(GraphProto {
+                node: nodes,
+                initializer,
+                input: vec![value("x")],
+                output: vec![value("y")],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
+        NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            name: format!("{op}_0"),
+            op_type: op.into(),
+            ..Default::default()
+        }
+    }
+
+    fn scalar(name: &str, v: f32) -> TensorProto {
+        TensorProto {
+            dims: vec![],
+            data_type: 1,
+            name: name.into(),
+            raw_data: v.to_le_bytes().to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_small_graph_runs_with_onnx_semantics_fused_or_not() {
+        // y = hardswish(x · 2 + 1) spelled as ONNX exports it, then a sigmoid.
+        let nodes = vec![
+            node("Mul", &["x", "two"], "m"),
+            node("Add", &["m", "one"], "a"),
+            node("Add", &["a", "three"], "a3"),
+            node("Clip", &["a3", "zero", "six"], "c"),
+            node("Mul", &["a", "c"], "p"),
+            node("Div", &["p", "six"], "h"),
+            node("Sigmoid", &["h"], "y"),
+        ];
+        let consts = vec![
+            scalar("two", 2.0),
+            scalar("one", 1.0),
+            scalar("three", 3.0),
+            scalar("zero", 0.0),
+            scalar("six", 6.0),
+        ];
+        let m = model(nodes, consts);
+        let x = Tensor::linspace(-6.0, 6.0, 25, (Kind::Float, Device::Cpu)).view([1, 1, 5, 5]);
+        let want = (&x * 2.0 + 1.0).hardswish().sigmoid();
+        for fusion in [false, true] {
+            let g = Graph::compile_with(&m, Device::Cpu, fusion).unwrap();
+            let y = g.forward(&x);
+            let d = f64::try_from((&y - &want).abs().max()).unwrap();
+            assert!(d < 1e-6, "fusion {fusion}: {d}");
+            let counts = g.op_counts();
+            if fusion {
+                assert_eq!(g.steps(), 3, "{counts:?}");
+                assert_eq!(
+                    (counts["Affine"], counts["HardSwish"]),
+                    (1, 1),
+                    "{counts:?}"
+                );
+            } else {
+                assert_eq!(g.steps(), 7, "{counts:?}");
+            }
+        }
+        // The caller's input is never written in place.
+        assert!((&x.view([-1]).get(0) + 6.0).abs().double_value(&[]) < 1e-9);
+    }
+
+    #[test]
+    fn unsupported_operators_and_attributes_are_refused_naming_the_node() {
+        let e = Graph::compile(
+            &model(vec![node("Gemm", &["x", "x"], "y")], vec![]),
+            Device::Cpu,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("Gemm") && e.contains("Gemm_0") && e.contains("not supported"),
+            "{e}"
+        );
+        let mut resize = node("Resize", &["x", "", "s"], "y");
+        resize.attribute.push(AttributeProto {
+            name: "mode".into(),
+            s: b"linear".to_vec(),
+            ..Default::default()
+        });
+        let e =
+            Graph::compile(&model(vec![resize], vec![scalar("s", 2.0)]), Device::Cpu).unwrap_err();
+        assert!(e.contains("Resize") && e.contains("mode linear"), "{e}");
+        let e = Graph::compile(
+            &model(vec![node("Relu", &["nope"], "y")], vec![]),
+            Device::Cpu,
+        )
+        .unwrap_err();
+        assert!(e.contains("\"nope\" is not defined"), "{e}");
+    }
+}
