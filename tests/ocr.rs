@@ -359,10 +359,15 @@ fn sweeps_with_text_area_record_what_the_detector_sees() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    // Two classes of three photos each (ImageNet sample or the built-in images).
+    // Two classes of photos (six of the ImageNet sample, or the four built-in images).
     let photos = dir.path().join("photos");
-    for (i, (_, img)) in clean_photos(6).iter().enumerate() {
-        let class = if i < 3 { "goldfish" } else { "radio" };
+    let clean = clean_photos(6);
+    for (i, (_, img)) in clean.iter().enumerate() {
+        let class = if i < clean.len() / 2 {
+            "goldfish"
+        } else {
+            "radio"
+        };
         std::fs::create_dir_all(photos.join(class)).unwrap();
         img.save(photos.join(class).join(format!("p{i}.png")))
             .unwrap();
@@ -385,7 +390,7 @@ fn sweeps_with_text_area_record_what_the_detector_sees() {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-    assert_eq!(records.len(), 6 * 9);
+    assert_eq!(records.len(), clean.len() * 9);
     let mean_area = |v: &str| -> f64 {
         let a: Vec<f64> = records
             .iter()
