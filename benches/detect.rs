@@ -47,11 +47,9 @@ fn bench(c: &mut Criterion) {
     if let Ok(dir) = std::env::var("TYPOCLIP_BENCH_INPUTS") {
         // Hand the prepared inputs to the onnxruntime side.
         for (k, x) in inputs.iter().enumerate() {
-            let shape: Vec<usize> = x.size().iter().map(|&d| d as usize).collect();
-            let data = Vec::<f32>::try_from(x.flatten(0, -1)).unwrap();
             std::fs::write(
                 PathBuf::from(&dir).join(format!("in{k}.npy")),
-                typoclip::npy::npy_bytes(&data, &shape),
+                typoclip::npy::tensor_npy_bytes(x),
             )
             .unwrap();
         }

@@ -2,6 +2,17 @@
 
 use std::io::Write;
 
+/// Serialises a tensor (any float kind, any device) as float32 `.npy` bytes.
+pub fn tensor_npy_bytes(t: &tch::Tensor) -> Vec<u8> {
+    let t = t
+        .to_kind(tch::Kind::Float)
+        .to_device(tch::Device::Cpu)
+        .contiguous();
+    let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+    let data = Vec::<f32>::try_from(t.flatten(0, -1)).expect("a float tensor");
+    npy_bytes(&data, &shape)
+}
+
 /// Serialises a C-order f32 array of the given shape to `.npy` bytes.
 pub fn npy_bytes(data: &[f32], shape: &[usize]) -> Vec<u8> {
     assert_eq!(

@@ -39,9 +39,7 @@ fn photos() -> Option<Vec<PathBuf>> {
 }
 
 fn save_npy(t: &Tensor, path: &Path) {
-    let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
-    let data = Vec::<f32>::try_from(t.flatten(0, -1)).unwrap();
-    std::fs::write(path, typoclip::npy::npy_bytes(&data, &shape)).unwrap();
+    std::fs::write(path, typoclip::npy::tensor_npy_bytes(t)).unwrap();
 }
 
 #[test]
@@ -428,4 +426,60 @@ fn sweeps_with_text_area_record_what_the_detector_sees() {
         !o.status.success() && err.contains("text detector"),
         "{err}"
     );
+}
+
+#[test]
+fn detect_measurements_write_tables_and_a_report_skipping_unreadable_photos() {
+    if detector().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("photos");
+    std::fs::create_dir_all(&folder).unwrap();
+    // An unreadable photo sorts first, so every later row shifts against the sample list.
+    std::fs::write(folder.join("a-broken.jpg"), b"\xff\xd8 not a jpeg").unwrap();
+    for (i, (_, img)) in clean_photos(3).iter().enumerate() {
+        img.save(folder.join(format!("p{i}.png"))).unwrap();
+    }
+    let run = |extra: &[&str], out: &Path| {
+        let mut a = vec![
+            "detect",
+            "--dataset",
+            folder.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        a.extend_from_slice(extra);
+        let o = common::run_typoclip(&a, "typoclip-test-detect-measure");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let rendered = dir.path().join("rendered");
+    let spec = common::repo().join("attacks/sweep-rotation.toml");
+    run(&["--attacks", spec.to_str().unwrap()], &rendered);
+    let csv = std::fs::read_to_string(rendered.join("detectability.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 8, "{csv}");
+    let html = std::fs::read_to_string(rendered.join("report.html")).unwrap();
+    assert_eq!(html.matches("<figure><img").count(), 8);
+    assert!(html.contains("id=\"detectability\"") && html.contains("data:image/png;base64,"));
+    assert!(rendered.join("report.md").is_file());
+
+    let photos = dir.path().join("physical");
+    run(&[], &photos);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(photos.join("detectability.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["photos"].as_array().unwrap().len(), 3);
+    assert!(json["errors"][0]["id"]
+        .as_str()
+        .unwrap()
+        .contains("a-broken"));
+    // One overlay per readable photo, captioned with the photo it shows.
+    let html = std::fs::read_to_string(photos.join("report.html")).unwrap();
+    assert_eq!(html.matches("<figure><img").count(), 3);
+    for i in 0..3 {
+        assert!(
+            html.contains(&format!("p{i}.png</figcaption>")),
+            "overlay of p{i}"
+        );
+    }
 }

@@ -8,8 +8,9 @@
 //! - `--dataset` of photographed attacks: which photos have text boxes, per condition
 //!   ([`crate::ocr::measure::physical`]).
 //!
-//! The measurements write `detectability.json`, `detectability.csv` and `report.html` with
-//! example images into `--out`. Unreadable images are reported and skipped.
+//! The measurements write `detectability.json`, `detectability.csv` and the report
+//! (`report.html`, self-contained with its example images, and `report.md`; the project's
+//! [`crate::report::document`]) into `--out`. Unreadable images are reported and skipped.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ use image::{Rgb, RgbImage};
 use serde::Serialize;
 
 use crate::ocr::{DetectorSettings, TextBox, TextDetector};
+use crate::report::document::{Block, Cell, Document, Figure, Section, Table};
 
 /// `typoclip detect`.
 #[derive(Debug, Args)]
@@ -214,12 +216,12 @@ pub fn run_detect(args: DetectArgs) -> Result<()> {
         std::fs::create_dir_all(out)
             .with_context(|| format!("{}: cannot create", out.display()))?;
     }
-    let mut results = Vec::new();
     match &s.mode {
         DetectMode::Boxes => {}
         DetectMode::Rendered(variants) => return run_rendered(&s, &det, variants),
         DetectMode::Physical => return run_physical(&s, &det),
     }
+    let mut results = Vec::new();
     for (i, sample) in s.images.iter().enumerate() {
         let path = &sample.path;
         let img = match crate::dataset::load_rgb(path) {
@@ -266,7 +268,7 @@ pub fn run_detect(args: DetectArgs) -> Result<()> {
         });
     }
     let output = DetectOutput {
-        detector: "PP-OCRv4 det (PaddleOCR, via rapidocr-onnxruntime 1.4.4)",
+        detector: crate::ocr::MODEL_NAME,
         model_sha256: crate::ocr::MODEL_SHA256,
         settings: s.detector,
         images: results,
@@ -317,21 +319,62 @@ fn fmt_opt(v: Option<f64>) -> String {
     v.map(|x| format!("{x:.4}")).unwrap_or_default()
 }
 
-fn write_file(path: &std::path::Path, bytes: impl AsRef<[u8]>) -> Result<()> {
-    std::fs::write(path, bytes).with_context(|| format!("{}: cannot write", path.display()))
+/// A rate cell, or "–" where it does not apply.
+fn share_cell(v: Option<f64>) -> Cell {
+    match v {
+        Some(v) => Cell::number(format!("{:.1} %", 100.0 * v), v),
+        None => Cell::none(),
+    }
 }
 
-fn html_page(title: &str, intro: &str, body: &str) -> String {
-    format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title>\n<style>body{{font-family:sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}figure{{display:inline-block;margin:4px;font-size:11px;width:230px}}</style></head><body>\n<h1>{t}</h1>\n<p>{intro}</p>\n{body}</body></html>\n",
-        t = html_escape::encode_text(title),
-    )
+/// The report's first line and the detector's provenance as a table.
+fn report(title: &str, s: &DetectSettings, sections: Vec<Section>) -> Document {
+    let prov = provenance(s);
+    let rows = prov
+        .as_object()
+        .expect("an object")
+        .iter()
+        .map(|(k, v)| {
+            let text = match v {
+                serde_json::Value::String(t) => t.clone(),
+                other => other.to_string(),
+            };
+            vec![Cell::text(k), Cell::text(text)]
+        })
+        .collect();
+    let mut sections = sections;
+    sections.push(Section {
+        id: "provenance".into(),
+        title: "Provenance".into(),
+        blocks: vec![Block::Table(Table {
+            headers: vec!["field".into(), "value".into()],
+            rows,
+            class: "provenance".into(),
+        })],
+    });
+    Document {
+        title: title.into(),
+        first_line: format!(
+            "{} (a trained detector; no CLIP weights involved), at the model input: {}",
+            crate::ocr::MODEL_NAME,
+            s.transform.describe()
+        ),
+        banner: None,
+        sections,
+    }
+}
+
+/// Writes `report.html` and `report.md`.
+fn write_report(out: &std::path::Path, doc: &Document) -> Result<()> {
+    crate::report::write_file(&out.join("report.html"), doc.to_html().as_bytes())?;
+    crate::report::write_file(&out.join("report.md"), doc.to_markdown().as_bytes())?;
+    Ok(())
 }
 
 /// The provenance block every measurement carries.
 fn provenance(s: &DetectSettings) -> serde_json::Value {
     serde_json::json!({
-        "detector": "PP-OCRv4 det (PaddleOCR, via rapidocr-onnxruntime 1.4.4)",
+        "detector": crate::ocr::MODEL_NAME,
         "model_sha256": crate::ocr::MODEL_SHA256,
         "settings": s.detector,
         "transform": s.transform.describe(),
@@ -385,7 +428,7 @@ fn run_rendered(
             r.score.hit_px
         );
     }
-    write_file(&out.join("detectability.csv"), csv)?;
+    crate::report::write_file(&out.join("detectability.csv"), csv.as_bytes())?;
     let json = serde_json::json!({
         "provenance": provenance(s),
         "clean_box_fraction": table.clean_box_fraction,
@@ -396,49 +439,61 @@ fn run_rendered(
             "detected_rate": r.score.detected_rate(),
         })).collect::<Vec<_>>(),
     });
-    write_file(
+    crate::report::write_file(
         &out.join("detectability.json"),
-        serde_json::to_string_pretty(&json)? + "\n",
+        (serde_json::to_string_pretty(&json)? + "\n").as_bytes(),
     )?;
-    std::fs::create_dir_all(out.join("examples"))?;
-    let mut rows_html = String::new();
-    let mut figs = String::new();
-    for (k, (r, ex)) in table.rows.iter().zip(&examples).enumerate() {
-        rows_html += &format!(
-            "<tr><td>{}</td><td>{}</td><td>{:.2}</td><td>{}</td><td>{}</td></tr>\n",
-            html_escape::encode_text(&r.variant),
-            r.score.images,
-            r.score.detected_rate(),
-            fmt_opt(r.score.recall()),
-            fmt_opt(r.score.precision()),
-        );
-        let name = format!("examples/{k:03}.png");
-        ex.image
-            .save(out.join(&name))
-            .with_context(|| format!("{}: cannot write", out.join(&name).display()))?;
-        figs += &format!(
-            "<figure><img src=\"{name}\" width=\"224\"><figcaption>{}</figcaption></figure>\n",
-            html_escape::encode_text(&ex.variant)
-        );
-    }
-    let body = format!(
-        "<p>Clean inputs: {} of {} have a box; {:.3} % of their pixels are inside one.</p>\n<table><tr><th>variant</th><th>images</th><th>detected</th><th>pixel recall</th><th>pixel precision</th></tr>\n{rows_html}</table>\n<h2>Examples (first image; attack pixels tinted blue, boxes green)</h2>\n{figs}",
-        table.clean_with_boxes,
-        table.images,
-        100.0 * table.clean_box_fraction
+    let rows = table
+        .rows
+        .iter()
+        .map(|r| {
+            vec![
+                Cell::text(&r.variant),
+                Cell::number(r.score.images.to_string(), r.score.images as f64),
+                share_cell(Some(r.score.detected_rate())),
+                share_cell(r.score.recall()),
+                share_cell(r.score.precision()),
+            ]
+        })
+        .collect();
+    let figures = examples
+        .iter()
+        .map(|ex| Figure {
+            caption: ex.variant.clone(),
+            png: crate::report::examples::png_bytes(&ex.image),
+        })
+        .collect();
+    let doc = report(
+        "Detectability of rendered attacks by PP-OCRv4's text detector",
+        s,
+        vec![
+            Section {
+                id: "detectability".into(),
+                title: "Per attack variant".into(),
+                blocks: vec![
+                    Block::Para(format!(
+                        "Boxes at the model input against every pixel the attack changed. Recall: attack pixels inside a box; precision: box pixels the attack changed (a label's paper counts as attack); detected: images with a box touching the attack. Clean inputs: {} of {} have a box; {:.3} % of their pixels are inside one.",
+                        table.clean_with_boxes,
+                        table.images,
+                        100.0 * table.clean_box_fraction
+                    )),
+                    Block::Table(Table {
+                        headers: ["variant", "images", "detected", "pixel recall", "pixel precision"]
+                            .map(String::from)
+                            .to_vec(),
+                        rows,
+                        class: "detectability".into(),
+                    }),
+                ],
+            },
+            Section {
+                id: "examples".into(),
+                title: "Examples (first image; attack pixels tinted blue, boxes green)".into(),
+                blocks: vec![Block::Figures(figures)],
+            },
+        ],
     );
-    write_file(
-        &out.join("report.html"),
-        html_page(
-            "Detectability of rendered attacks by PP-OCRv4's text detector",
-            &format!(
-                "A trained detector (no CLIP weights involved): boxes at the model input ({}) against every pixel the attack changed. Recall: attack pixels inside a box; precision: box pixels the attack changed (a label's paper counts as attack); detected: images with a box touching the attack. Model sha256 {}.",
-                html_escape::encode_text(&s.transform.describe()),
-                crate::ocr::MODEL_SHA256
-            ),
-            &body,
-        ),
-    )?;
+    write_report(out, &doc)?;
     eprintln!(
         "{} variants on {} images: {}",
         table.rows.len(),
@@ -472,7 +527,7 @@ fn run_physical(s: &DetectSettings, det: &TextDetector) -> Result<()> {
                 .unwrap_or_default()
         );
     }
-    write_file(&out.join("detectability.csv"), csv)?;
+    crate::report::write_file(&out.join("detectability.csv"), csv.as_bytes())?;
     let json = serde_json::json!({
         "provenance": provenance(s),
         "conditions": conditions,
@@ -480,77 +535,99 @@ fn run_physical(s: &DetectSettings, det: &TextDetector) -> Result<()> {
         "photos": rows,
         "errors": errors,
     });
-    write_file(
+    crate::report::write_file(
         &out.join("detectability.json"),
-        serde_json::to_string_pretty(&json)? + "\n",
+        (serde_json::to_string_pretty(&json)? + "\n").as_bytes(),
     )?;
-    let mut body = String::from(
-        "<table><tr><th>condition</th><th>photos</th><th>with a box</th><th>mean text area %</th></tr>\n",
-    );
-    for c in &conditions {
-        body += &format!(
-            "<tr><td>{}</td><td>{}</td><td>{} ({:.1} %)</td><td>{:.2}</td></tr>\n",
-            html_escape::encode_text(&c.condition),
-            c.photos,
-            c.with_boxes,
-            100.0 * c.with_boxes as f64 / (c.photos as f64).max(1.0),
-            100.0 * c.mean_text_area
-        );
-    }
-    body += "</table>\n";
+    let mut sections = vec![Section {
+        id: "conditions".into(),
+        title: "Photos with a text box, per condition".into(),
+        blocks: vec![Block::Table(Table {
+            headers: ["condition", "photos", "with a box", "mean text area"]
+                .map(String::from)
+                .to_vec(),
+            rows: conditions
+                .iter()
+                .map(|c| {
+                    vec![
+                        Cell::text(&c.condition),
+                        Cell::number(c.photos.to_string(), c.photos as f64),
+                        share_cell(Some(c.with_boxes as f64 / (c.photos as f64).max(1.0))),
+                        share_cell(Some(c.mean_text_area)),
+                    ]
+                })
+                .collect(),
+            class: "conditions".into(),
+        })],
+    }];
     if !postits.is_empty() {
-        body += "<h2>SCAM: photos with a box, by the post-it area the dataset states</h2>\n<table><tr><th>post-it area %</th><th>photos</th><th>with a box</th><th>median box area / post-it area</th></tr>\n";
-        for p in &postits {
-            body += &format!(
-                "<tr><td>[{}, {})</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
-                p.range_pct.0,
-                p.range_pct.1,
-                p.photos,
-                p.with_boxes,
-                p.median_area_ratio
-                    .map(|r| format!("{r:.2}"))
-                    .unwrap_or_default()
-            );
-        }
-        body += "</table>\n";
+        sections.push(Section {
+            id: "postit-sizes".into(),
+            title: "SCAM: photos with a box, by the post-it area the dataset states".into(),
+            blocks: vec![Block::Table(Table {
+                headers: [
+                    "post-it area %",
+                    "photos",
+                    "with a box",
+                    "median box area / post-it area",
+                ]
+                .map(String::from)
+                .to_vec(),
+                rows: postits
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            Cell::text(format!("[{}, {})", p.range_pct.0, p.range_pct.1)),
+                            Cell::number(p.photos.to_string(), p.photos as f64),
+                            Cell::number(p.with_boxes.to_string(), p.with_boxes as f64),
+                            match p.median_area_ratio {
+                                Some(r) => Cell::number(format!("{r:.2}"), r),
+                                None => Cell::none(),
+                            },
+                        ]
+                    })
+                    .collect(),
+                class: "postit-sizes".into(),
+            })],
+        });
     }
-    // Overlays of the first photos of each condition, for inspection.
-    std::fs::create_dir_all(out.join("examples"))?;
-    body += "<h2>Overlays (boxes green, probability above thresh red)</h2>\n";
+    // Overlays of the first photos of each condition, for inspection (rows skip unreadable
+    // photos, so each row finds its sample by id).
+    let by_id: BTreeMap<&str, &crate::dataset::descriptor::Sample> =
+        s.images.iter().map(|x| (x.id.as_str(), x)).collect();
     let mut shown: BTreeMap<&str, usize> = BTreeMap::new();
-    for (k, (r, sample)) in rows.iter().zip(&s.images).enumerate() {
+    let mut figures = Vec::new();
+    for r in &rows {
         let n = shown.entry(r.condition.as_str()).or_default();
         if *n >= 12 {
             continue;
         }
         *n += 1;
-        let Ok(img) = crate::dataset::load_rgb(&sample.path) else {
+        let Ok(img) = crate::dataset::load_rgb(&by_id[r.id.as_str()].path) else {
             continue;
         };
         let input = crate::preprocess::model_input(&img, &s.transform);
         let found = det.detect(&input);
-        let name = format!("examples/{k:04}.png");
-        overlay_image(&input, &found, s.detector.db.thresh)
-            .save(out.join(&name))
-            .with_context(|| format!("{}: cannot write", out.join(&name).display()))?;
-        body += &format!(
-            "<figure><img src=\"{name}\" width=\"224\"><figcaption>{} · {}</figcaption></figure>\n",
-            html_escape::encode_text(&r.condition),
-            html_escape::encode_text(&r.id)
-        );
+        figures.push(Figure {
+            caption: format!("{} · {}", r.condition, r.id),
+            png: crate::report::examples::png_bytes(&overlay_image(
+                &input,
+                &found,
+                s.detector.db.thresh,
+            )),
+        });
     }
-    write_file(
-        &out.join("report.html"),
-        html_page(
-            "Text detection on photographed attacks by PP-OCRv4's text detector",
-            &format!(
-                "A trained detector (no CLIP weights involved), on each photo as the model input ({}). Model sha256 {}.",
-                html_escape::encode_text(&s.transform.describe()),
-                crate::ocr::MODEL_SHA256
-            ),
-            &body,
-        ),
-    )?;
+    sections.push(Section {
+        id: "overlays".into(),
+        title: "Overlays (boxes green, probability above thresh red)".into(),
+        blocks: vec![Block::Figures(figures)],
+    });
+    let doc = report(
+        "Text detection on photographed attacks by PP-OCRv4's text detector",
+        s,
+        sections,
+    );
+    write_report(out, &doc)?;
     eprintln!(
         "{} photos: {}",
         rows.len(),

@@ -20,7 +20,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde::Serialize;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::model::l2_normalize;
 use crate::tokenizer::ClipTokenizer;
@@ -306,12 +306,6 @@ fn encode_image_files(
 }
 
 fn write_npy(path: &Path, t: &Tensor) -> Result<()> {
-    let t = t
-        .to_kind(Kind::Float)
-        .to_device(tch::Device::Cpu)
-        .contiguous();
-    let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
-    let data = Vec::<f32>::try_from(t.flatten(0, -1))?;
-    std::fs::write(path, crate::npy::npy_bytes(&data, &shape))
+    std::fs::write(path, crate::npy::tensor_npy_bytes(t))
         .with_context(|| format!("{}: cannot write", path.display()))
 }

@@ -379,7 +379,8 @@ pub fn execute(run: &RunSpec, banner: bool) -> Result<Executed> {
     };
     let text_note = text_detector.as_ref().map(|d| {
         format!(
-            "PP-OCRv4 det sha256 {} thresh {} box_thresh {} unclip {}",
+            "{} sha256 {} thresh {} box_thresh {} unclip {}",
+            crate::ocr::MODEL_NAME,
             crate::ocr::MODEL_SHA256,
             d.settings.db.thresh,
             d.settings.db.box_thresh,

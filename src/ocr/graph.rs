@@ -389,13 +389,11 @@ impl Graph {
             let n = slot_of.len();
             *slot_of.entry(name.to_string()).or_insert(n)
         };
-        let mut constants: Vec<(usize, Tensor)> = Vec::new();
+        // Constant values by slot: initializers and `Constant` nodes.
         let mut values: HashMap<usize, Tensor> = HashMap::new();
         for t in &graph.initializer {
             let s = slot(&t.name, &mut slot_of);
-            let x = tensor_from_proto(t)?;
-            values.insert(s, x.shallow_clone());
-            constants.push((s, x));
+            values.insert(s, tensor_from_proto(t)?);
         }
         let inputs: Vec<&str> = graph
             .input
@@ -446,8 +444,7 @@ impl Graph {
                     })?;
                 let x = tensor_from_proto(t).map_err(|e| node_error(node, index, e))?;
                 let s = slot(out, &mut slot_of);
-                values.insert(s, x.shallow_clone());
-                constants.push((s, x));
+                values.insert(s, x);
                 continue;
             }
             let mut ins = Vec::new();
@@ -633,7 +630,6 @@ impl Graph {
         let output = *slot_of
             .get(&output_name)
             .ok_or_else(|| format!("output {output_name:?}: no node makes it"))?;
-        drop(constants);
         let mut slots = slot_of.len();
         if fusion {
             ops = fuse(ops, &mut values, &mut slots, output);

@@ -104,11 +104,6 @@ pub struct Example {
     pub image: RgbImage,
 }
 
-/// The per-image seed of a variant's rendering ([`crate::sweep::image_seed`]), as sweeps use.
-fn seed_of(id: &str, seed: u64) -> u64 {
-    crate::sweep::image_seed(id, seed)
-}
-
 /// Measures the detector against the oracle mask for each variant on each image; returns the
 /// table and, per variant, the first image's example.
 pub fn rendered(
@@ -141,7 +136,8 @@ pub fn rendered(
                 input.clone(),
                 v,
                 cfg,
-                seed_of(id, seed),
+                // Each image's rendering seed, as sweeps derive it.
+                crate::sweep::image_seed(id, seed),
                 None,
             );
             let oracle = crate::defense::mask::oracle_mask(&r);

@@ -26,6 +26,8 @@ pub use db::{DbParams, ProbMap, TextBox};
 
 /// The model's file name.
 pub const MODEL_FILE: &str = "ch_PP-OCRv4_det_infer.onnx";
+/// What the model is, as outputs and provenance name it.
+pub const MODEL_NAME: &str = "PP-OCRv4 det (PaddleOCR, via rapidocr-onnxruntime 1.4.4)";
 /// The sha256 of `rapidocr_onnxruntime-1.4.4`'s `models/ch_PP-OCRv4_det_infer.onnx`.
 pub const MODEL_SHA256: &str = "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9";
 

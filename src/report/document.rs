@@ -65,6 +65,15 @@ pub struct Example {
     pub attacked_top: Vec<String>,
 }
 
+/// One image with its caption.
+#[derive(Debug, Clone)]
+pub struct Figure {
+    /// What the image shows.
+    pub caption: String,
+    /// PNG bytes.
+    pub png: Vec<u8>,
+}
+
 /// A block of content.
 #[derive(Debug, Clone)]
 pub enum Block {
@@ -81,6 +90,8 @@ pub enum Block {
     },
     /// A grid of examples.
     Examples(Vec<Example>),
+    /// A grid of captioned images.
+    Figures(Vec<Figure>),
     /// Preformatted text, folded away in HTML.
     Details {
         /// The summary line.
@@ -131,7 +142,9 @@ figure{margin:1em 0}figcaption{font-weight:600;margin-bottom:.3em}\
 .example img{width:112px;height:112px;image-rendering:auto;margin-right:4px}\
 .example ol{margin:.2em 0;padding-left:1.4em}.pair{display:flex;gap:8px}\
 pre{background:#f7f7f7;padding:.6em;overflow:auto;font-size:.8em}\
-nav a{margin-right:1em}";
+nav a{margin-right:1em}\
+.figures{display:grid;grid-template-columns:repeat(auto-fill,minmax(236px,1fr));gap:8px}\
+.figures figure{margin:0;font-size:.75em}.figures figcaption{font-weight:400}";
 
 /// Escapes text for HTML content and attributes.
 pub fn escape(s: &str) -> String {
@@ -241,6 +254,17 @@ impl Document {
                         strip_xml_declaration(svg)
                     )),
                     Block::Examples(e) => html_examples(e, &mut out),
+                    Block::Figures(figs) => {
+                        out.push_str("<div class=\"figures\">\n");
+                        for f in figs {
+                            out.push_str(&format!(
+                                "<figure><img alt=\"{c}\" src=\"{}\"><figcaption>{c}</figcaption></figure>\n",
+                                data_uri(&f.png),
+                                c = escape(&f.caption)
+                            ));
+                        }
+                        out.push_str("</div>\n");
+                    }
                     Block::Details { summary, text } => out.push_str(&format!(
                         "<details><summary>{}</summary><pre>{}</pre></details>\n",
                         escape(summary),
@@ -294,6 +318,15 @@ impl Document {
                         };
                         md_table(&t, &mut out);
                         out.push_str("\n*Thumbnails in report.html.*\n\n");
+                    }
+                    Block::Figures(figs) => {
+                        let captions: Vec<String> =
+                            figs.iter().map(|f| md_line(&f.caption)).collect();
+                        out.push_str(&format!(
+                            "*{} images in report.html: {}.*\n\n",
+                            figs.len(),
+                            captions.join("; ")
+                        ));
                     }
                     Block::Details { summary, text } => {
                         out.push_str(&format!("{}:\n\n```\n{}\n```\n\n", md_line(summary), text))

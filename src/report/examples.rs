@@ -126,14 +126,18 @@ impl ImageSource {
 
 /// PNG bytes of a `THUMB_PX` square thumbnail.
 pub fn thumbnail_png(img: &RgbImage) -> Vec<u8> {
-    let t = image::imageops::resize(
+    png_bytes(&image::imageops::resize(
         img,
         THUMB_PX,
         THUMB_PX,
         image::imageops::FilterType::Triangle,
-    );
+    ))
+}
+
+/// PNG bytes of an image.
+pub fn png_bytes(img: &RgbImage) -> Vec<u8> {
     let mut buf = Cursor::new(Vec::new());
-    t.write_to(&mut buf, image::ImageFormat::Png)
+    img.write_to(&mut buf, image::ImageFormat::Png)
         .expect("PNG encoding to memory");
     buf.into_inner()
 }
