@@ -83,19 +83,27 @@ fn tiny_resnet_all_formats_match_open_clip() {
 
 #[test]
 fn vit_b_32_real_shapes_match_open_clip() {
-    check_config(fixtures(), "ViT-B-32", true);
+    common::with_export("real/ViT-B-32", "ViT-B-32", |dir| {
+        check_config(dir, "ViT-B-32", true);
+        check_hf_folder(dir, "ViT-B-32");
+    });
 }
 
 #[test]
 fn rn50_real_shapes_match_open_clip() {
-    check_config(fixtures(), "RN50", false);
+    common::with_export("real/RN50", "RN50", |dir| check_config(dir, "RN50", false));
 }
 
 /// open_clip's `ViT-B-32` (GELU, as the LAION / DataComp / CommonPool tags build it): its
-/// tensors have OpenAI's shapes, so only its config tells it apart.
+/// tensors have OpenAI's shapes, so only its config tells it apart — a bare state dict needs
+/// `--arch`.
 #[test]
 fn vit_b_32_gelu_real_shapes_match_open_clip() {
-    check_config(fixtures(), "ViT-B-32-gelu", true);
+    common::with_export("real/ViT-B-32-gelu", "ViT-B-32-gelu", |dir| {
+        check_config(dir, "ViT-B-32-gelu", true);
+        check_hf_folder(dir, "ViT-B-32-gelu");
+        check_bare_state_dict_needs_arch(dir);
+    });
 }
 
 /// Every native option at once: GELU, head_width, mlp_ratio, LayerScale, no_ln_pre, avg pool
@@ -113,50 +121,57 @@ fn eos_pool_and_no_projection_match_open_clip() {
 }
 
 /// Hugging Face `CLIPModel` folders (config.json + model.safetensors, saved by transformers):
-/// `hidden_act` decides the activation — `gelu` for open_clip's ViT-B-32, `quick_gelu` for OpenAI's.
+/// `hidden_act` decides the activation — `gelu` for open_clip's ViT-B-32 (checked with its real
+/// shapes above), `quick_gelu` for OpenAI's.
 #[test]
 fn hugging_face_folders_follow_their_config() {
+    check_hf_folder(fixtures(), "tiny-vit");
+}
+
+fn check_hf_folder(dir: &Path, name: &str) {
     let _g = tch::no_grad_guard();
-    for name in ["ViT-B-32-gelu", "ViT-B-32", "tiny-vit"] {
-        let folder = fixtures().join(format!("{name}.hf"));
-        if !folder.is_dir() {
-            eprintln!(
-                "skipping {name}: transformers is not installed (scripts/test.sh installs it)"
-            );
-            continue;
-        }
-        let loaded = load_checkpoint(&folder, None, Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
-        assert!(
-            matches!(
-                loaded.config_source,
-                typoclip::model::load::ConfigSource::HuggingFaceConfig(_)
-            ),
-            "{:?}",
-            loaded.config_source
-        );
-        let io = read_tensors(&fixtures().join(format!("{name}.io.safetensors")));
-        let d_img = max_abs_diff(
-            &loaded.model.encode_image(&io["images"]),
-            &io["image_features"],
-        );
-        let d_txt = max_abs_diff(
-            &loaded.model.encode_text(&io["tokens"]),
-            &io["text_features"],
-        );
-        eprintln!("{name}.hf/: image {d_img:.2e} text {d_txt:.2e}");
-        assert!(d_img <= TOL && d_txt <= TOL, "{name}.hf: {d_img} {d_txt}");
+    let folder = dir.join(format!("{name}.hf"));
+    if !folder.is_dir() {
+        eprintln!("skipping {name}: transformers is not installed (scripts/test.sh installs it)");
+        return;
     }
+    let loaded = load_checkpoint(&folder, None, Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        matches!(
+            loaded.config_source,
+            typoclip::model::load::ConfigSource::HuggingFaceConfig(_)
+        ),
+        "{:?}",
+        loaded.config_source
+    );
+    let io = read_tensors(&dir.join(format!("{name}.io.safetensors")));
+    let d_img = max_abs_diff(
+        &loaded.model.encode_image(&io["images"]),
+        &io["image_features"],
+    );
+    let d_txt = max_abs_diff(
+        &loaded.model.encode_text(&io["tokens"]),
+        &io["text_features"],
+    );
+    eprintln!("{name}.hf/: image {d_img:.2e} text {d_txt:.2e}");
+    assert!(d_img <= TOL && d_txt <= TOL, "{name}.hf: {d_img} {d_txt}");
 }
 
 /// A bare state dict (no config beside it, not OpenAI's file) is refused with a line that says
 /// to pass --arch and names the matching architectures; with --arch it loads, and the wrong
 /// activation is caught by parity, not by shapes.
-#[test]
-fn bare_state_dict_needs_arch() {
+fn check_bare_state_dict_needs_arch(fixtures: &Path) {
     let _g = tch::no_grad_guard();
-    let dir = tempfile::tempdir().unwrap();
-    let bare = dir.path().join("weights.pt");
-    std::fs::copy(fixtures().join("ViT-B-32-gelu.state_dict.pt"), &bare).unwrap();
+    // In a folder of its own, so nothing beside it says what it is; linked, not copied, when
+    // the file system allows (it is 600 MB).
+    let dir = fixtures.join("bare");
+    std::fs::create_dir_all(&dir).unwrap();
+    let bare = dir.join("weights.pt");
+    std::fs::remove_file(&bare).ok();
+    let src = fixtures.join("ViT-B-32-gelu.state_dict.pt");
+    if std::fs::hard_link(&src, &bare).is_err() {
+        std::fs::copy(&src, &bare).unwrap();
+    }
     let e = load_checkpoint(&bare, None, Device::Cpu)
         .unwrap_err()
         .to_string();
@@ -166,7 +181,7 @@ fn bare_state_dict_needs_arch() {
     );
     assert!(e.contains("ViT-B-32, ") || e.contains("ViT-B-32)"), "{e}");
     assert!(e.contains("ViT-B-32-quickgelu"), "{e}");
-    let io = read_tensors(&fixtures().join("ViT-B-32-gelu.io.safetensors"));
+    let io = read_tensors(&fixtures.join("ViT-B-32-gelu.io.safetensors"));
     let right = load_checkpoint(&bare, Some("ViT-B-32"), Device::Cpu).unwrap();
     let d = max_abs_diff(
         &right.model.encode_image(&io["images"]),
@@ -250,28 +265,32 @@ fn native_zoo_configs_match_open_clip() {
 #[test]
 fn coca_matches_open_clip() {
     let name = "zoo-coca_ViT-B-32@2";
-    let dir = common::generate("coca", name);
-    check_config(&dir, name, false);
-    let loaded = load_checkpoint(
-        &dir.join(format!("{name}.open_clip.safetensors")),
-        None,
-        Device::Cpu,
-    )
-    .unwrap();
-    assert!(
-        loaded.unused_keys > 20,
-        "{} keys set aside",
-        loaded.unused_keys
-    );
-    assert!(!loaded.model.text_accepts_unpadded());
-    // A bare file says nothing of its architecture: refused, not guessed.
-    let bare = std::env::temp_dir().join("typoclip-coca-bare.safetensors");
-    std::fs::copy(dir.join(format!("{name}.open_clip.safetensors")), &bare).unwrap();
-    let Err(e) = load_checkpoint(&bare, None, Device::Cpu) else {
-        panic!("a bare CoCa file was loaded without its config");
-    };
-    let e = e.to_string();
-    assert!(e.contains("--arch"), "{e}");
+    common::with_export("coca", name, |dir| {
+        check_config(dir, name, false);
+        let loaded = load_checkpoint(
+            &dir.join(format!("{name}.open_clip.safetensors")),
+            None,
+            Device::Cpu,
+        )
+        .unwrap();
+        assert!(
+            loaded.unused_keys > 20,
+            "{} keys set aside",
+            loaded.unused_keys
+        );
+        assert!(!loaded.model.text_accepts_unpadded());
+        // A bare file says nothing of its architecture: refused, not guessed.
+        let bare_dir = dir.join("bare");
+        std::fs::create_dir_all(&bare_dir).unwrap();
+        let bare = bare_dir.join("weights.safetensors");
+        std::fs::remove_file(&bare).ok();
+        std::fs::copy(dir.join(format!("{name}.open_clip.safetensors")), &bare).unwrap();
+        let Err(e) = load_checkpoint(&bare, None, Device::Cpu) else {
+            panic!("a bare CoCa file was loaded without its config");
+        };
+        let e = e.to_string();
+        assert!(e.contains("--arch"), "{e}");
+    });
 }
 
 /// `coca_ViT-B-32` and `coca_ViT-L-14` at full depth: `cargo test --release --test parity --
@@ -359,25 +378,27 @@ fn check_timm(dir: &Path, name: &str) -> f64 {
 /// real widths with 2 blocks per tower (per stage), in every layout; logits carry SigLIP's bias.
 #[test]
 fn timm_towers_match_open_clip() {
-    let names = [
+    for name in [
         "zoo-ViT-B-16-SigLIP@2",
         "zoo-convnext_base@2",
         "zoo-convnext_large_d@2",
-    ];
-    let dir = common::generate("timm", &names.join(","));
-    for n in names {
-        check_timm(&dir, n);
+    ] {
+        common::with_export(&format!("timm/{name}"), name, |dir| {
+            check_timm(dir, name);
+            if name.contains("SigLIP") {
+                // SigLIP scores with its own sigmoid: the zero-shot classifier of the loaded
+                // model gives `sigmoid(open_clip's logits)`, independent per class.
+                let _g = tch::no_grad_guard();
+                let io = read_tensors(&dir.join(format!("{name}.io.safetensors")));
+                let mut m = ClipModel::new(&cut_timm_config(name), Device::Cpu).unwrap();
+                let sd =
+                    read_state_dict(&dir.join(format!("{name}.open_clip.safetensors"))).unwrap();
+                copy_into(&mut m, &sd.tensors).unwrap();
+                let d = common::sigmoid_scores_match(&m, &io);
+                assert!(d <= 1e-5, "{name}: sigmoid probabilities differ by {d}");
+            }
+        });
     }
-    // SigLIP scores with its own sigmoid: the zero-shot classifier of the loaded model gives
-    // `sigmoid(open_clip's logits)`, independent per class.
-    let _g = tch::no_grad_guard();
-    let name = names[0];
-    let io = read_tensors(&dir.join(format!("{name}.io.safetensors")));
-    let mut m = ClipModel::new(&cut_timm_config(name), Device::Cpu).unwrap();
-    let sd = read_state_dict(&dir.join(format!("{name}.open_clip.safetensors"))).unwrap();
-    copy_into(&mut m, &sd.tensors).unwrap();
-    let d = common::sigmoid_scores_match(&m, &io);
-    assert!(d <= 1e-5, "{name}: sigmoid probabilities differ by {d}");
 }
 
 /// The timm towers of the list at real shapes — every SigLIP image size family, the
@@ -412,9 +433,7 @@ fn timm_zoo_configs_match_open_clip() {
             continue;
         }
         // One at a time: the exports of the large ones take gigabytes.
-        let dir = common::generate(&format!("timm-zoo/{n}"), n);
-        check_timm(&dir, n);
-        std::fs::remove_dir_all(&dir).ok();
+        common::with_export(&format!("timm-zoo/{n}"), n, |dir| check_timm(dir, n));
     }
 }
 

@@ -31,9 +31,9 @@ pub fn shared_data() -> Option<PathBuf> {
     p.is_dir().then_some(p)
 }
 
-/// The configs every test run needs (tiny ones and the real shapes of ViT-B/32 and RN50).
-pub const CI_CONFIGS: &str =
-    "tiny-vit,tiny-rn,tiny-options,tiny-eos,ViT-B-32,RN50,ViT-B-32-gelu,tokenizer,preprocess";
+/// The small configs every test binary shares (the real shapes are exported one model at a
+/// time by [`with_export`], so a run never holds them all on disk at once).
+pub const CI_CONFIGS: &str = "tiny-vit,tiny-rn,tiny-options,tiny-eos,tokenizer,preprocess";
 
 /// Runs `scripts/reference.py` for `configs` into `tests/fixtures/generated/<subdir>` unless a
 /// stamp shows the same script already made them. Returns the folder.
@@ -62,6 +62,19 @@ pub fn generate(subdir: &str, configs: &str) -> PathBuf {
         "scripts/reference.py failed for {configs}"
     );
     std::fs::write(&stamp, stamp_value).unwrap();
+    out
+}
+
+/// Exports `configs` into `tests/fixtures/generated/<subdir>`, runs `check` on the folder, and
+/// removes the folder when `check` returns (a failing check panics first and leaves the files
+/// for inspection). For real-shape exports, which take gigabytes each.
+/// One export at a time per test binary: tests run in parallel threads.
+pub fn with_export<T>(subdir: &str, configs: &str, check: impl FnOnce(&Path) -> T) -> T {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = generate(subdir, configs);
+    let out = check(&dir);
+    std::fs::remove_dir_all(&dir).ok();
     out
 }
 
