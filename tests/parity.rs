@@ -316,7 +316,9 @@ fn cut_timm_config(name: &str) -> ClipConfig {
     let depth: i64 = depth.parse().unwrap();
     let mut config = ClipConfig::from_arch(arch).unwrap();
     match &mut config.vision {
-        VisionConfig::TimmVit { layers, .. } => *layers = depth,
+        VisionConfig::TimmVit { layers, .. } | VisionConfig::TimmEva { layers, .. } => {
+            *layers = depth
+        }
         VisionConfig::TimmConvNext { depths, .. } => *depths = [depth; 4],
         other => panic!("{name}: not a timm tower: {other:?}"),
     }
@@ -401,6 +403,37 @@ fn timm_towers_match_open_clip() {
     }
 }
 
+/// EVA-CLIP's towers (timm's `Eva`, class-token pooled, the trunk's classifier as the
+/// projection; open_clip's text tower under `text.`): EVA02-B/16 at full depth (rotary
+/// positions on the 16×16 reference grid, SwiGLU with its hidden norm, unfused q/k/v without a
+/// k bias, the attention sub-LN), loaded as users load it; EVA01-g/14 (fused qkv with q and v
+/// biases, GELU MLP of 6144) and EVA02-E/14 (post-norm blocks, MLP of 15 360) at their real
+/// widths with 2 blocks per tower.
+#[test]
+fn eva_towers_match_open_clip() {
+    for name in ["zoo-EVA02-B-16", "zoo-EVA01-g-14@2", "zoo-EVA02-E-14@2"] {
+        common::with_export(&format!("eva/{name}"), name, |dir| {
+            check_timm(dir, name);
+            if name == "zoo-EVA02-B-16" {
+                // The rotary positions carry weight: without them the same weights are far off.
+                let _g = tch::no_grad_guard();
+                let io = read_tensors(&dir.join(format!("{name}.io.safetensors")));
+                let mut config = ClipConfig::from_arch("EVA02-B-16").unwrap();
+                let VisionConfig::TimmEva { rope_ref_grid, .. } = &mut config.vision else {
+                    panic!("EVA02-B-16 is not an EVA tower: {:?}", config.vision)
+                };
+                *rope_ref_grid = None;
+                let mut m = ClipModel::new(&config, Device::Cpu).unwrap();
+                let sd =
+                    read_state_dict(&dir.join(format!("{name}.open_clip.safetensors"))).unwrap();
+                copy_into(&mut m, &sd.tensors).unwrap();
+                let d = max_abs_diff(&m.encode_image(&io["images"]), &io["image_features"]);
+                assert!(d > 100.0 * TOL, "without rotary positions: {d}");
+            }
+        });
+    }
+}
+
 /// The timm towers of the list at real shapes — every SigLIP image size family, the
 /// SO400M MLP ratio 3.7362, GELU-tanh (SigLIP 2, gopt), the SigLIP 2 text tower (256 000
 /// tokens, GELU-tanh), ConvNeXt base / base_w / large_d / xxlarge: `cargo test --release
@@ -423,6 +456,11 @@ fn timm_zoo_configs_match_open_clip() {
         "zoo-convnext_base_w@4",
         "zoo-convnext_large_d@4",
         "zoo-convnext_xxlarge@2",
+        "zoo-EVA02-L-14@4",
+        // 336 px: a 24×24 grid whose rotary positions are rescaled to the 16×16 reference.
+        "zoo-EVA02-L-14-336@2",
+        "zoo-EVA01-g-14-plus@2",
+        "zoo-EVA02-E-14-plus@2",
     ];
     let only = std::env::var("TYPOCLIP_TIMM_ZOO").ok();
     for n in names {

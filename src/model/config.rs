@@ -82,6 +82,9 @@ pub struct EmbedCls {
 pub enum TimmProj {
     /// `timm_proj: none`: the trunk's pooled features are the embedding.
     None,
+    /// `timm_proj: null` (not set): open_clip builds the trunk with `num_classes=embed_dim`, so
+    /// the trunk's own classifier `trunk.head` (a Linear with bias) is the projection (EVA).
+    Classifier,
     /// `timm_proj: linear`: `nn.Linear(num_features, embed_dim, bias=timm_proj_bias)`.
     Linear {
         /// `timm_proj_bias`.
@@ -165,6 +168,42 @@ pub enum VisionConfig {
         /// open_clip's head.
         proj: TimmProj,
     },
+    /// timm's `Eva` (EVA-CLIP's EVA01 / EVA02 towers, `visual.trunk.*`): class token, learned
+    /// positions, EVA blocks (rotary positions, SwiGLU and sub-LN for EVA02; post-norm for
+    /// EVA02-E), class-token pooling after `norm`, then the trunk's classifier or open_clip's
+    /// [`TimmProj`] head.
+    TimmEva {
+        /// timm's model name (`eva02_base_patch16_clip_224`).
+        timm_model_name: String,
+        /// Input side in pixels.
+        image_resolution: i64,
+        /// Patch side.
+        patch_size: i64,
+        /// Residual width (`embed_dim`).
+        width: i64,
+        /// Blocks (`depth`).
+        layers: i64,
+        /// Attention heads.
+        heads: i64,
+        /// MLP hidden width (`int(width · mlp_ratio)`).
+        mlp_width: i64,
+        /// `swiglu_mlp`: `silu(fc1_g) · fc1_x`, else `fc1` → GELU.
+        swiglu: bool,
+        /// `scale_mlp`: a LayerNorm on the MLP's hidden units.
+        scale_mlp: bool,
+        /// `qkv_fused`: one `qkv` with `q_bias`, `v_bias`; else `q_proj`, `k_proj`, `v_proj`.
+        qkv_fused: bool,
+        /// `scale_attn_inner`: a LayerNorm on the merged heads before `proj`.
+        scale_attn_inner: bool,
+        /// Rotary positions (`use_rot_pos_emb`) on this reference grid side (`ref_feat_shape`).
+        rope_ref_grid: Option<i64>,
+        /// `use_post_norm`: `EvaBlockPostNorm`.
+        post_norm: bool,
+        /// LayerNorm epsilon (timm's 1e-6).
+        ln_eps: f64,
+        /// The projection.
+        proj: TimmProj,
+    },
     /// timm's `ConvNeXt` (v1, `visual.trunk.*`): patchify stem, four stages of depthwise 7×7
     /// blocks with LayerScale, average pool and LayerNorm (timm's `NormMlpClassifierHead`), then
     /// open_clip's [`TimmProj`] head.
@@ -197,18 +236,22 @@ impl VisionConfig {
             | VisionConfig::TimmVit {
                 image_resolution, ..
             }
+            | VisionConfig::TimmEva {
+                image_resolution, ..
+            }
             | VisionConfig::TimmConvNext {
                 image_resolution, ..
             } => *image_resolution,
         }
     }
 
-    /// `"ViT"`, `"ModifiedResNet"`, `"timm ViT"` or `"timm ConvNeXt"`.
+    /// `"ViT"`, `"ModifiedResNet"`, `"timm ViT"`, `"timm EVA"` or `"timm ConvNeXt"`.
     pub fn family(&self) -> &'static str {
         match self {
             VisionConfig::VisionTransformer { .. } => "ViT",
             VisionConfig::ModifiedResNet { .. } => "ModifiedResNet",
             VisionConfig::TimmVit { .. } => "timm ViT",
+            VisionConfig::TimmEva { .. } => "timm EVA",
             VisionConfig::TimmConvNext { .. } => "timm ConvNeXt",
         }
     }
@@ -216,7 +259,8 @@ impl VisionConfig {
     /// A timm tower's pooled feature width (`num_features`) and open_clip's head after it.
     fn timm_head(&self) -> Option<(i64, TimmProj)> {
         match self {
-            VisionConfig::TimmVit { width, proj, .. } => Some((*width, *proj)),
+            VisionConfig::TimmVit { width, proj, .. }
+            | VisionConfig::TimmEva { width, proj, .. } => Some((*width, *proj)),
             VisionConfig::TimmConvNext { dims, proj, .. } => Some((dims[3], *proj)),
             _ => None,
         }
@@ -511,6 +555,31 @@ impl ClipConfig {
                     ));
                 }
             }
+            VisionConfig::TimmEva {
+                timm_model_name,
+                image_resolution,
+                patch_size,
+                width,
+                layers,
+                heads,
+                mlp_width,
+                rope_ref_grid,
+                ..
+            } => {
+                if *layers < 1
+                    || *heads < 1
+                    || width % heads != 0
+                    || *patch_size < 1
+                    || image_resolution < patch_size
+                    || *mlp_width < 1
+                    || (rope_ref_grid.is_some() && (width / heads) % 4 != 0)
+                {
+                    return bad(format!(
+                        "invalid {timm_model_name} shape: width {width}, layers {layers}, \
+                         heads {heads}, patch {patch_size}, {image_resolution} px"
+                    ));
+                }
+            }
             VisionConfig::TimmConvNext {
                 timm_model_name,
                 depths,
@@ -588,6 +657,23 @@ impl ClipConfig {
                 "timm {timm_model_name} (width {width}, {layers} layers, patch {patch_size}, \
                  {image_resolution} px, {}, MAP pool)",
                 act(*a)
+            ),
+            VisionConfig::TimmEva {
+                timm_model_name,
+                image_resolution,
+                patch_size,
+                width,
+                layers,
+                swiglu,
+                rope_ref_grid,
+                post_norm,
+                ..
+            } => format!(
+                "timm {timm_model_name} (width {width}, {layers} layers, patch {patch_size}, \
+                 {image_resolution} px, {}{}{}, class token)",
+                if *swiglu { "SwiGLU" } else { "GELU" },
+                if rope_ref_grid.is_some() { ", rotary positions" } else { "" },
+                if *post_norm { ", post-norm" } else { "" },
             ),
             VisionConfig::TimmConvNext {
                 timm_model_name,

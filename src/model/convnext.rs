@@ -145,7 +145,7 @@ impl ConvNext {
             stem_norm: LayerNorm::with_eps(&stem / 1, cfg.dims[0], eps),
             stages,
             head_norm: LayerNorm::with_eps(&trunk / "head" / "norm", features, eps),
-            head: TimmHead::new(&p / "head", cfg.proj, features, cfg.embed_dim),
+            head: TimmHead::new(&p, cfg.proj, features, cfg.embed_dim),
         }
     }
 }

@@ -16,6 +16,7 @@
 
 pub mod config;
 mod convnext;
+mod eva;
 pub mod jit;
 pub mod kernels;
 pub mod load;
@@ -165,6 +166,42 @@ fn image_tower(vp: nn::Path, config: &ClipConfig) -> Box<dyn ImageTower> {
                 act,
                 layer_scale: false,
                 ln_eps,
+            },
+        )),
+        VisionConfig::TimmEva {
+            image_resolution,
+            patch_size,
+            width,
+            layers,
+            heads,
+            mlp_width,
+            swiglu,
+            scale_mlp,
+            qkv_fused,
+            scale_attn_inner,
+            rope_ref_grid,
+            post_norm,
+            ln_eps,
+            proj,
+            ..
+        } => Box::new(eva::Eva::new(
+            vp,
+            eva::EvaCfg {
+                image_resolution,
+                patch_size,
+                width,
+                layers,
+                heads,
+                mlp_width,
+                swiglu,
+                scale_mlp,
+                qkv_fused,
+                scale_attn_inner,
+                rope_ref_grid,
+                post_norm,
+                ln_eps,
+                embed_dim: config.embed_dim,
+                proj,
             },
         )),
         VisionConfig::TimmConvNext {

@@ -356,6 +356,8 @@ fn timm_vision(
         Some("mlp") => TimmProj::Mlp {
             bias: v.timm_proj_bias,
         },
+        // open_clip builds the trunk with `num_classes=embed_dim`: its classifier projects.
+        None if matches!(arch, super::timm::TimmArch::Eva(_)) => TimmProj::Classifier,
         other => {
             return Err(unsupported(
                 "vision_cfg.timm_proj",
@@ -397,6 +399,37 @@ fn timm_vision(
                 heads,
                 mlp_width: (width as f64 * mlp_ratio) as i64,
                 act,
+                ln_eps: 1e-6,
+                proj,
+            })
+        }
+        super::timm::TimmArch::Eva(e) => {
+            // `token` (the EVA-CLIP functions' default) pools the class token after `norm`;
+            // `avg` would pool the patches through `fc_norm`, which no EVA config of open_clip's
+            // uses.
+            if pool.is_some_and(|p| p != "token") {
+                return Err(unsupported("vision_cfg.timm_pool", &v.timm_pool));
+            }
+            if image_resolution != e.image_size {
+                return Err(ModelError::Config(format!(
+                    "vision_cfg.image_size: {image_resolution}, but timm builds {name} at {} px",
+                    e.image_size
+                )));
+            }
+            Ok(VisionConfig::TimmEva {
+                timm_model_name: name.to_string(),
+                image_resolution,
+                patch_size: e.patch_size,
+                width: e.width,
+                layers: e.depth,
+                heads: e.heads,
+                mlp_width: e.mlp_width,
+                swiglu: e.swiglu,
+                scale_mlp: e.scale_mlp,
+                qkv_fused: e.qkv_fused,
+                scale_attn_inner: e.scale_attn_inner,
+                rope_ref_grid: e.rope_ref_grid,
+                post_norm: e.post_norm,
                 ln_eps: 1e-6,
                 proj,
             })
@@ -653,16 +686,17 @@ mod tests {
                 }
             }
         }
-        // open_clip 3.3.0: 95 configs (coca_ViT-B-32, coca_ViT-L-14 and coca_base among them,
-        // 26 SigLIP / SigLIP 2 and 11 ConvNeXt ones), 150 of the 196 pretrained pairs: every
-        // pair whose towers are open_clip's own (112), SigLIP's (26) or a ConvNeXt (12).
-        assert_eq!(native, 95);
+        // open_clip 3.3.0: 102 configs (coca_ViT-B-32, coca_ViT-L-14 and coca_base among them,
+        // 26 SigLIP / SigLIP 2, 11 ConvNeXt and 7 EVA ones), 157 of the 196 pretrained pairs:
+        // every pair whose towers are open_clip's own (112), SigLIP's (26), a ConvNeXt (12) or
+        // an EVA (7).
+        assert_eq!(native, 102);
         let pairs = zoo()
             .pretrained
             .iter()
             .filter(|p| ClipConfig::for_tag(&p.arch, &p.tag).is_ok())
             .count();
-        assert_eq!(pairs, 150);
+        assert_eq!(pairs, 157);
         let so400m = ClipConfig::for_tag("ViT-SO400M-14-SigLIP-384", "webli").unwrap();
         assert!(so400m.logit_bias && so400m.custom_text);
         assert!(matches!(
@@ -702,17 +736,51 @@ mod tests {
                 ..
             }
         ));
-        let eva = ClipConfig::preset("EVA02-B-16");
-        assert!(eva.is_none());
+        let eva = ClipConfig::preset("EVA02-L-14-336").unwrap();
+        assert!(eva.custom_text && !eva.logit_bias);
+        assert!(matches!(
+            eva.vision,
+            VisionConfig::TimmEva {
+                image_resolution: 336,
+                patch_size: 14,
+                width: 1024,
+                layers: 24,
+                mlp_width: 2730,
+                swiglu: true,
+                qkv_fused: false,
+                rope_ref_grid: Some(16),
+                post_norm: false,
+                proj: TimmProj::Classifier,
+                ..
+            }
+        ));
+        assert_eq!(eva.text.act, Activation::Gelu);
+        let enormous = ClipConfig::preset("EVA02-E-14-plus").unwrap();
+        assert!(matches!(
+            enormous.vision,
+            VisionConfig::TimmEva {
+                width: 1792,
+                layers: 64,
+                mlp_width: 15360,
+                swiglu: false,
+                qkv_fused: true,
+                rope_ref_grid: None,
+                post_norm: true,
+                ..
+            }
+        ));
+        assert_eq!((enormous.text.width, enormous.text.layers), (1280, 32));
+        // A pool the EVA towers are not built with is refused, naming the field.
+        let mut cfg = zoo().model("EVA02-B-16").unwrap().clone();
+        cfg.vision_cfg.timm_pool = "avg".into();
+        let err = cfg.to_clip_config(false).unwrap_err().to_string();
+        assert!(err.contains("vision_cfg.timm_pool"), "{err}");
         let err = zoo()
-            .model("EVA02-B-16")
+            .model("ViTamin-S")
             .unwrap()
             .to_clip_config(false)
             .unwrap_err();
-        assert!(
-            err.to_string().contains("eva02_base_patch16_clip_224"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("vitamin_small_224"), "{err}");
         let coca = ClipConfig::preset("coca_ViT-B-32").unwrap();
         assert!(coca.custom_text && coca.text_decoder);
         assert_eq!(coca.text.embed_cls, Some(EmbedCls { pad_id: 0 }));

@@ -3,8 +3,9 @@
 //! head after the trunk (`visual.head.*`: `timm_proj` linear, mlp or none).
 //!
 //! A name not in the table is refused by the config stage, never approximated by a neighbour.
-//! Reference: timm 1.0 `models/vision_transformer.py` (`vit_*_siglip_*`), `models/convnext.py`
-//! (`convnext_*`); open_clip `timm_model.py`.
+//! Reference: timm 1.0 `models/vision_transformer.py` (`vit_*_siglip_*`), `models/eva.py`
+//! (`eva_giant_patch14_224`, `eva02_*_clip_*`), `models/convnext.py` (`convnext_*`); open_clip
+//! `timm_model.py`.
 
 use tch::{nn, Tensor};
 
@@ -25,6 +26,8 @@ pub(crate) enum TimmArch {
         mlp_ratio: f64,
         act: Activation,
     },
+    /// timm's `Eva` (`models/eva.py`), as its EVA-CLIP model functions set it.
+    Eva(EvaArch),
     /// `ConvNeXt(depths, dims, norm_eps)`.
     ConvNext {
         depths: [i64; 4],
@@ -32,6 +35,77 @@ pub(crate) enum TimmArch {
         ln_eps: f64,
     },
 }
+
+/// The arguments of an `Eva` model function (the rest are `Eva`'s defaults).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct EvaArch {
+    pub image_size: i64,
+    pub patch_size: i64,
+    pub width: i64,
+    pub depth: i64,
+    pub heads: i64,
+    /// `int(width · mlp_ratio)` as Python computes it.
+    pub mlp_width: i64,
+    pub swiglu: bool,
+    pub scale_mlp: bool,
+    pub qkv_fused: bool,
+    pub scale_attn_inner: bool,
+    /// `use_rot_pos_emb` with `ref_feat_shape = (r, r)`.
+    pub rope_ref_grid: Option<i64>,
+    pub post_norm: bool,
+}
+
+/// EVA02's CLIP towers (`eva02_*_clip_*`): unfused q/k/v, SwiGLU with its hidden norm
+/// (`mlp_ratio = 4·2/3`), the attention sub-LN, rotary positions on a 16×16 reference grid.
+const fn eva02(image_size: i64, patch_size: i64, width: i64, depth: i64, heads: i64) -> TimmArch {
+    TimmArch::Eva(EvaArch {
+        image_size,
+        patch_size,
+        width,
+        depth,
+        heads,
+        mlp_width: (width as f64 * (4.0 * 2.0 / 3.0)) as i64,
+        swiglu: true,
+        scale_mlp: true,
+        qkv_fused: false,
+        scale_attn_inner: true,
+        rope_ref_grid: Some(16),
+        post_norm: false,
+    })
+}
+
+/// EVA's plain towers: fused qkv with q/v biases, GELU MLP, no rotary positions.
+const fn eva_plain(width: i64, depth: i64, mlp_ratio: f64, post_norm: bool) -> TimmArch {
+    TimmArch::Eva(EvaArch {
+        image_size: 224,
+        patch_size: 14,
+        width,
+        depth,
+        heads: 16,
+        mlp_width: (width as f64 * mlp_ratio) as i64,
+        swiglu: false,
+        scale_mlp: false,
+        qkv_fused: true,
+        scale_attn_inner: false,
+        rope_ref_grid: None,
+        post_norm,
+    })
+}
+
+/// The EVA towers open_clip's EVA configs name.
+const EVAS: [(&str, TimmArch); 5] = [
+    (
+        "eva_giant_patch14_224",
+        eva_plain(1408, 40, 6144.0 / 1408.0, false),
+    ),
+    ("eva02_base_patch16_clip_224", eva02(224, 16, 768, 12, 12)),
+    ("eva02_large_patch14_clip_224", eva02(224, 14, 1024, 24, 16)),
+    ("eva02_large_patch14_clip_336", eva02(336, 14, 1024, 24, 16)),
+    (
+        "eva02_enormous_patch14_clip_224",
+        eva_plain(1792, 64, 15360.0 / 1792.0, true),
+    ),
+];
 
 /// `TimmArch::Vit` from timm's arguments: image size, patch, width, depth, heads, MLP ratio, act.
 const fn vit(
@@ -147,7 +221,7 @@ const CONVNEXTS: [(&str, [i64; 4], [i64; 4], f64); 6] = [
 
 /// The architecture of a timm model name, if typoclip builds it.
 pub(crate) fn timm_arch(name: &str) -> Option<TimmArch> {
-    if let Some(&(_, arch)) = SIGLIP_VITS.iter().find(|v| v.0 == name) {
+    if let Some(&(_, arch)) = SIGLIP_VITS.iter().chain(&EVAS).find(|v| v.0 == name) {
         return Some(arch);
     }
     CONVNEXTS
@@ -164,15 +238,30 @@ pub(crate) fn timm_arch(name: &str) -> Option<TimmArch> {
 #[derive(Debug)]
 pub(crate) enum TimmHead {
     None,
+    /// The trunk's classifier, `visual.trunk.head`.
+    Classifier(Linear),
     Proj(Linear),
-    Mlp { fc1: Linear, fc2: Linear },
+    Mlp {
+        fc1: Linear,
+        fc2: Linear,
+    },
 }
 
 impl TimmHead {
-    /// The head under `p` (`visual.head`).
-    pub(crate) fn new(p: nn::Path, proj: TimmProj, features: i64, embed_dim: i64) -> TimmHead {
+    /// The head of the tower under `visual` (`visual.head`, or `visual.trunk.head` for the
+    /// trunk's classifier).
+    pub(crate) fn new(
+        visual: &nn::Path,
+        proj: TimmProj,
+        features: i64,
+        embed_dim: i64,
+    ) -> TimmHead {
+        let p = visual / "head";
         match proj {
             TimmProj::None => TimmHead::None,
+            TimmProj::Classifier => {
+                TimmHead::Classifier(Linear::new(visual / "trunk" / "head", features, embed_dim))
+            }
             TimmProj::Linear { bias } => {
                 TimmHead::Proj(Linear::with_bias(&p / "proj", features, embed_dim, bias))
             }
@@ -189,7 +278,7 @@ impl TimmHead {
     pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
         match self {
             TimmHead::None => x.shallow_clone(),
-            TimmHead::Proj(l) => l.forward(x),
+            TimmHead::Proj(l) | TimmHead::Classifier(l) => l.forward(x),
             TimmHead::Mlp { fc1, fc2 } => fc2.forward(&fc1.forward(x).gelu("none")),
         }
     }
@@ -218,6 +307,18 @@ mod tests {
             Some(TimmArch::ConvNext { ln_eps, .. }) if ln_eps == 1e-5
         ));
         assert_eq!(timm_arch("vit_base_patch16_siglip_gap_224"), None);
-        assert_eq!(timm_arch("eva02_base_patch16_clip_224"), None);
+        // Python's int(768 * (4 * 2 / 3)) and int(1408 * (6144 / 1408)).
+        let Some(TimmArch::Eva(b)) = timm_arch("eva02_base_patch16_clip_224") else {
+            panic!("EVA02-B")
+        };
+        assert_eq!(
+            (b.mlp_width, b.rope_ref_grid, b.qkv_fused),
+            (2048, Some(16), false)
+        );
+        let Some(TimmArch::Eva(g)) = timm_arch("eva_giant_patch14_224") else {
+            panic!("EVA-g")
+        };
+        assert_eq!((g.mlp_width, g.depth, g.qkv_fused), (6144, 40, true));
+        assert_eq!(timm_arch("eva02_small_patch14_224"), None);
     }
 }

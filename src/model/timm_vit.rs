@@ -114,7 +114,7 @@ impl TimmVisionTransformer {
             ),
             norm: LayerNorm::with_eps(&trunk / "norm", w, block.ln_eps),
             attn_pool: AttentionPoolLatent::new(&trunk / "attn_pool", block),
-            head: TimmHead::new(&p / "head", cfg.proj, w, cfg.embed_dim),
+            head: TimmHead::new(&p, cfg.proj, w, cfg.embed_dim),
             patch_size: cfg.patch_size,
         }
     }
