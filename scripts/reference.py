@@ -138,6 +138,45 @@ def timm_depth(name):
     return int(depth)
 
 
+# The `config.json` values of the Hugging Face encoders open_clip's pretrained models name
+# (open_clip reads them with `AutoConfig.from_pretrained`, which needs the hub):
+# RobertaConfig() is roberta-base's; XLM-R differs in vocabulary and, for large, in size.
+HF_TEXT = {
+    "roberta-base": ("RobertaConfig", dict()),
+    "xlm-roberta-base": ("XLMRobertaConfig", dict(vocab_size=250002)),
+    "xlm-roberta-large": ("XLMRobertaConfig", dict(vocab_size=250002, hidden_size=1024,
+                                                   num_hidden_layers=24, num_attention_heads=16,
+                                                   intermediate_size=4096)),
+}
+
+
+def hf_text_config(name, depth=None):
+    import transformers
+    cls, kw = HF_TEXT[name]
+    kw = dict(kw, max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5,
+              pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    if depth is not None:
+        kw["num_hidden_layers"] = depth
+    return getattr(transformers, cls)(**kw)
+
+
+class _HfConfig:
+    """Within the block, `AutoConfig.from_pretrained(NAME)` gives HF_TEXT's config offline
+    (with `depth` layers for a cut fixture)."""
+
+    def __init__(self, depth):
+        self.depth = depth
+
+    def __enter__(self):
+        import open_clip.hf_model as hm
+        self.hm, self.orig = hm, hm.AutoConfig.from_pretrained
+        depth = self.depth
+        hm.AutoConfig.from_pretrained = staticmethod(lambda name, *a, **k: hf_text_config(name, depth))
+
+    def __exit__(self, *exc):
+        self.hm.AutoConfig.from_pretrained = self.orig
+
+
 class _TimmDepth:
     """Within the block, timm.create_model builds `depth` blocks (ConvNeXt: per stage)."""
 
@@ -172,7 +211,13 @@ def build(name):
         if "multimodal_cfg" in cfg:
             cfg.pop("custom_text", None)
             return open_clip.CoCa(**cfg)
-        with _TimmDepth(timm_depth(name)):
+        hf = "hf_model_name" in cfg["text_cfg"]
+        if hf:
+            # Random weights from the offline config, never the hub's.
+            cfg["text_cfg"] = dict(cfg["text_cfg"], hf_model_pretrained=False)
+            cfg["custom_text"] = True
+        _, _, depth = name.partition("@")
+        with _TimmDepth(timm_depth(name)), _HfConfig(int(depth) if depth and hf else None):
             if cfg.pop("custom_text", False):
                 return open_clip.CustomTextCLIP(**cfg)
             return CLIP(**cfg)
@@ -302,7 +347,16 @@ def export(name, out_dir, seed):
     tokenizer = open_clip.get_tokenizer("ViT-B-32")
     tcfg = model_cfg(name)["text_cfg"]
     ctx, vocab = tcfg.get("context_length", 77), tcfg.get("vocab_size", 49408)
-    if (ctx, vocab) == (77, 49408):
+    if tcfg.get("hf_model_name"):
+        # RoBERTa-style rows: <s> (0), random ids, </s> (2), then the padding id (1) — a
+        # different length for each row, so the padding mask and the mean pool matter.
+        vocab = hf_text_config(tcfg["hf_model_name"]).vocab_size
+        tokens = torch.ones(len(PROMPTS), ctx, dtype=torch.long)
+        for r in range(len(PROMPTS)):
+            n = 2 + int(torch.randint(1, ctx - 2, (1,), generator=g))
+            tokens[r, :n] = torch.randint(3, vocab, (n,), generator=g)
+            tokens[r, 0], tokens[r, n - 1] = 0, 2
+    elif (ctx, vocab) == (77, 49408):
         tokens = tokenizer(PROMPTS)
     elif vocab == 49408:
         # CLIP's BPE at another context length (CoCa: 76), as open_clip's get_tokenizer makes it.
@@ -349,9 +403,11 @@ def export(name, out_dir, seed):
         save_file(hf_state_dict(sd), os.path.join(out_dir, f"{name}.hf.safetensors"))
         hf_folder(name, model_cfg(name), sd, os.path.join(out_dir, f"{name}.hf"))
 
-    if "multimodal_cfg" in model_cfg(name) or model_cfg(name)["vision_cfg"].get("timm_model_name"):
+    if ("multimodal_cfg" in model_cfg(name) or model_cfg(name)["vision_cfg"].get("timm_model_name")
+            or model_cfg(name)["text_cfg"].get("hf_model_name")):
         # CoCa is not shipped as TorchScript (its forward returns a dict of the decoder's
-        # logits); neither are timm-tower models (TorchScript is OpenAI's format).
+        # logits); neither are timm-tower or Hugging Face text-tower models (TorchScript is
+        # OpenAI's format).
         print(f"reference: {name} ({res}px) written", file=sys.stderr)
         return
     with torch.no_grad():

@@ -305,9 +305,10 @@ fn coca_full_depth_matches_open_clip() {
     }
 }
 
-/// The model of a timm-tower fixture `zoo-ARCH@L`: open_clip's ARCH with timm's trunk cut to
-/// `L` blocks (ConvNeXt: `L` per stage) and `L` text blocks, as `scripts/reference.py` builds it
-/// (open_clip's config has no field for a timm trunk's depth, so the cut is made here).
+/// The model of a cut fixture `zoo-ARCH@L`: open_clip's ARCH with `L` blocks per tower — timm's
+/// trunk cut to `L` blocks (ConvNeXt: `L` per stage), a Hugging Face encoder to `L` layers — as
+/// `scripts/reference.py` builds it (open_clip's config has no field for a timm trunk's or an
+/// HF encoder's depth, so the cut is made here).
 fn cut_timm_config(name: &str) -> ClipConfig {
     let (arch, depth) = name
         .trim_start_matches("zoo-")
@@ -316,13 +317,16 @@ fn cut_timm_config(name: &str) -> ClipConfig {
     let depth: i64 = depth.parse().unwrap();
     let mut config = ClipConfig::from_arch(arch).unwrap();
     match &mut config.vision {
-        VisionConfig::TimmVit { layers, .. } | VisionConfig::TimmEva { layers, .. } => {
-            *layers = depth
-        }
+        VisionConfig::TimmVit { layers, .. }
+        | VisionConfig::TimmEva { layers, .. }
+        | VisionConfig::VisionTransformer { layers, .. } => *layers = depth,
         VisionConfig::TimmConvNext { depths, .. } => *depths = [depth; 4],
-        other => panic!("{name}: not a timm tower: {other:?}"),
+        other => panic!("{name}: no cut for {other:?}"),
     }
     config.text.layers = depth;
+    if let Some(hf) = &mut config.hf_text {
+        hf.layers = depth;
+    }
     config
 }
 
@@ -432,6 +436,30 @@ fn eva_towers_match_open_clip() {
             }
         });
     }
+}
+
+/// open_clip's Hugging Face text towers (`HFTextEncoder` under `text.`): roberta-base and
+/// xlm-roberta-base (250 002 tokens) with the mean pooler over non-padding tokens and the MLP
+/// projection, beside a QuickGELU / GELU ViT-B/32, at their real widths with 2 layers per tower;
+/// the rows have different lengths, padded with RoBERTa's padding id.
+#[test]
+fn hf_text_towers_match_open_clip() {
+    for name in ["zoo-roberta-ViT-B-32@2", "zoo-xlm-roberta-base-ViT-B-32@2"] {
+        common::with_export(&format!("hf-text/{name}"), name, |dir| {
+            check_timm(dir, name)
+        });
+    }
+}
+
+/// xlm-roberta-large (24 layers of 1024, the MLP projection to 1024) beside ViT-H-14, with 2
+/// layers per tower: `cargo test --release --test parity -- --ignored hf_text_zoo`.
+#[test]
+#[ignore = "large: xlm-roberta-large-ViT-H-14; run with --ignored"]
+fn hf_text_zoo_configs_match_open_clip() {
+    let name = "zoo-xlm-roberta-large-ViT-H-14@2";
+    common::with_export(&format!("hf-text/{name}"), name, |dir| {
+        check_timm(dir, name)
+    });
 }
 
 /// The timm towers of the list at real shapes — every SigLIP image size family, the

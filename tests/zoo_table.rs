@@ -22,8 +22,7 @@ fn tests_of(family: &str) -> &'static str {
 }
 
 fn table() -> (String, usize) {
-    let mut out =
-        String::from("| architecture | tag | image tower | covered by |\n|---|---|---|---|\n");
+    let mut out = String::from("| architecture | tag | towers | covered by |\n|---|---|---|---|\n");
     let mut built = 0;
     for p in &zoo().pretrained {
         let (family, tests) = match ClipConfig::for_tag(&p.arch, &p.tag) {
@@ -36,7 +35,13 @@ fn table() -> (String, usize) {
                     } => "CoCa ViT",
                     v => v.family(),
                 };
-                (family.to_string(), tests_of(family).to_string())
+                match &c.hf_text {
+                    Some(hf) => (
+                        format!("{family}; text: Hugging Face `{}`", hf.hf_model_name),
+                        "`hf_text_towers_match_open_clip`, `hf_text_zoo_configs` †".to_string(),
+                    ),
+                    None => (family.to_string(), tests_of(family).to_string()),
+                }
             }
             Err(e) => {
                 // The refusal names the field: `vision_cfg.timm_model_name: NAME (…)`.

@@ -319,6 +319,10 @@ pub struct ClipConfig {
     /// them ([`super::load::LoadedCheckpoint::unused_keys`]).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub text_decoder: bool,
+    /// A Hugging Face text tower (open_clip's `HFTextEncoder`, under `text.`) in place of the
+    /// `TextTransformer`; [`ClipConfig::text`] then holds its encoder's shapes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hf_text: Option<super::hf_text::HfTextConfig>,
 }
 
 /// Names of the OpenAI checkpoints, in the spelling open_clip uses.
@@ -492,6 +496,7 @@ impl ClipConfig {
             logit_bias: false,
             custom_text: false,
             text_decoder: false,
+            hf_text: None,
         };
         config.validate()?;
         Ok(config)

@@ -590,6 +590,7 @@ pub fn read_hf_config(path: &Path) -> Result<ClipConfig, ModelError> {
         logit_bias: false,
         custom_text: false,
         text_decoder: false,
+        hf_text: None,
     };
     config.validate().map_err(|e| e.with_path(path))?;
     Ok(config)

@@ -17,6 +17,7 @@
 pub mod config;
 mod convnext;
 mod eva;
+pub mod hf_text;
 pub mod jit;
 pub mod kernels;
 pub mod load;
@@ -224,8 +225,15 @@ fn image_tower(vp: nn::Path, config: &ClipConfig) -> Box<dyn ImageTower> {
 }
 
 /// The tower registry's text side: open_clip's `TextTransformer`, at the model root or under
-/// `text.` (custom-text models).
+/// `text.` (custom-text models), or a Hugging Face encoder under `text.`.
 fn text_tower(root: &nn::Path, config: &ClipConfig) -> Box<dyn TextTower> {
+    if let Some(hf) = &config.hf_text {
+        return Box::new(hf_text::HfTextEncoder::new(
+            &(root / "text"),
+            hf,
+            config.embed_dim,
+        ));
+    }
     let text_root = if config.custom_text {
         root / "text"
     } else {
@@ -452,6 +460,7 @@ mod tests {
             logit_bias: false,
             custom_text: false,
             text_decoder: false,
+            hf_text: None,
         }
     }
 

@@ -21,6 +21,7 @@ use super::config::{
     Activation, AttnPoolCfg, ClipConfig, EmbedCls, TextConfig, TextPool, TextProjection, TimmProj,
     VisionConfig, VitPool,
 };
+use super::hf_text::{HfPooler, HfProj, HfTextConfig};
 use super::ModelError;
 
 /// An int or a pair, as open_clip's `image_size` and `layers`.
@@ -457,6 +458,41 @@ fn timm_vision(
     }
 }
 
+/// The Hugging Face text tower `name` as open_clip's `HFTextEncoder` builds it from `t`.
+fn hf_text_config(t: &TextCfg, name: &str) -> Result<HfTextConfig, ModelError> {
+    let (vocab_size, width, layers, heads, intermediate) = super::hf_text::hf_text_arch(name)
+        .ok_or_else(|| {
+            unsupported(
+                "text_cfg.hf_model_name",
+                &format!("{name} (a Hugging Face text tower other than the RoBERTa family)"),
+            )
+        })?;
+    let pooler = match t.hf_pooler_type.as_str() {
+        "mean_pooler" => HfPooler::Mean,
+        "cls_last_hidden_state_pooler" => HfPooler::ClsLastHiddenState,
+        other => return Err(unsupported("text_cfg.hf_pooler_type", other)),
+    };
+    let proj = match t.hf_proj_type.as_str() {
+        "mlp" => HfProj::Mlp,
+        "linear" => HfProj::Linear,
+        other => return Err(unsupported("text_cfg.hf_proj_type", other)),
+    };
+    Ok(HfTextConfig {
+        hf_model_name: name.to_string(),
+        vocab_size,
+        width,
+        layers,
+        heads,
+        intermediate,
+        max_positions: 514,
+        type_vocab: 1,
+        pad_token_id: 1,
+        ln_eps: 1e-5,
+        pooler,
+        proj,
+    })
+}
+
 impl ModelCfg {
     /// Parses a model config JSON (an open_clip `model_configs/*.json`).
     pub fn from_json(text: &str) -> Result<ModelCfg, ModelError> {
@@ -471,12 +507,18 @@ impl ModelCfg {
         let quick = self.quick_gelu || force_quick_gelu;
         let v = &self.vision_cfg;
         let t = &self.text_cfg;
-        if let Some(name) = &t.hf_model_name {
-            return Err(unsupported(
-                "text_cfg.hf_model_name",
-                &format!("{name} (a Hugging Face text tower)"),
-            ));
-        }
+        let hf_text = match &t.hf_model_name {
+            None => None,
+            // coca_roberta-ViT-B-32 (no pretrained tag): CoCa's text tower with an HF encoder
+            // is not built or tested.
+            Some(name) if self.multimodal_cfg.is_some() => {
+                return Err(unsupported(
+                    "text_cfg.hf_model_name",
+                    &format!("{name} (a Hugging Face text tower inside a CoCa)"),
+                ))
+            }
+            Some(name) => Some(hf_text_config(t, name)?),
+        };
         if v.pos_embed_type != "learnable" {
             return Err(unsupported("vision_cfg.pos_embed_type", &v.pos_embed_type));
         }
@@ -570,10 +612,24 @@ impl ModelCfg {
             ("linear", true) => TextProjection::Linear,
             (other, _) => return Err(unsupported("text_cfg.proj_type", other)),
         };
-        let config = ClipConfig {
-            embed_dim: self.embed_dim,
-            vision,
-            text: TextConfig {
+        let text = match &hf_text {
+            // The encoder's own shapes; the tokenizer's context length is the config's.
+            Some(h) => TextConfig {
+                context_length: t.context_length,
+                vocab_size: h.vocab_size,
+                width: h.width,
+                heads: h.heads,
+                layers: h.layers,
+                mlp_width: h.intermediate,
+                act: Activation::Gelu,
+                layer_scale: false,
+                causal: false,
+                pool: TextPool::First,
+                projection: TextProjection::None,
+                ln_eps: h.ln_eps,
+                embed_cls: None,
+            },
+            None => TextConfig {
                 context_length: t.context_length,
                 vocab_size: t.vocab_size,
                 width: t.width,
@@ -588,9 +644,16 @@ impl ModelCfg {
                 ln_eps: ln_eps(&t.norm_kwargs, "text_cfg.norm_kwargs")?,
                 embed_cls: t.embed_cls.then_some(EmbedCls { pad_id: t.pad_id }),
             },
+        };
+        let config = ClipConfig {
+            embed_dim: self.embed_dim,
+            vision,
+            text,
             logit_bias: self.init_logit_bias.is_some(),
-            custom_text: self.custom_text || self.multimodal_cfg.is_some(),
+            // open_clip builds a model with a Hugging Face text tower as a CustomTextCLIP.
+            custom_text: self.custom_text || self.multimodal_cfg.is_some() || hf_text.is_some(),
             text_decoder: self.multimodal_cfg.is_some(),
+            hf_text,
         };
         config.validate()?;
         Ok(config)
@@ -686,17 +749,17 @@ mod tests {
                 }
             }
         }
-        // open_clip 3.3.0: 102 configs (coca_ViT-B-32, coca_ViT-L-14 and coca_base among them,
-        // 26 SigLIP / SigLIP 2, 11 ConvNeXt and 7 EVA ones), 157 of the 196 pretrained pairs:
-        // every pair whose towers are open_clip's own (112), SigLIP's (26), a ConvNeXt (12) or
-        // an EVA (7).
-        assert_eq!(native, 102);
+        // open_clip 3.3.0: 105 configs (coca_ViT-B-32, coca_ViT-L-14 and coca_base among them,
+        // 26 SigLIP / SigLIP 2, 11 ConvNeXt, 7 EVA and 3 RoBERTa-text ones), 160 of the 196
+        // pretrained pairs: every pair whose towers are open_clip's own (112), SigLIP's (26), a
+        // ConvNeXt (12), an EVA (7) or a RoBERTa-family text tower (3).
+        assert_eq!(native, 105);
         let pairs = zoo()
             .pretrained
             .iter()
             .filter(|p| ClipConfig::for_tag(&p.arch, &p.tag).is_ok())
             .count();
-        assert_eq!(pairs, 157);
+        assert_eq!(pairs, 160);
         let so400m = ClipConfig::for_tag("ViT-SO400M-14-SigLIP-384", "webli").unwrap();
         assert!(so400m.logit_bias && so400m.custom_text);
         assert!(matches!(
@@ -775,6 +838,26 @@ mod tests {
         cfg.vision_cfg.timm_pool = "avg".into();
         let err = cfg.to_clip_config(false).unwrap_err().to_string();
         assert!(err.contains("vision_cfg.timm_pool"), "{err}");
+        let xlmr = ClipConfig::preset("xlm-roberta-large-ViT-H-14").unwrap();
+        let hf = xlmr.hf_text.as_ref().expect("a Hugging Face text tower");
+        assert_eq!(
+            (
+                hf.vocab_size,
+                hf.width,
+                hf.layers,
+                hf.heads,
+                hf.intermediate
+            ),
+            (250002, 1024, 24, 16, 4096)
+        );
+        assert_eq!((hf.pooler, hf.proj), (HfPooler::Mean, HfProj::Mlp));
+        assert!(xlmr.custom_text);
+        let err = zoo()
+            .model("nllb-clip-base")
+            .unwrap()
+            .to_clip_config(false)
+            .unwrap_err();
+        assert!(err.to_string().contains("text_cfg.hf_model_name"), "{err}");
         let err = zoo()
             .model("ViTamin-S")
             .unwrap()
