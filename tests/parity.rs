@@ -317,9 +317,10 @@ fn cut_timm_config(name: &str) -> ClipConfig {
     let depth: i64 = depth.parse().unwrap();
     let mut config = ClipConfig::from_arch(arch).unwrap();
     match &mut config.vision {
-        VisionConfig::TimmVit { layers, .. }
-        | VisionConfig::TimmEva { layers, .. }
-        | VisionConfig::VisionTransformer { layers, .. } => *layers = depth,
+        VisionConfig::TimmVit { layers, .. } | VisionConfig::VisionTransformer { layers, .. } => {
+            *layers = depth
+        }
+        VisionConfig::TimmEva { shape, .. } => shape.layers = depth,
         VisionConfig::TimmConvNext { depths, .. } => *depths = [depth; 4],
         other => panic!("{name}: no cut for {other:?}"),
     }
@@ -423,10 +424,10 @@ fn eva_towers_match_open_clip() {
                 let _g = tch::no_grad_guard();
                 let io = read_tensors(&dir.join(format!("{name}.io.safetensors")));
                 let mut config = ClipConfig::from_arch("EVA02-B-16").unwrap();
-                let VisionConfig::TimmEva { rope_ref_grid, .. } = &mut config.vision else {
+                let VisionConfig::TimmEva { shape, .. } = &mut config.vision else {
                     panic!("EVA02-B-16 is not an EVA tower: {:?}", config.vision)
                 };
-                *rope_ref_grid = None;
+                shape.rope_ref_grid = None;
                 let mut m = ClipModel::new(&config, Device::Cpu).unwrap();
                 let sd =
                     read_state_dict(&dir.join(format!("{name}.open_clip.safetensors"))).unwrap();

@@ -177,28 +177,9 @@ pub enum VisionConfig {
         timm_model_name: String,
         /// Input side in pixels.
         image_resolution: i64,
-        /// Patch side.
-        patch_size: i64,
-        /// Residual width (`embed_dim`).
-        width: i64,
-        /// Blocks (`depth`).
-        layers: i64,
-        /// Attention heads.
-        heads: i64,
-        /// MLP hidden width (`int(width · mlp_ratio)`).
-        mlp_width: i64,
-        /// `swiglu_mlp`: `silu(fc1_g) · fc1_x`, else `fc1` → GELU.
-        swiglu: bool,
-        /// `scale_mlp`: a LayerNorm on the MLP's hidden units.
-        scale_mlp: bool,
-        /// `qkv_fused`: one `qkv` with `q_bias`, `v_bias`; else `q_proj`, `k_proj`, `v_proj`.
-        qkv_fused: bool,
-        /// `scale_attn_inner`: a LayerNorm on the merged heads before `proj`.
-        scale_attn_inner: bool,
-        /// Rotary positions (`use_rot_pos_emb`) on this reference grid side (`ref_feat_shape`).
-        rope_ref_grid: Option<i64>,
-        /// `use_post_norm`: `EvaBlockPostNorm`.
-        post_norm: bool,
+        /// The trunk's shape and options (timm's `Eva` arguments).
+        #[serde(flatten)]
+        shape: EvaShape,
         /// LayerNorm epsilon (timm's 1e-6).
         ln_eps: f64,
         /// The projection.
@@ -221,6 +202,33 @@ pub enum VisionConfig {
         /// open_clip's head.
         proj: TimmProj,
     },
+}
+
+/// The shape and options of timm's `Eva` trunk, as its EVA-CLIP model functions set them.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct EvaShape {
+    /// Patch side.
+    pub patch_size: i64,
+    /// Residual width (`embed_dim`).
+    pub width: i64,
+    /// Blocks (`depth`).
+    pub layers: i64,
+    /// Attention heads.
+    pub heads: i64,
+    /// MLP hidden width (`int(width · mlp_ratio)`, as Python computes it).
+    pub mlp_width: i64,
+    /// `swiglu_mlp`: `silu(fc1_g) · fc1_x`, else `fc1` → GELU.
+    pub swiglu: bool,
+    /// `scale_mlp`: a LayerNorm on the MLP's hidden units.
+    pub scale_mlp: bool,
+    /// `qkv_fused`: one `qkv` with `q_bias`, `v_bias`; else `q_proj`, `k_proj`, `v_proj`.
+    pub qkv_fused: bool,
+    /// `scale_attn_inner`: a LayerNorm on the merged heads before `proj`.
+    pub scale_attn_inner: bool,
+    /// Rotary positions (`use_rot_pos_emb`) on this reference grid side (`ref_feat_shape`).
+    pub rope_ref_grid: Option<i64>,
+    /// `use_post_norm`: `EvaBlockPostNorm`.
+    pub post_norm: bool,
 }
 
 impl VisionConfig {
@@ -260,7 +268,11 @@ impl VisionConfig {
     fn timm_head(&self) -> Option<(i64, TimmProj)> {
         match self {
             VisionConfig::TimmVit { width, proj, .. }
-            | VisionConfig::TimmEva { width, proj, .. } => Some((*width, *proj)),
+            | VisionConfig::TimmEva {
+                shape: EvaShape { width, .. },
+                proj,
+                ..
+            } => Some((*width, *proj)),
             VisionConfig::TimmConvNext { dims, proj, .. } => Some((dims[3], *proj)),
             _ => None,
         }
@@ -563,12 +575,16 @@ impl ClipConfig {
             VisionConfig::TimmEva {
                 timm_model_name,
                 image_resolution,
-                patch_size,
-                width,
-                layers,
-                heads,
-                mlp_width,
-                rope_ref_grid,
+                shape:
+                    EvaShape {
+                        patch_size,
+                        width,
+                        layers,
+                        heads,
+                        mlp_width,
+                        rope_ref_grid,
+                        ..
+                    },
                 ..
             } => {
                 if *layers < 1
@@ -666,19 +682,21 @@ impl ClipConfig {
             VisionConfig::TimmEva {
                 timm_model_name,
                 image_resolution,
-                patch_size,
-                width,
-                layers,
-                swiglu,
-                rope_ref_grid,
-                post_norm,
+                shape: e,
                 ..
             } => format!(
-                "timm {timm_model_name} (width {width}, {layers} layers, patch {patch_size}, \
-                 {image_resolution} px, {}{}{}, class token)",
-                if *swiglu { "SwiGLU" } else { "GELU" },
-                if rope_ref_grid.is_some() { ", rotary positions" } else { "" },
-                if *post_norm { ", post-norm" } else { "" },
+                "timm {timm_model_name} (width {}, {} layers, patch {}, {image_resolution} px, \
+                 {}{}{}, class token)",
+                e.width,
+                e.layers,
+                e.patch_size,
+                if e.swiglu { "SwiGLU" } else { "GELU" },
+                if e.rope_ref_grid.is_some() {
+                    ", rotary positions"
+                } else {
+                    ""
+                },
+                if e.post_norm { ", post-norm" } else { "" },
             ),
             VisionConfig::TimmConvNext {
                 timm_model_name,

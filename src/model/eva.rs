@@ -22,32 +22,17 @@
 
 use tch::{nn, Device, Kind, Tensor};
 
-use super::config::TimmProj;
+use super::config::{EvaShape, TimmProj};
 use super::probe::Probe;
 use super::timm::TimmHead;
+use super::timm_vit::PatchEmbed;
 use super::transformer::{merge_heads, param, LayerNorm, Linear};
 
-/// The shape and options of a timm `Eva` trunk.
+/// A timm `Eva` trunk and open_clip's head on it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct EvaCfg {
     pub image_resolution: i64,
-    pub patch_size: i64,
-    pub width: i64,
-    pub layers: i64,
-    pub heads: i64,
-    pub mlp_width: i64,
-    /// `swiglu_mlp`.
-    pub swiglu: bool,
-    /// `scale_mlp`: a LayerNorm on the MLP's hidden units.
-    pub scale_mlp: bool,
-    /// `qkv_fused`.
-    pub qkv_fused: bool,
-    /// `scale_attn_inner`: a LayerNorm on the merged heads.
-    pub scale_attn_inner: bool,
-    /// `use_rot_pos_emb` with this `ref_feat_shape` side.
-    pub rope_ref_grid: Option<i64>,
-    /// `use_post_norm`.
-    pub post_norm: bool,
+    pub shape: EvaShape,
     pub ln_eps: f64,
     pub embed_dim: i64,
     pub proj: TimmProj,
@@ -125,9 +110,9 @@ struct Attention {
 
 impl Attention {
     fn new(p: nn::Path, c: &EvaCfg) -> Attention {
-        let w = c.width;
+        let w = c.shape.width;
         let std = (w as f64).powf(-0.5);
-        let qkv = if c.qkv_fused {
+        let qkv = if c.shape.qkv_fused {
             Qkv::Fused {
                 weight: param(&(&p / "qkv"), "weight", &[3 * w, w], std),
                 q_bias: p.var("q_bias", &[w], nn::Init::Const(0.0)),
@@ -143,10 +128,11 @@ impl Attention {
         Attention {
             qkv,
             norm: c
+                .shape
                 .scale_attn_inner
                 .then(|| LayerNorm::with_eps(&p / "norm", w, c.ln_eps)),
             proj: Linear::new(&p / "proj", w, w),
-            heads: c.heads,
+            heads: c.shape.heads,
         }
     }
 
@@ -219,8 +205,8 @@ struct MlpBlock {
 
 impl MlpBlock {
     fn new(p: nn::Path, c: &EvaCfg) -> MlpBlock {
-        let (w, h) = (c.width, c.mlp_width);
-        let kind = if c.swiglu {
+        let (w, h) = (c.shape.width, c.shape.mlp_width);
+        let kind = if c.shape.swiglu {
             Mlp::SwiGlu {
                 fc1_g: Linear::new(&p / "fc1_g", w, h),
                 fc1_x: Linear::new(&p / "fc1_x", w, h),
@@ -233,6 +219,7 @@ impl MlpBlock {
         MlpBlock {
             kind,
             norm: c
+                .shape
                 .scale_mlp
                 .then(|| LayerNorm::with_eps(&p / "norm", h, c.ln_eps)),
             fc2: Linear::new(&p / "fc2", h, w),
@@ -266,8 +253,7 @@ struct Block {
 /// `visual` of an EVA model: `visual.trunk.*` (and `visual.head.*` for a `timm_proj`).
 #[derive(Debug)]
 pub(crate) struct Eva {
-    patch_weight: Tensor,
-    patch_bias: Tensor,
+    patch_embed: PatchEmbed,
     cls_token: Tensor,
     pos_embed: Tensor,
     rope: Option<Rope>,
@@ -276,22 +262,20 @@ pub(crate) struct Eva {
     norm: LayerNorm,
     /// `trunk.head` (the classifier as the projection), or open_clip's head.
     head: TimmHead,
-    patch_size: i64,
 }
 
 impl Eva {
     /// The tower under `p` (`visual`).
     pub(crate) fn new(p: nn::Path, c: EvaCfg) -> Eva {
         let trunk = &p / "trunk";
-        let w = c.width;
-        let grid = c.image_resolution / c.patch_size;
-        let patch = &trunk / "patch_embed" / "proj";
+        let w = c.shape.width;
+        let grid = c.image_resolution / c.shape.patch_size;
         let bp = &trunk / "blocks";
-        let blocks = (0..c.layers)
+        let blocks = (0..c.shape.layers)
             .map(|i| {
                 let b = &bp / i;
                 let name = format!("visual.trunk.blocks.{i}");
-                let fc1 = if c.swiglu { "fc1_x" } else { "fc1" };
+                let fc1 = if c.shape.swiglu { "fc1_x" } else { "fc1" };
                 Block {
                     norm1: LayerNorm::with_eps(&b / "norm1", w, c.ln_eps),
                     attn: Attention::new(&b / "attn", &c),
@@ -306,32 +290,24 @@ impl Eva {
             })
             .collect();
         Eva {
-            patch_weight: param(&patch, "weight", &[w, 3, c.patch_size, c.patch_size], 0.02),
-            patch_bias: patch.var("bias", &[w], nn::Init::Const(0.0)),
+            patch_embed: PatchEmbed::new(&trunk, w, c.shape.patch_size),
             cls_token: param(&trunk, "cls_token", &[1, 1, w], 0.02),
             pos_embed: param(&trunk, "pos_embed", &[1, grid * grid + 1, w], 0.02),
-            rope: c.rope_ref_grid.map(|r| Rope::new(grid, r, w / c.heads)),
+            rope: c
+                .shape
+                .rope_ref_grid
+                .map(|r| Rope::new(grid, r, w / c.shape.heads)),
             blocks,
-            post_norm: c.post_norm,
+            post_norm: c.shape.post_norm,
             norm: LayerNorm::with_eps(&trunk / "norm", w, c.ln_eps),
             head: TimmHead::new(&p, c.proj, w, c.embed_dim),
-            patch_size: c.patch_size,
         }
     }
 }
 
 impl super::ImageTower for Eva {
     fn forward(&self, images: &Tensor, probe: &mut Probe, _weights_generation: u64) -> Tensor {
-        let p = self.patch_size;
-        let x = images.conv2d(
-            &self.patch_weight,
-            Some(&self.patch_bias),
-            [p, p],
-            [0, 0],
-            [1, 1],
-            1,
-        );
-        let x = x.flatten(2, 3).transpose(1, 2);
+        let x = self.patch_embed.forward(images);
         let b = x.size()[0];
         let cls = self.cls_token.expand([b, 1, -1], false);
         let mut x = Tensor::cat(&[cls, x], 1) + &self.pos_embed;

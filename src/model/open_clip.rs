@@ -358,7 +358,7 @@ fn timm_vision(
             bias: v.timm_proj_bias,
         },
         // open_clip builds the trunk with `num_classes=embed_dim`: its classifier projects.
-        None if matches!(arch, super::timm::TimmArch::Eva(_)) => TimmProj::Classifier,
+        None if matches!(arch, super::timm::TimmArch::Eva { .. }) => TimmProj::Classifier,
         other => {
             return Err(unsupported(
                 "vision_cfg.timm_proj",
@@ -404,33 +404,23 @@ fn timm_vision(
                 proj,
             })
         }
-        super::timm::TimmArch::Eva(e) => {
+        super::timm::TimmArch::Eva { image_size, shape } => {
             // `token` (the EVA-CLIP functions' default) pools the class token after `norm`;
             // `avg` would pool the patches through `fc_norm`, which no EVA config of open_clip's
             // uses.
             if pool.is_some_and(|p| p != "token") {
                 return Err(unsupported("vision_cfg.timm_pool", &v.timm_pool));
             }
-            if image_resolution != e.image_size {
+            if image_resolution != image_size {
                 return Err(ModelError::Config(format!(
-                    "vision_cfg.image_size: {image_resolution}, but timm builds {name} at {} px",
-                    e.image_size
+                    "vision_cfg.image_size: {image_resolution}, but timm builds {name} at \
+                     {image_size} px"
                 )));
             }
             Ok(VisionConfig::TimmEva {
                 timm_model_name: name.to_string(),
                 image_resolution,
-                patch_size: e.patch_size,
-                width: e.width,
-                layers: e.depth,
-                heads: e.heads,
-                mlp_width: e.mlp_width,
-                swiglu: e.swiglu,
-                scale_mlp: e.scale_mlp,
-                qkv_fused: e.qkv_fused,
-                scale_attn_inner: e.scale_attn_inner,
-                rope_ref_grid: e.rope_ref_grid,
-                post_norm: e.post_norm,
+                shape,
                 ln_eps: 1e-6,
                 proj,
             })
@@ -663,6 +653,7 @@ impl ModelCfg {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::config::EvaShape;
 
     #[test]
     fn the_zoo_has_open_clips_table() {
@@ -805,14 +796,17 @@ mod tests {
             eva.vision,
             VisionConfig::TimmEva {
                 image_resolution: 336,
-                patch_size: 14,
-                width: 1024,
-                layers: 24,
-                mlp_width: 2730,
-                swiglu: true,
-                qkv_fused: false,
-                rope_ref_grid: Some(16),
-                post_norm: false,
+                shape: EvaShape {
+                    patch_size: 14,
+                    width: 1024,
+                    layers: 24,
+                    mlp_width: 2730,
+                    swiglu: true,
+                    qkv_fused: false,
+                    rope_ref_grid: Some(16),
+                    post_norm: false,
+                    ..
+                },
                 proj: TimmProj::Classifier,
                 ..
             }
@@ -822,13 +816,16 @@ mod tests {
         assert!(matches!(
             enormous.vision,
             VisionConfig::TimmEva {
-                width: 1792,
-                layers: 64,
-                mlp_width: 15360,
-                swiglu: false,
-                qkv_fused: true,
-                rope_ref_grid: None,
-                post_norm: true,
+                shape: EvaShape {
+                    width: 1792,
+                    layers: 64,
+                    mlp_width: 15360,
+                    swiglu: false,
+                    qkv_fused: true,
+                    rope_ref_grid: None,
+                    post_norm: true,
+                    ..
+                },
                 ..
             }
         ));

@@ -9,7 +9,7 @@
 
 use tch::{nn, Tensor};
 
-use super::config::{Activation, TimmProj};
+use super::config::{Activation, EvaShape, TimmProj};
 use super::transformer::Linear;
 
 /// The architecture a timm model name stands for.
@@ -26,8 +26,9 @@ pub(crate) enum TimmArch {
         mlp_ratio: f64,
         act: Activation,
     },
-    /// timm's `Eva` (`models/eva.py`), as its EVA-CLIP model functions set it.
-    Eva(EvaArch),
+    /// timm's `Eva` (`models/eva.py`), as its EVA-CLIP model functions set it: its `img_size`
+    /// and the trunk's shape.
+    Eva { image_size: i64, shape: EvaShape },
     /// `ConvNeXt(depths, dims, norm_eps)`.
     ConvNext {
         depths: [i64; 4],
@@ -36,60 +37,45 @@ pub(crate) enum TimmArch {
     },
 }
 
-/// The arguments of an `Eva` model function (the rest are `Eva`'s defaults).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct EvaArch {
-    pub image_size: i64,
-    pub patch_size: i64,
-    pub width: i64,
-    pub depth: i64,
-    pub heads: i64,
-    /// `int(width · mlp_ratio)` as Python computes it.
-    pub mlp_width: i64,
-    pub swiglu: bool,
-    pub scale_mlp: bool,
-    pub qkv_fused: bool,
-    pub scale_attn_inner: bool,
-    /// `use_rot_pos_emb` with `ref_feat_shape = (r, r)`.
-    pub rope_ref_grid: Option<i64>,
-    pub post_norm: bool,
-}
-
 /// EVA02's CLIP towers (`eva02_*_clip_*`): unfused q/k/v, SwiGLU with its hidden norm
 /// (`mlp_ratio = 4·2/3`), the attention sub-LN, rotary positions on a 16×16 reference grid.
 const fn eva02(image_size: i64, patch_size: i64, width: i64, depth: i64, heads: i64) -> TimmArch {
-    TimmArch::Eva(EvaArch {
+    TimmArch::Eva {
         image_size,
-        patch_size,
-        width,
-        depth,
-        heads,
-        mlp_width: (width as f64 * (4.0 * 2.0 / 3.0)) as i64,
-        swiglu: true,
-        scale_mlp: true,
-        qkv_fused: false,
-        scale_attn_inner: true,
-        rope_ref_grid: Some(16),
-        post_norm: false,
-    })
+        shape: EvaShape {
+            patch_size,
+            width,
+            layers: depth,
+            heads,
+            mlp_width: (width as f64 * (4.0 * 2.0 / 3.0)) as i64,
+            swiglu: true,
+            scale_mlp: true,
+            qkv_fused: false,
+            scale_attn_inner: true,
+            rope_ref_grid: Some(16),
+            post_norm: false,
+        },
+    }
 }
 
 /// EVA's plain towers: fused qkv with q/v biases, GELU MLP, no rotary positions.
 const fn eva_plain(width: i64, depth: i64, mlp_ratio: f64, post_norm: bool) -> TimmArch {
-    TimmArch::Eva(EvaArch {
+    TimmArch::Eva {
         image_size: 224,
-        patch_size: 14,
-        width,
-        depth,
-        heads: 16,
-        mlp_width: (width as f64 * mlp_ratio) as i64,
-        swiglu: false,
-        scale_mlp: false,
-        qkv_fused: true,
-        scale_attn_inner: false,
-        rope_ref_grid: None,
-        post_norm,
-    })
+        shape: EvaShape {
+            patch_size: 14,
+            width,
+            layers: depth,
+            heads: 16,
+            mlp_width: (width as f64 * mlp_ratio) as i64,
+            swiglu: false,
+            scale_mlp: false,
+            qkv_fused: true,
+            scale_attn_inner: false,
+            rope_ref_grid: None,
+            post_norm,
+        },
+    }
 }
 
 /// The EVA towers open_clip's EVA configs name.
@@ -308,17 +294,17 @@ mod tests {
         ));
         assert_eq!(timm_arch("vit_base_patch16_siglip_gap_224"), None);
         // Python's int(768 * (4 * 2 / 3)) and int(1408 * (6144 / 1408)).
-        let Some(TimmArch::Eva(b)) = timm_arch("eva02_base_patch16_clip_224") else {
+        let Some(TimmArch::Eva { shape: b, .. }) = timm_arch("eva02_base_patch16_clip_224") else {
             panic!("EVA02-B")
         };
         assert_eq!(
             (b.mlp_width, b.rope_ref_grid, b.qkv_fused),
             (2048, Some(16), false)
         );
-        let Some(TimmArch::Eva(g)) = timm_arch("eva_giant_patch14_224") else {
+        let Some(TimmArch::Eva { shape: g, .. }) = timm_arch("eva_giant_patch14_224") else {
             panic!("EVA-g")
         };
-        assert_eq!((g.mlp_width, g.depth, g.qkv_fused), (6144, 40, true));
+        assert_eq!((g.mlp_width, g.layers, g.qkv_fused), (6144, 40, true));
         assert_eq!(timm_arch("eva02_small_patch14_224"), None);
     }
 }

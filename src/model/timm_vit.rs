@@ -67,6 +67,36 @@ impl AttentionPoolLatent {
     }
 }
 
+/// timm's `PatchEmbed` (`patch_embed.proj`): a `patch × patch` convolution with bias, stride
+/// `patch`, its output flattened to tokens.
+#[derive(Debug)]
+pub(crate) struct PatchEmbed {
+    weight: Tensor,
+    bias: Tensor,
+    patch: i64,
+}
+
+impl PatchEmbed {
+    /// The stem under `trunk` (`trunk.patch_embed.proj`).
+    pub(crate) fn new(trunk: &nn::Path, width: i64, patch: i64) -> PatchEmbed {
+        let p = trunk / "patch_embed" / "proj";
+        PatchEmbed {
+            weight: param(&p, "weight", &[width, 3, patch, patch], 0.02),
+            bias: p.var("bias", &[width], nn::Init::Const(0.0)),
+            patch,
+        }
+    }
+
+    /// `[B, 3, R, R] → [B, (R / patch)², W]`.
+    pub(crate) fn forward(&self, images: &Tensor) -> Tensor {
+        let p = self.patch;
+        images
+            .conv2d(&self.weight, Some(&self.bias), [p, p], [0, 0], [1, 1], 1)
+            .flatten(2, 3)
+            .transpose(1, 2)
+    }
+}
+
 /// The shape of a timm SigLIP ViT.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TimmVitCfg {
@@ -80,14 +110,12 @@ pub(crate) struct TimmVitCfg {
 /// `visual` of a SigLIP model: `visual.trunk.*` and `visual.head.*`.
 #[derive(Debug)]
 pub(crate) struct TimmVisionTransformer {
-    patch_weight: Tensor,
-    patch_bias: Tensor,
+    patch_embed: PatchEmbed,
     pos_embed: Tensor,
     blocks: Transformer,
     norm: LayerNorm,
     attn_pool: AttentionPoolLatent,
     head: TimmHead,
-    patch_size: i64,
 }
 
 impl TimmVisionTransformer {
@@ -95,15 +123,8 @@ impl TimmVisionTransformer {
         let trunk = &p / "trunk";
         let w = block.width;
         let grid = cfg.image_resolution / cfg.patch_size;
-        let patch = &trunk / "patch_embed" / "proj";
         TimmVisionTransformer {
-            patch_weight: param(
-                &patch,
-                "weight",
-                &[w, 3, cfg.patch_size, cfg.patch_size],
-                0.02,
-            ),
-            patch_bias: patch.var("bias", &[w], nn::Init::Const(0.0)),
+            patch_embed: PatchEmbed::new(&trunk, w, cfg.patch_size),
             pos_embed: param(&trunk, "pos_embed", &[1, grid * grid, w], 0.02),
             blocks: Transformer::with_naming(
                 trunk.clone(),
@@ -115,23 +136,13 @@ impl TimmVisionTransformer {
             norm: LayerNorm::with_eps(&trunk / "norm", w, block.ln_eps),
             attn_pool: AttentionPoolLatent::new(&trunk / "attn_pool", block),
             head: TimmHead::new(&p, cfg.proj, w, cfg.embed_dim),
-            patch_size: cfg.patch_size,
         }
     }
 }
 
 impl super::ImageTower for TimmVisionTransformer {
     fn forward(&self, images: &Tensor, probe: &mut Probe, _weights_generation: u64) -> Tensor {
-        let p = self.patch_size;
-        let x = images.conv2d(
-            &self.patch_weight,
-            Some(&self.patch_bias),
-            [p, p],
-            [0, 0],
-            [1, 1],
-            1,
-        );
-        let x = x.flatten(2, 3).transpose(1, 2) + &self.pos_embed;
+        let x = self.patch_embed.forward(images) + &self.pos_embed;
         let x = self.blocks.forward(&x, Mask::None, probe);
         let pooled = self.attn_pool.forward(&self.norm.forward(&x));
         self.head.forward(&pooled)

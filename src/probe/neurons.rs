@@ -115,21 +115,15 @@ pub fn resolve_layer(
         } => vit_layer(
             l, layer, "trunk.", "blocks", "fc1", *layers, *width, *mlp_width,
         ),
-        VisionConfig::TimmEva {
-            width,
-            layers,
-            mlp_width,
-            swiglu,
-            ..
-        } => vit_layer(
+        VisionConfig::TimmEva { shape: e, .. } => vit_layer(
             l,
             layer,
             "trunk.",
             "blocks",
-            if *swiglu { "fc1_x" } else { "fc1" },
-            *layers,
-            *width,
-            *mlp_width,
+            if e.swiglu { "fc1_x" } else { "fc1" },
+            e.layers,
+            e.width,
+            e.mlp_width,
         ),
         VisionConfig::TimmConvNext { .. } => Err(bad(
             "the ConvNeXt tower records no per-unit sites (probe a ViT or ModifiedResNet model)"
