@@ -558,20 +558,16 @@ impl ClipConfig {
                 heads,
                 mlp_width,
                 ..
-            } => {
-                if *layers < 1
-                    || *heads < 1
-                    || width % heads != 0
-                    || *patch_size < 1
-                    || image_resolution < patch_size
-                    || *mlp_width < 1
-                {
-                    return bad(format!(
-                        "invalid {timm_model_name} shape: width {width}, layers {layers}, \
-                         heads {heads}, patch {patch_size}, {image_resolution} px"
-                    ));
-                }
-            }
+            } => timm_vit_shape(
+                timm_model_name,
+                *image_resolution,
+                *patch_size,
+                *width,
+                *layers,
+                *heads,
+                *mlp_width,
+                true,
+            )?,
             VisionConfig::TimmEva {
                 timm_model_name,
                 image_resolution,
@@ -586,21 +582,17 @@ impl ClipConfig {
                         ..
                     },
                 ..
-            } => {
-                if *layers < 1
-                    || *heads < 1
-                    || width % heads != 0
-                    || *patch_size < 1
-                    || image_resolution < patch_size
-                    || *mlp_width < 1
-                    || (rope_ref_grid.is_some() && (width / heads) % 4 != 0)
-                {
-                    return bad(format!(
-                        "invalid {timm_model_name} shape: width {width}, layers {layers}, \
-                         heads {heads}, patch {patch_size}, {image_resolution} px"
-                    ));
-                }
-            }
+            } => timm_vit_shape(
+                timm_model_name,
+                *image_resolution,
+                *patch_size,
+                *width,
+                *layers,
+                *heads,
+                *mlp_width,
+                // Rotary positions split each head into 4 · bands.
+                rope_ref_grid.is_none() || *heads < 1 || (width / heads) % 4 == 0,
+            )?,
             VisionConfig::TimmConvNext {
                 timm_model_name,
                 depths,
@@ -709,6 +701,35 @@ impl ClipConfig {
             ),
         }
     }
+}
+
+/// The shape check of a timm ViT-like trunk (SigLIP's ViT, EVA): `extra_ok` is the family's own
+/// condition.
+#[allow(clippy::too_many_arguments)]
+fn timm_vit_shape(
+    timm_model_name: &str,
+    image_resolution: i64,
+    patch_size: i64,
+    width: i64,
+    layers: i64,
+    heads: i64,
+    mlp_width: i64,
+    extra_ok: bool,
+) -> Result<(), ModelError> {
+    if layers < 1
+        || heads < 1
+        || width % heads != 0
+        || patch_size < 1
+        || image_resolution < patch_size
+        || mlp_width < 1
+        || !extra_ok
+    {
+        return Err(ModelError::Config(format!(
+            "invalid {timm_model_name} shape: width {width}, layers {layers}, heads {heads}, \
+             patch {patch_size}, {image_resolution} px"
+        )));
+    }
+    Ok(())
 }
 
 /// Maps user spellings of an OpenAI architecture to the open_clip name.
