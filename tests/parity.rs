@@ -427,7 +427,7 @@ fn eva_towers_match_open_clip() {
                 let VisionConfig::TimmEva { shape, .. } = &mut config.vision else {
                     panic!("EVA02-B-16 is not an EVA tower: {:?}", config.vision)
                 };
-                shape.rope_ref_grid = None;
+                shape.rope = None;
                 let mut m = ClipModel::new(&config, Device::Cpu).unwrap();
                 let sd =
                     read_state_dict(&dir.join(format!("{name}.open_clip.safetensors"))).unwrap();
@@ -435,6 +435,47 @@ fn eva_towers_match_open_clip() {
                 let d = max_abs_diff(&m.encode_image(&io["images"]), &io["image_features"]);
                 assert!(d > 100.0 * TOL, "without rotary positions: {d}");
             }
+        });
+    }
+}
+
+/// Meta's Perception Encoder (timm's `Eva` with `AttentionRope`: a fused `qkv` with bias,
+/// rotary positions on the 'xy' index grid offset by one, `norm_pre` after a bias-free patch
+/// conv, the MAP head of 8 heads, LayerNorm eps 1e-5; the trunk's classifier as the projection;
+/// open_clip's text tower with 32 positions): PE-Core-T/16-384 at full depth, loaded as users
+/// load it; PE-Core-B/16 and PE-Core-G/14-448 (no class token, no grid offset, a 32×32 grid) at
+/// real widths with 2 blocks per tower. On PE-Core-B/16 the rotary grid's 'xy' order carries
+/// weight: with 'ij' order the same weights are off by more than ten times the tolerance.
+#[test]
+fn pe_towers_match_open_clip() {
+    for name in [
+        "zoo-PE-Core-T-16-384",
+        "zoo-PE-Core-B-16@2",
+        "zoo-PE-Core-bigG-14-448@2",
+    ] {
+        common::with_export(&format!("pe/{name}"), name, |dir| {
+            check_timm(dir, name);
+            if name != "zoo-PE-Core-B-16@2" {
+                return;
+            }
+            let _g = tch::no_grad_guard();
+            let io = read_tensors(&dir.join(format!("{name}.io.safetensors")));
+            let sd = read_state_dict(&dir.join(format!("{name}.open_clip.safetensors"))).unwrap();
+            let scale = f64::try_from(io["image_features"].abs().max()).unwrap();
+            // The grid offset is not checked this way: rotary positions are relative, so
+            // shifting every patch by one changes only the class token's (unrotated) scores,
+            // 3e-5 here, within the tolerance; `eva::tests` checks the offset's grid instead.
+            let mut config = cut_timm_config(name);
+            let VisionConfig::TimmEva { shape, .. } = &mut config.vision else {
+                panic!("PE-Core-B-16 is not an Eva tower: {:?}", config.vision)
+            };
+            shape.rope.as_mut().expect("PE's rotary positions").xy = false;
+            let mut m = ClipModel::new(&config, Device::Cpu).unwrap();
+            copy_into(&mut m, &sd.tensors).unwrap();
+            let d = max_abs_diff(&m.encode_image(&io["images"]), &io["image_features"]);
+            eprintln!("{name} with the 'ij' grid order: image {d:.2e} (scale {scale:.1})");
+            // Ten times what the parity check allows: the check tells them apart.
+            assert!(d > 10.0 * TOL * scale, "'ij' grid order: {d}");
         });
     }
 }
@@ -490,6 +531,9 @@ fn timm_zoo_configs_match_open_clip() {
         "zoo-EVA02-L-14-336@2",
         "zoo-EVA01-g-14-plus@2",
         "zoo-EVA02-E-14-plus@2",
+        "zoo-PE-Core-B-16",
+        "zoo-PE-Core-S-16-384@2",
+        "zoo-PE-Core-L-14-336@4",
     ];
     let only = std::env::var("TYPOCLIP_TIMM_ZOO").ok();
     for n in names {

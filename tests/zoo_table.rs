@@ -17,6 +17,7 @@ fn tests_of(family: &str) -> &'static str {
         "ModifiedResNet" => "`rn50_real_shapes`, `native_zoo_configs` †, `all_openai_sizes` †",
         "timm ViT" | "timm ConvNeXt" => "`timm_towers_match_open_clip`, `timm_zoo_configs` †",
         "timm EVA" => "`eva_towers_match_open_clip`, `timm_zoo_configs` †",
+        "timm PE" => "`pe_towers_match_open_clip`, `timm_zoo_configs` †",
         other => panic!("no parity test is listed for the {other} family"),
     }
 }

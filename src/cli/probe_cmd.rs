@@ -351,7 +351,8 @@ pub fn run_neurons(args: NeuronsArgs) -> Result<()> {
     let k = args.top.min(loaded.len());
     let pooled_how = match layer.layout {
         neurons::SiteLayout::Channels => "mean over H×W",
-        neurons::SiteLayout::Tokens => "mean over patch tokens (class token excluded)",
+        neurons::SiteLayout::Tokens { prefix: 0 } => "mean over the patch tokens",
+        neurons::SiteLayout::Tokens { .. } => "mean over patch tokens (class token excluded)",
     };
     let banner = m.banner_line();
     let mut out = String::new();

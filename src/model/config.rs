@@ -168,9 +168,10 @@ pub enum VisionConfig {
         /// open_clip's head.
         proj: TimmProj,
     },
-    /// timm's `Eva` (EVA-CLIP's EVA01 / EVA02 towers, `visual.trunk.*`): class token, learned
-    /// positions, EVA blocks (rotary positions, SwiGLU and sub-LN for EVA02; post-norm for
-    /// EVA02-E), class-token pooling after `norm`, then the trunk's classifier or open_clip's
+    /// timm's `Eva` (EVA-CLIP's EVA01 / EVA02 towers and Meta's Perception Encoder,
+    /// `visual.trunk.*`): class token, learned positions, EVA blocks (rotary positions, SwiGLU
+    /// and sub-LN for EVA02; post-norm for EVA02-E; timm's `AttentionRope` for PE), class-token
+    /// pooling after `norm` (EVA) or the MAP head (PE), then the trunk's classifier or open_clip's
     /// [`TimmProj`] head.
     TimmEva {
         /// timm's model name (`eva02_base_patch16_clip_224`).
@@ -180,8 +181,6 @@ pub enum VisionConfig {
         /// The trunk's shape and options (timm's `Eva` arguments).
         #[serde(flatten)]
         shape: EvaShape,
-        /// LayerNorm epsilon (timm's 1e-6).
-        ln_eps: f64,
         /// The projection.
         proj: TimmProj,
     },
@@ -204,7 +203,7 @@ pub enum VisionConfig {
     },
 }
 
-/// The shape and options of timm's `Eva` trunk, as its EVA-CLIP model functions set them.
+/// The shape and options of timm's `Eva` trunk, as its EVA-CLIP and PE model functions set them.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct EvaShape {
     /// Patch side.
@@ -221,14 +220,70 @@ pub struct EvaShape {
     pub swiglu: bool,
     /// `scale_mlp`: a LayerNorm on the MLP's hidden units.
     pub scale_mlp: bool,
-    /// `qkv_fused`: one `qkv` with `q_bias`, `v_bias`; else `q_proj`, `k_proj`, `v_proj`.
-    pub qkv_fused: bool,
+    /// The attention's projections (`attn_type`, `qkv_fused`).
+    pub qkv: EvaQkv,
     /// `scale_attn_inner`: a LayerNorm on the merged heads before `proj`.
     pub scale_attn_inner: bool,
-    /// Rotary positions (`use_rot_pos_emb`) on this reference grid side (`ref_feat_shape`).
-    pub rope_ref_grid: Option<i64>,
+    /// Rotary positions (`use_rot_pos_emb`, timm's `RotaryEmbeddingCat`).
+    pub rope: Option<EvaRope>,
     /// `use_post_norm`: `EvaBlockPostNorm`.
     pub post_norm: bool,
+    /// `class_token`: a learned class token before the patches (with its own position).
+    pub class_token: bool,
+    /// `use_pre_transformer_norm`: `norm_pre` before the blocks (and a patch conv without bias).
+    pub pre_norm: bool,
+    /// `global_pool`.
+    pub pool: EvaPool,
+    /// LayerNorm epsilon (`norm_layer`: timm's 1e-6; PE's 1e-5).
+    pub ln_eps: f64,
+}
+
+/// The projections of timm's Eva attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvaQkv {
+    /// `EvaAttention`, `qkv_fused`: one `qkv` without bias, plus `q_bias` and `v_bias`.
+    FusedQvBias,
+    /// `EvaAttention`, unfused: `q_proj`, `k_proj` (no bias), `v_proj`.
+    Separate,
+    /// `AttentionRope` (`attn_type='rope'`), fused: one `qkv` with bias.
+    Fused,
+}
+
+/// timm's `RotaryEmbeddingCat` options (`in_pixels=False`: the 'index' grid).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct EvaRope {
+    /// `ref_feat_shape`: positions rescaled so the patch grid spans this side.
+    pub ref_grid: i64,
+    /// `rope_grid_offset`, added to the indices before the rescaling.
+    pub grid_offset: f64,
+    /// `rope_grid_indexing='xy'`: the column coordinate's bands first (else the row's).
+    pub xy: bool,
+}
+
+/// timm's Eva `global_pool`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvaPool {
+    /// `token`: the class token after `norm`.
+    Token,
+    /// `map`: `AttentionPoolLatent` (one latent query) after `norm`.
+    Map {
+        /// `attn_pool_num_heads`.
+        heads: i64,
+        /// `int(width · attn_pool_mlp_ratio)`.
+        mlp_width: i64,
+    },
+}
+
+impl EvaPool {
+    /// timm's name of the pool (`global_pool`), as open_clip's `timm_pool` names it.
+    pub fn timm_name(self) -> &'static str {
+        match self {
+            EvaPool::Token => "token",
+            EvaPool::Map { .. } => "map",
+        }
+    }
 }
 
 impl VisionConfig {
@@ -253,12 +308,21 @@ impl VisionConfig {
         }
     }
 
-    /// `"ViT"`, `"ModifiedResNet"`, `"timm ViT"`, `"timm EVA"` or `"timm ConvNeXt"`.
+    /// `"ViT"`, `"ModifiedResNet"`, `"timm ViT"`, `"timm EVA"`, `"timm PE"` (an `Eva` trunk with
+    /// `AttentionRope` and the MAP head) or `"timm ConvNeXt"`.
     pub fn family(&self) -> &'static str {
         match self {
             VisionConfig::VisionTransformer { .. } => "ViT",
             VisionConfig::ModifiedResNet { .. } => "ModifiedResNet",
             VisionConfig::TimmVit { .. } => "timm ViT",
+            VisionConfig::TimmEva {
+                shape:
+                    EvaShape {
+                        pool: EvaPool::Map { .. },
+                        ..
+                    },
+                ..
+            } => "timm PE",
             VisionConfig::TimmEva { .. } => "timm EVA",
             VisionConfig::TimmConvNext { .. } => "timm ConvNeXt",
         }
@@ -578,7 +642,7 @@ impl ClipConfig {
                         layers,
                         heads,
                         mlp_width,
-                        rope_ref_grid,
+                        rope,
                         ..
                     },
                 ..
@@ -591,7 +655,7 @@ impl ClipConfig {
                 *heads,
                 *mlp_width,
                 // Rotary positions split each head into 4 · bands.
-                rope_ref_grid.is_none() || *heads < 1 || (width / heads) % 4 == 0,
+                rope.is_none() || *heads < 1 || (width / heads) % 4 == 0,
             )?,
             VisionConfig::TimmConvNext {
                 timm_model_name,
@@ -678,17 +742,21 @@ impl ClipConfig {
                 ..
             } => format!(
                 "timm {timm_model_name} (width {}, {} layers, patch {}, {image_resolution} px, \
-                 {}{}{}, class token)",
+                 {}{}{}, {} pool)",
                 e.width,
                 e.layers,
                 e.patch_size,
                 if e.swiglu { "SwiGLU" } else { "GELU" },
-                if e.rope_ref_grid.is_some() {
+                if e.rope.is_some() {
                     ", rotary positions"
                 } else {
                     ""
                 },
                 if e.post_norm { ", post-norm" } else { "" },
+                match e.pool {
+                    EvaPool::Token => "class-token",
+                    EvaPool::Map { .. } => "MAP",
+                },
             ),
             VisionConfig::TimmConvNext {
                 timm_model_name,

@@ -172,7 +172,6 @@ fn image_tower(vp: nn::Path, config: &ClipConfig) -> Box<dyn ImageTower> {
         VisionConfig::TimmEva {
             image_resolution,
             shape,
-            ln_eps,
             proj,
             ..
         } => Box::new(eva::Eva::new(
@@ -180,7 +179,6 @@ fn image_tower(vp: nn::Path, config: &ClipConfig) -> Box<dyn ImageTower> {
             eva::EvaCfg {
                 image_resolution,
                 shape,
-                ln_eps,
                 embed_dim: config.embed_dim,
                 proj,
             },

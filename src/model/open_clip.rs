@@ -346,7 +346,9 @@ fn timm_vision(
     let arch = super::timm::timm_arch(name).ok_or_else(|| {
         unsupported(
             "vision_cfg.timm_model_name",
-            &format!("{name} (a timm image tower other than the SigLIP ViTs and ConvNeXts)"),
+            &format!(
+                "{name} (a timm image tower other than the SigLIP ViTs, EVA, PE-Core and ConvNeXts)"
+            ),
         )
     })?;
     let proj = match v.timm_proj.as_deref() {
@@ -405,10 +407,10 @@ fn timm_vision(
             })
         }
         super::timm::TimmArch::Eva { image_size, shape } => {
-            // `token` (the EVA-CLIP functions' default) pools the class token after `norm`;
-            // `avg` would pool the patches through `fc_norm`, which no EVA config of open_clip's
-            // uses.
-            if pool.is_some_and(|p| p != "token") {
+            // The pool the model function sets: `token` (EVA-CLIP: the class token after
+            // `norm`) or `map` (PE); timm's other pools (`avg` through `fc_norm`) are in no
+            // config of open_clip's.
+            if pool.is_some_and(|p| p != shape.pool.timm_name()) {
                 return Err(unsupported("vision_cfg.timm_pool", &v.timm_pool));
             }
             if image_resolution != image_size {
@@ -421,7 +423,6 @@ fn timm_vision(
                 timm_model_name: name.to_string(),
                 image_resolution,
                 shape,
-                ln_eps: 1e-6,
                 proj,
             })
         }
@@ -653,7 +654,7 @@ impl ModelCfg {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::config::EvaShape;
+    use crate::model::config::{EvaPool, EvaQkv, EvaRope, EvaShape};
 
     #[test]
     fn the_zoo_has_open_clips_table() {
@@ -740,17 +741,17 @@ mod tests {
                 }
             }
         }
-        // open_clip 3.3.0: 105 configs (coca_ViT-B-32, coca_ViT-L-14 and coca_base among them,
-        // 26 SigLIP / SigLIP 2, 11 ConvNeXt, 7 EVA and 3 RoBERTa-text ones), 160 of the 196
-        // pretrained pairs: every pair whose towers are open_clip's own (112), SigLIP's (26), a
-        // ConvNeXt (12), an EVA (7) or a RoBERTa-family text tower (3).
-        assert_eq!(native, 105);
+        // open_clip 3.3.0: 110 configs (coca_ViT-B-32, coca_ViT-L-14 and coca_base among them,
+        // 26 SigLIP / SigLIP 2, 11 ConvNeXt, 7 EVA, 5 PE-Core and 3 RoBERTa-text ones), 165 of
+        // the 196 pretrained pairs: every pair whose towers are open_clip's own (112), SigLIP's
+        // (26), a ConvNeXt (12), an EVA (7), a PE-Core (5) or a RoBERTa-family text tower (3).
+        assert_eq!(native, 110);
         let pairs = zoo()
             .pretrained
             .iter()
             .filter(|p| ClipConfig::for_tag(&p.arch, &p.tag).is_ok())
             .count();
-        assert_eq!(pairs, 160);
+        assert_eq!(pairs, 165);
         let so400m = ClipConfig::for_tag("ViT-SO400M-14-SigLIP-384", "webli").unwrap();
         assert!(so400m.logit_bias && so400m.custom_text);
         assert!(matches!(
@@ -802,8 +803,8 @@ mod tests {
                     layers: 24,
                     mlp_width: 2730,
                     swiglu: true,
-                    qkv_fused: false,
-                    rope_ref_grid: Some(16),
+                    qkv: EvaQkv::Separate,
+                    rope: Some(EvaRope { ref_grid: 16, .. }),
                     post_norm: false,
                     ..
                 },
@@ -821,8 +822,8 @@ mod tests {
                     layers: 64,
                     mlp_width: 15360,
                     swiglu: false,
-                    qkv_fused: true,
-                    rope_ref_grid: None,
+                    qkv: EvaQkv::FusedQvBias,
+                    rope: None,
                     post_norm: true,
                     ..
                 },
@@ -830,11 +831,40 @@ mod tests {
             }
         ));
         assert_eq!((enormous.text.width, enormous.text.layers), (1280, 32));
+        let pe = ClipConfig::preset("PE-Core-L-14-336").unwrap();
+        assert!(pe.custom_text && !pe.logit_bias);
+        assert!(matches!(
+            pe.vision,
+            VisionConfig::TimmEva {
+                image_resolution: 336,
+                shape: EvaShape {
+                    width: 1024,
+                    qkv: EvaQkv::Fused,
+                    rope: Some(EvaRope {
+                        ref_grid: 24,
+                        xy: true,
+                        ..
+                    }),
+                    class_token: true,
+                    pre_norm: true,
+                    pool: EvaPool::Map { heads: 8, .. },
+                    ..
+                },
+                proj: TimmProj::Classifier,
+                ..
+            }
+        ));
+        assert_eq!(
+            (pe.text.width, pe.text.layers, pe.text.context_length),
+            (1024, 24, 32)
+        );
         // A pool the EVA towers are not built with is refused, naming the field.
-        let mut cfg = zoo().model("EVA02-B-16").unwrap().clone();
-        cfg.vision_cfg.timm_pool = "avg".into();
-        let err = cfg.to_clip_config(false).unwrap_err().to_string();
-        assert!(err.contains("vision_cfg.timm_pool"), "{err}");
+        for (arch, pool) in [("EVA02-B-16", "avg"), ("PE-Core-B-16", "token")] {
+            let mut cfg = zoo().model(arch).unwrap().clone();
+            cfg.vision_cfg.timm_pool = pool.into();
+            let err = cfg.to_clip_config(false).unwrap_err().to_string();
+            assert!(err.contains("vision_cfg.timm_pool"), "{arch}: {err}");
+        }
         let xlmr = ClipConfig::preset("xlm-roberta-large-ViT-H-14").unwrap();
         let hf = xlmr.hf_text.as_ref().expect("a Hugging Face text tower");
         assert_eq!(

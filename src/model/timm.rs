@@ -9,7 +9,7 @@
 
 use tch::{nn, Tensor};
 
-use super::config::{Activation, EvaShape, TimmProj};
+use super::config::{Activation, EvaPool, EvaQkv, EvaRope, EvaShape, TimmProj};
 use super::transformer::Linear;
 
 /// The architecture a timm model name stands for.
@@ -50,10 +50,18 @@ const fn eva02(image_size: i64, patch_size: i64, width: i64, depth: i64, heads: 
             mlp_width: (width as f64 * (4.0 * 2.0 / 3.0)) as i64,
             swiglu: true,
             scale_mlp: true,
-            qkv_fused: false,
+            qkv: EvaQkv::Separate,
             scale_attn_inner: true,
-            rope_ref_grid: Some(16),
+            rope: Some(EvaRope {
+                ref_grid: 16,
+                grid_offset: 0.0,
+                xy: false,
+            }),
             post_norm: false,
+            class_token: true,
+            pre_norm: false,
+            pool: EvaPool::Token,
+            ln_eps: 1e-6,
         },
     }
 }
@@ -70,13 +78,87 @@ const fn eva_plain(width: i64, depth: i64, mlp_ratio: f64, post_norm: bool) -> T
             mlp_width: (width as f64 * mlp_ratio) as i64,
             swiglu: false,
             scale_mlp: false,
-            qkv_fused: true,
+            qkv: EvaQkv::FusedQvBias,
             scale_attn_inner: false,
-            rope_ref_grid: None,
+            rope: None,
             post_norm,
+            class_token: true,
+            pre_norm: false,
+            pool: EvaPool::Token,
+            ln_eps: 1e-6,
         },
     }
 }
+
+/// Meta's Perception Encoder towers (`vit_pe_core_*`): `AttentionRope` (fused `qkv` with bias),
+/// rotary positions on the 'xy' index grid offset by `rope_grid_offset`, `norm_pre` (and a patch
+/// conv without bias), GELU MLP, the MAP head (8 heads, MLP ratio 4), LayerNorm eps 1e-5.
+#[allow(clippy::too_many_arguments)]
+const fn pe_core(
+    image_size: i64,
+    patch_size: i64,
+    width: i64,
+    depth: i64,
+    heads: i64,
+    mlp_width: i64,
+    ref_grid: i64,
+    class_token: bool,
+) -> TimmArch {
+    TimmArch::Eva {
+        image_size,
+        shape: EvaShape {
+            patch_size,
+            width,
+            layers: depth,
+            heads,
+            mlp_width,
+            swiglu: false,
+            scale_mlp: false,
+            qkv: EvaQkv::Fused,
+            scale_attn_inner: false,
+            rope: Some(EvaRope {
+                ref_grid,
+                // The functions with a class token set `rope_grid_offset=1.`; gigantic (no class
+                // token) keeps timm's 0.
+                grid_offset: if class_token { 1.0 } else { 0.0 },
+                xy: true,
+            }),
+            post_norm: false,
+            class_token,
+            pre_norm: true,
+            pool: EvaPool::Map {
+                heads: 8,
+                mlp_width: 4 * width,
+            },
+            ln_eps: 1e-5,
+        },
+    }
+}
+
+/// The PE-Core towers open_clip's PE configs name.
+const PE_CORES: [(&str, TimmArch); 5] = [
+    (
+        "vit_pe_core_tiny_patch16_384",
+        pe_core(384, 16, 192, 12, 3, 768, 24, true),
+    ),
+    (
+        "vit_pe_core_small_patch16_384",
+        pe_core(384, 16, 384, 12, 6, 1536, 24, true),
+    ),
+    (
+        "vit_pe_core_base_patch16_224",
+        pe_core(224, 16, 768, 12, 12, 3072, 14, true),
+    ),
+    (
+        "vit_pe_core_large_patch14_336",
+        pe_core(336, 14, 1024, 24, 16, 4096, 24, true),
+    ),
+    // mlp_ratio 8960 / 1536: Python's int(1536 * (8960 / 1536)) is 8960.
+    (
+        "vit_pe_core_gigantic_patch14_448",
+        pe_core(448, 14, 1536, 50, 16, 8960, 32, false),
+    ),
+];
 
 /// The EVA towers open_clip's EVA configs name.
 const EVAS: [(&str, TimmArch); 5] = [
@@ -207,7 +289,12 @@ const CONVNEXTS: [(&str, [i64; 4], [i64; 4], f64); 6] = [
 
 /// The architecture of a timm model name, if typoclip builds it.
 pub(crate) fn timm_arch(name: &str) -> Option<TimmArch> {
-    if let Some(&(_, arch)) = SIGLIP_VITS.iter().chain(&EVAS).find(|v| v.0 == name) {
+    if let Some(&(_, arch)) = SIGLIP_VITS
+        .iter()
+        .chain(&EVAS)
+        .chain(&PE_CORES)
+        .find(|v| v.0 == name)
+    {
         return Some(arch);
     }
     CONVNEXTS
@@ -298,13 +385,31 @@ mod tests {
             panic!("EVA02-B")
         };
         assert_eq!(
-            (b.mlp_width, b.rope_ref_grid, b.qkv_fused),
-            (2048, Some(16), false)
+            (b.mlp_width, b.rope.map(|r| r.ref_grid), b.qkv),
+            (2048, Some(16), EvaQkv::Separate)
         );
         let Some(TimmArch::Eva { shape: g, .. }) = timm_arch("eva_giant_patch14_224") else {
             panic!("EVA-g")
         };
-        assert_eq!((g.mlp_width, g.layers, g.qkv_fused), (6144, 40, true));
+        assert_eq!(
+            (g.mlp_width, g.layers, g.qkv),
+            (6144, 40, EvaQkv::FusedQvBias)
+        );
+        let Some(TimmArch::Eva { shape: pe, .. }) = timm_arch("vit_pe_core_gigantic_patch14_448")
+        else {
+            panic!("PE-Core-G")
+        };
+        assert_eq!(
+            (pe.class_token, pe.rope.map(|r| r.grid_offset), pe.pool),
+            (
+                false,
+                Some(0.0),
+                EvaPool::Map {
+                    heads: 8,
+                    mlp_width: 6144
+                }
+            )
+        );
         assert_eq!(timm_arch("eva02_small_patch14_224"), None);
     }
 }

@@ -16,9 +16,10 @@ use super::transformer::{
     activate, attend, merge_heads, param, BlockCfg, LayerNorm, Linear, Mask, Naming, Transformer,
 };
 
-/// timm's `AttentionPoolLatent` with one latent query, `pool_type='token'`.
+/// timm's `AttentionPoolLatent` with one latent query, `pool_type='token'`: `latent` attends
+/// over the tokens through `q` and `kv`, `proj`, then `x + mlp(norm(x))`.
 #[derive(Debug)]
-struct AttentionPoolLatent {
+pub(crate) struct AttentionPoolLatent {
     latent: Tensor,
     q: Linear,
     kv: Linear,
@@ -31,24 +32,32 @@ struct AttentionPoolLatent {
 }
 
 impl AttentionPoolLatent {
-    fn new(p: nn::Path, block: BlockCfg) -> AttentionPoolLatent {
-        let w = block.width;
+    /// The pool under `p` (`trunk.attn_pool`) over tokens of `width`.
+    pub(crate) fn new(
+        p: nn::Path,
+        width: i64,
+        heads: i64,
+        mlp_width: i64,
+        ln_eps: f64,
+        act: Activation,
+    ) -> AttentionPoolLatent {
+        let w = width;
         let mlp = &p / "mlp";
         AttentionPoolLatent {
             latent: param(&p, "latent", &[1, 1, w], (w as f64).powf(-0.5)),
             q: Linear::new(&p / "q", w, w),
             kv: Linear::new(&p / "kv", w, 2 * w),
             proj: Linear::new(&p / "proj", w, w),
-            norm: LayerNorm::with_eps(&p / "norm", w, block.ln_eps),
-            fc1: Linear::new(&mlp / "fc1", w, block.mlp_width),
-            fc2: Linear::new(&mlp / "fc2", block.mlp_width, w),
-            heads: block.heads,
-            act: block.act,
+            norm: LayerNorm::with_eps(&p / "norm", w, ln_eps),
+            fc1: Linear::new(&mlp / "fc1", w, mlp_width),
+            fc2: Linear::new(&mlp / "fc2", mlp_width, w),
+            heads,
+            act,
         }
     }
 
     /// `[B, N, W] → [B, W]`.
-    fn forward(&self, x: &Tensor) -> Tensor {
+    pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
         let (b, _, w) = x.size3().expect("[B, N, W]");
         // The query does not depend on the image: project the latent once.
         let q = self.q.forward(&self.latent).expand([b, 1, w], false);
@@ -67,22 +76,22 @@ impl AttentionPoolLatent {
     }
 }
 
-/// timm's `PatchEmbed` (`patch_embed.proj`): a `patch × patch` convolution with bias, stride
-/// `patch`, its output flattened to tokens.
+/// timm's `PatchEmbed` (`patch_embed.proj`): a `patch × patch` convolution, stride `patch`,
+/// with bias (or without: PE's, before its `norm_pre`), its output flattened to tokens.
 #[derive(Debug)]
 pub(crate) struct PatchEmbed {
     weight: Tensor,
-    bias: Tensor,
+    bias: Option<Tensor>,
     patch: i64,
 }
 
 impl PatchEmbed {
     /// The stem under `trunk` (`trunk.patch_embed.proj`).
-    pub(crate) fn new(trunk: &nn::Path, width: i64, patch: i64) -> PatchEmbed {
+    pub(crate) fn new(trunk: &nn::Path, width: i64, patch: i64, bias: bool) -> PatchEmbed {
         let p = trunk / "patch_embed" / "proj";
         PatchEmbed {
             weight: param(&p, "weight", &[width, 3, patch, patch], 0.02),
-            bias: p.var("bias", &[width], nn::Init::Const(0.0)),
+            bias: bias.then(|| p.var("bias", &[width], nn::Init::Const(0.0))),
             patch,
         }
     }
@@ -91,7 +100,7 @@ impl PatchEmbed {
     pub(crate) fn forward(&self, images: &Tensor) -> Tensor {
         let p = self.patch;
         images
-            .conv2d(&self.weight, Some(&self.bias), [p, p], [0, 0], [1, 1], 1)
+            .conv2d(&self.weight, self.bias.as_ref(), [p, p], [0, 0], [1, 1], 1)
             .flatten(2, 3)
             .transpose(1, 2)
     }
@@ -124,7 +133,7 @@ impl TimmVisionTransformer {
         let w = block.width;
         let grid = cfg.image_resolution / cfg.patch_size;
         TimmVisionTransformer {
-            patch_embed: PatchEmbed::new(&trunk, w, cfg.patch_size),
+            patch_embed: PatchEmbed::new(&trunk, w, cfg.patch_size, true),
             pos_embed: param(&trunk, "pos_embed", &[1, grid * grid, w], 0.02),
             blocks: Transformer::with_naming(
                 trunk.clone(),
@@ -134,7 +143,14 @@ impl TimmVisionTransformer {
                 Naming::Timm,
             ),
             norm: LayerNorm::with_eps(&trunk / "norm", w, block.ln_eps),
-            attn_pool: AttentionPoolLatent::new(&trunk / "attn_pool", block),
+            attn_pool: AttentionPoolLatent::new(
+                &trunk / "attn_pool",
+                w,
+                block.heads,
+                block.mlp_width,
+                block.ln_eps,
+                block.act,
+            ),
             head: TimmHead::new(&p, cfg.proj, w, cfg.embed_dim),
         }
     }

@@ -25,8 +25,12 @@ use crate::model::{ClipModel, Probe, VisionConfig};
 pub enum SiteLayout {
     /// `[B, C, H, W]`: mean over H and W.
     Channels,
-    /// `[B, L, U]` with the class token first: mean over tokens `1..L`.
-    Tokens,
+    /// `[B, L, U]` with `prefix` tokens (the class token) before the patches: mean over tokens
+    /// `prefix..L`.
+    Tokens {
+        /// Tokens before the patches: 1 (a class token) or 0 (SigLIP, PE-Core-G).
+        prefix: i64,
+    },
 }
 
 /// A resolved layer: the tap's site name and how to pool it.
@@ -106,6 +110,7 @@ pub fn resolve_layer(
             *layers,
             *width,
             *mlp_width,
+            1,
         ),
         VisionConfig::TimmVit {
             width,
@@ -113,7 +118,7 @@ pub fn resolve_layer(
             mlp_width,
             ..
         } => vit_layer(
-            l, layer, "trunk.", "blocks", "fc1", *layers, *width, *mlp_width,
+            l, layer, "trunk.", "blocks", "fc1", *layers, *width, *mlp_width, 0,
         ),
         VisionConfig::TimmEva { shape: e, .. } => vit_layer(
             l,
@@ -124,6 +129,7 @@ pub fn resolve_layer(
             e.layers,
             e.width,
             e.mlp_width,
+            i64::from(e.class_token),
         ),
         VisionConfig::TimmConvNext { .. } => Err(bad(
             "the ConvNeXt tower records no per-unit sites (probe a ViT or ModifiedResNet model)"
@@ -144,6 +150,7 @@ fn vit_layer(
     layers: i64,
     width: i64,
     mlp_width: i64,
+    prefix: i64,
 ) -> Result<LayerSite, ProbeError> {
     let bad = |why: String| ProbeError::Site(format!("--layer {layer}: {why}"));
     let l = l
@@ -168,12 +175,12 @@ fn vit_layer(
     match sub {
         None => Ok(LayerSite {
             site: base,
-            layout: SiteLayout::Tokens,
+            layout: SiteLayout::Tokens { prefix },
             units: width,
         }),
         Some(s) if s == "mlp" || s == format!("mlp.{fc}") => Ok(LayerSite {
             site: format!("{base}.mlp.{fc}"),
-            layout: SiteLayout::Tokens,
+            layout: SiteLayout::Tokens { prefix },
             units: mlp_width,
         }),
         Some(other) => Err(bad(format!(
@@ -187,9 +194,9 @@ pub fn pool(activation: &Tensor, layout: SiteLayout) -> Tensor {
     let a = activation.to_kind(Kind::Float);
     match layout {
         SiteLayout::Channels => a.mean_dim([2i64, 3].as_slice(), false, Kind::Float),
-        SiteLayout::Tokens => {
+        SiteLayout::Tokens { prefix } => {
             let l = a.size()[1];
-            a.narrow(1, 1, l - 1)
+            a.narrow(1, prefix, l - prefix)
                 .mean_dim([1i64].as_slice(), false, Kind::Float)
         }
     }
@@ -422,7 +429,7 @@ mod tests {
             (
                 "visual.transformer.resblocks.11.mlp.c_fc",
                 3072,
-                SiteLayout::Tokens
+                SiteLayout::Tokens { prefix: 1 }
             )
         );
         assert_eq!(
@@ -439,9 +446,21 @@ mod tests {
     fn pooling_excludes_the_class_token() {
         let x = Tensor::from_slice(&[100.0f32, 1.0, 3.0]).view([1, 3, 1]);
         assert_eq!(
-            f64::try_from(pool(&x, SiteLayout::Tokens).get(0).get(0)).unwrap(),
+            f64::try_from(pool(&x, SiteLayout::Tokens { prefix: 1 }).get(0).get(0)).unwrap(),
             2.0
         );
+        // No class token (SigLIP, PE-Core-G): every token is a patch.
+        let all = f64::try_from(pool(&x, SiteLayout::Tokens { prefix: 0 }).get(0).get(0)).unwrap();
+        assert!((all - 104.0 / 3.0).abs() < 1e-5, "{all}");
+        let siglip = ClipConfig::preset("ViT-B-16-SigLIP").unwrap();
+        let pe_g = ClipConfig::preset("PE-Core-bigG-14-448").unwrap();
+        let pe_b = ClipConfig::preset("PE-Core-B-16").unwrap();
+        for (config, prefix) in [(&siglip, 0), (&pe_g, 0), (&pe_b, 1)] {
+            assert_eq!(
+                resolve_layer(config, "blocks.1.mlp").unwrap().layout,
+                SiteLayout::Tokens { prefix }
+            );
+        }
         let y = Tensor::arange(8, (Kind::Float, tch::Device::Cpu)).view([1, 2, 2, 2]);
         let p = Vec::<f32>::try_from(pool(&y, SiteLayout::Channels).get(0)).unwrap();
         assert_eq!(p, vec![1.5, 5.5]);
