@@ -150,9 +150,25 @@ HF_TEXT = {
 }
 
 
+# NLLB-200's distilled models (M2M100Config): 12 encoder layers with FFN 4096 (600M) or 24 with
+# FFN 8192 (1.3B); the decoder, which open_clip drops, is given one layer to keep fixtures small.
+NLLB = dict(vocab_size=256206, d_model=1024, encoder_attention_heads=16, decoder_attention_heads=16,
+            decoder_layers=1, decoder_ffn_dim=1024, activation_function="relu", scale_embedding=True,
+            max_position_embeddings=1024, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+            decoder_start_token_id=2)
+HF_TEXT.update({
+    "facebook/nllb-200-distilled-600M": ("M2M100Config", dict(NLLB, encoder_layers=12, encoder_ffn_dim=4096)),
+    "facebook/nllb-200-distilled-1.3B": ("M2M100Config", dict(NLLB, encoder_layers=24, encoder_ffn_dim=8192)),
+})
+
+
 def hf_text_config(name, depth=None):
     import transformers
     cls, kw = HF_TEXT[name]
+    if cls == "M2M100Config":
+        if depth is not None:
+            kw = dict(kw, encoder_layers=depth)
+        return transformers.M2M100Config(**kw)
     kw = dict(kw, max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5,
               pad_token_id=1, bos_token_id=0, eos_token_id=2)
     if depth is not None:
@@ -349,13 +365,17 @@ def export(name, out_dir, seed):
     ctx, vocab = tcfg.get("context_length", 77), tcfg.get("vocab_size", 49408)
     if tcfg.get("hf_model_name"):
         # RoBERTa-style rows: <s> (0), random ids, </s> (2), then the padding id (1) — a
-        # different length for each row, so the padding mask and the mean pool matter.
-        vocab = hf_text_config(tcfg["hf_model_name"]).vocab_size
+        # different length for each row, so the padding mask and the pool matter. NLLB's rows
+        # start with a language code instead of <s> (here a random id).
+        hf = hf_text_config(tcfg["hf_model_name"])
+        vocab = hf.vocab_size
         tokens = torch.ones(len(PROMPTS), ctx, dtype=torch.long)
         for r in range(len(PROMPTS)):
             n = 2 + int(torch.randint(1, ctx - 2, (1,), generator=g))
             tokens[r, :n] = torch.randint(3, vocab, (n,), generator=g)
-            tokens[r, 0], tokens[r, n - 1] = 0, 2
+            tokens[r, n - 1] = 2
+            if hf.model_type != "m2m_100":
+                tokens[r, 0] = 0
     elif (ctx, vocab) == (77, 49408):
         tokens = tokenizer(PROMPTS)
     elif vocab == 49408:

@@ -21,6 +21,17 @@ Writes into --out:
                nothing) into `<bos> $A`
   gemma-eos/   the same tokenizer.json with `add_bos_token: false, add_eos_token: true`
                (`$A <eos>`)
+  roberta/     tokenizer.json + tokenizer_config.json: a byte-level BPE with RoBERTa's
+               post-processor (`<s> $A </s>`, `<pad>` id 1), as roberta-base's
+  xlmr/        tokenizer.json + tokenizer_config.json: a SentencePiece-style Unigram with
+               `<s> $A </s>` (`<s>` 0, `<pad>` 1, `</s>` 2, `<unk>` 3), as XLM-R's
+  nllb/        tokenizer.json + tokenizer_config.json: a SentencePiece-style BPE with NLLB-200's
+               special tokens and its 202 language codes, `tokenizer_class: NllbTokenizer`, whose
+               post-processor transformers replaces by `<src_lang> $A </s>` (default `eng_Latn`)
+  nllb-fra/, nllb-amh/, nllb-legacy/  the same tokenizer.json with `src_lang` fra_Latn, amh_Ethi,
+               and `legacy_behaviour: true` (`$A </s> eng_Latn`). (open_clip's `language`
+               argument is not used: transformers resets the language to `src_lang` on every
+               call, so it has no effect.)
   cases.json   [{"folder", "context_length", "clean", "strip_sep_token", "ids": [[...]]}]
   corpus.json  [{"text", "mojibake"}]: "mojibake" is true where ftfy's mojibake repair
                changes the text (outside what typoclip reproduces, see src/tokenizer.rs)
@@ -153,15 +164,84 @@ def train_gemma(lines, folder):
             json.dump({"tokenizer_class": "GemmaTokenizer", **tokens, **flags}, f, indent=1)
 
 
+def train_roberta(lines, folder):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=800, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(lines, trainer)
+    tok.post_processor = processors.RobertaProcessing(sep=("</s>", 2), cls=("<s>", 0),
+                                                      trim_offsets=True, add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    os.makedirs(folder, exist_ok=True)
+    tok.save(os.path.join(folder, "tokenizer.json"))
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "RobertaTokenizer", "model_max_length": 512, "add_prefix_space": False,
+                   "bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>", "cls_token": "<s>",
+                   "unk_token": "<unk>", "pad_token": "<pad>", "mask_token": "<mask>"}, f, indent=1)
+
+
+def train_sentencepiece(lines, folder, model, specials, template, config):
+    """A SentencePiece-style tokenizer (NFKC, Metaspace `▁`) of `model` ("unigram" or "bpe")."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    if model == "unigram":
+        tok = Tokenizer(models.Unigram())
+        trainer = trainers.UnigramTrainer(vocab_size=600, special_tokens=specials, unk_token="<unk>",
+                                          shrinking_factor=0.75, show_progress=False)
+    else:
+        tok = Tokenizer(models.BPE(unk_token="<unk>"))
+        trainer = trainers.BpeTrainer(vocab_size=900, special_tokens=specials, show_progress=False)
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.train_from_iterator(lines, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single=template, pair=template.replace("$A", "$A $B"),
+        special_tokens=[(t, tok.token_to_id(t)) for t in ("<s>", "</s>") if t in template])
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    os.makedirs(folder, exist_ok=True)
+    tok.save(os.path.join(folder, "tokenizer.json"))
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump(config, f, indent=1)
+
+
+def train_xlmr(lines, folder):
+    train_sentencepiece(lines, folder, "unigram", ["<s>", "<pad>", "</s>", "<unk>"], "<s> $A </s>",
+                        {"tokenizer_class": "XLMRobertaTokenizer", "model_max_length": 512,
+                         "bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>", "cls_token": "<s>",
+                         "unk_token": "<unk>", "pad_token": "<pad>"})
+
+
+def train_nllb(lines, folder):
+    from transformers.models.nllb.tokenization_nllb_fast import FAIRSEQ_LANGUAGE_CODES
+    # The file's own post-processor (`$A </s>`) is what NllbTokenizerFast replaces.
+    train_sentencepiece(lines, folder, "bpe", ["<s>", "<pad>", "</s>", "<unk>"] + FAIRSEQ_LANGUAGE_CODES
+                        + ["<mask>"], "$A </s>",
+                        {"tokenizer_class": "NllbTokenizer", "model_max_length": 1024, "src_lang": None,
+                         "tgt_lang": None, "legacy_behaviour": False,
+                         "additional_special_tokens": FAIRSEQ_LANGUAGE_CODES})
+    with open(os.path.join(folder, "tokenizer_config.json")) as f:
+        config = json.load(f)
+    for name, change in [("nllb-fra", {"src_lang": "fra_Latn"}), ("nllb-amh", {"src_lang": "amh_Ethi"}),
+                         ("nllb-legacy", {"legacy_behaviour": True})]:
+        d = os.path.join(os.path.dirname(folder), name)
+        os.makedirs(d, exist_ok=True)
+        shutil.copy(os.path.join(folder, "tokenizer.json"), d)
+        with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
+            json.dump({**config, **change}, f, indent=1)
+
+
 # (folder, context_length, clean, strip_sep_token)
 CASES = [(folder, n, clean, strip)
          for folder, n, strips in [("wordpiece", 32, (False, True)), ("wordpiece", 8, (True,)),
                                    ("wordpiece-cased", 32, (False,)),
                                    ("unigram", 64, (False,)), ("unigram", 8, (False,)),
                                    ("gemma", 64, (False,)), ("gemma-eos", 64, (False,)),
-                                   ("gemma-eos", 8, (False,))]
+                                   ("gemma-eos", 8, (False,)),
+                                   ("roberta", 32, (False,)), ("roberta", 8, (False,)),
+                                   ("xlmr", 32, (False,)), ("nllb", 32, (False,)), ("nllb", 8, (False,))]
          for clean in ("whitespace", "lower", "canonicalize")
-         for strip in strips]
+         for strip in strips] + [(f, 32, "whitespace", False) for f in ("nllb-fra", "nllb-amh", "nllb-legacy")]
 
 
 def main():
@@ -181,6 +261,9 @@ def main():
     train_wordpiece(lines, os.path.join(args.out, "wordpiece"))
     train_unigram(lines, os.path.join(args.out, "unigram"))
     train_gemma(lines, os.path.join(args.out, "gemma"))
+    train_roberta(lines, os.path.join(args.out, "roberta"))
+    train_xlmr(lines, os.path.join(args.out, "xlmr"))
+    train_nllb(lines, os.path.join(args.out, "nllb"))
     texts = fuzz_corpus(rng)
     cases = []
     for folder, n, clean, strip in CASES:

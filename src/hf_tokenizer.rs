@@ -18,7 +18,11 @@
 //! `BertTokenizerFast` rewriting the `BertNormalizer` from `do_lower_case`, `strip_accents` and
 //! `tokenize_chinese_chars`, and `LlamaTokenizerFast` / `GemmaTokenizerFast` (SigLIP 2's)
 //! replacing the file's post-processor by `[bos] $A [eos]` from `add_bos_token` /
-//! `add_eos_token` and padding on the left. Not reproduced: special tokens that are missing from
+//! `add_eos_token` and padding on the left, and `NllbTokenizerFast` (NLLB-200's) replacing it
+//! by `[lang] $A </s>` — the config's `src_lang`, else `eng_Latn`; `legacy_behaviour` puts it
+//! after `</s>` instead. open_clip's `tokenizer_kwargs.language` is refused: with transformers
+//! 4.57 every call resets the language to `src_lang`, so open_clip's `set_language` has no
+//! effect and honouring it would not be what open_clip computes. Not reproduced: special tokens that are missing from
 //! the vocabulary (refused), and open_clip's `tokenizer_mode="clips"` (refused).
 //! Reference: open_clip 3.3.0 `tokenizer.py` (`HFTokenizer`, `get_clean_fn`,
 //! `canonicalize_text`), `factory.py` (`get_tokenizer`).
@@ -171,6 +175,16 @@ impl HfOptions {
                     })?
                 }
                 ("strip_sep_token", Value::Bool(b)) => options.strip_sep_token = *b,
+                ("language", _) => {
+                    return Err(HfTokenizerError::Field {
+                        field,
+                        message: format!(
+                            "{value}: open_clip's set_language has no effect with transformers \
+                             4.57 (each call resets NLLB's language to the tokenizer config's \
+                             src_lang); set src_lang in the folder's tokenizer_config.json"
+                        ),
+                    })
+                }
                 _ => {
                     return Err(HfTokenizerError::Field {
                         field,
@@ -313,6 +327,68 @@ impl Config {
         normalizer["handle_chinese_chars"] = get("tokenize_chinese_chars", Value::Bool(true));
     }
 
+    /// `NllbTokenizerFast.set_src_lang_special_tokens(src_lang)`, which every call runs:
+    /// whatever the file's post-processor, the class replaces it by `lang $A </s>`
+    /// (`legacy_behaviour`: `$A </s> lang`), `lang` being `src_lang`, else `eng_Latn`.
+    fn rewrite_nllb_post_processor(
+        &self,
+        tokenizer: &mut Tokenizer,
+        path: &Path,
+    ) -> Result<(), HfTokenizerError> {
+        if self.class.as_deref() != Some("NllbTokenizer") {
+            return Ok(());
+        }
+        let lang = match self.config.get("src_lang") {
+            None | Some(Value::Null) => "eng_Latn".to_string(),
+            Some(Value::String(s)) => s.clone(),
+            Some(v) => {
+                return Err(file_error(
+                    &self.config_path,
+                    format!("src_lang: {v} is not a language code"),
+                ))
+            }
+        };
+        let lang_id = tokenizer.token_to_id(&lang).ok_or_else(|| {
+            file_error(
+                path,
+                format!("the language code {lang:?} is not in the vocabulary"),
+            )
+        })?;
+        let (eos, source) = self
+            .special_token("eos_token")
+            .unwrap_or_else(|| ("</s>".to_string(), self.config_path.clone()));
+        let eos_id = tokenizer.token_to_id(&eos).ok_or_else(|| {
+            file_error(
+                &source,
+                format!(
+                    "eos_token {eos:?} is not in {}'s vocabulary",
+                    path.display()
+                ),
+            )
+        })?;
+        let legacy = matches!(self.config.get("legacy_behaviour"), Some(Value::Bool(true)));
+        let (single, pair) = if legacy {
+            (
+                format!("$A:0 {eos}:0 {lang}:0"),
+                format!("$A:0 $B:0 {eos}:0 {lang}:0"),
+            )
+        } else {
+            (
+                format!("{lang}:0 $A:0 {eos}:0"),
+                format!("{lang}:0 $A:0 $B:0 {eos}:0"),
+            )
+        };
+        let template = tokenizers::processors::template::TemplateProcessing::builder()
+            .try_single(single)
+            .and_then(|b| b.try_pair(pair))
+            .map_err(|e| file_error(&self.config_path, e.to_string()))?
+            .special_tokens(vec![(lang.clone(), lang_id), (eos.clone(), eos_id)])
+            .build()
+            .map_err(|e| file_error(&self.config_path, e.to_string()))?;
+        tokenizer.with_post_processor(Some(template));
+        Ok(())
+    }
+
     /// Whether the class is transformers' `LlamaTokenizer(Fast)` or `GemmaTokenizer(Fast)`, which
     /// pad on the left and rebuild their post-processor from their flags.
     fn is_llama_class(&self) -> bool {
@@ -411,6 +487,8 @@ fn class_default(class: &str, name: &str) -> Option<&'static str> {
         ("LlamaTokenizer", "eos_token") => Some("</s>"),
         ("RobertaTokenizer" | "XLMRobertaTokenizer", "pad_token") => Some("<pad>"),
         ("RobertaTokenizer" | "XLMRobertaTokenizer", "sep_token") => Some("</s>"),
+        ("NllbTokenizer", "pad_token") => Some("<pad>"),
+        ("NllbTokenizer", "eos_token") => Some("</s>"),
         _ => None,
     }
 }
@@ -585,6 +663,7 @@ impl HfTokenizer {
         };
         let mut tokenizer = tokenizer;
         config.rewrite_llama_post_processor(&mut tokenizer, path)?;
+        config.rewrite_nllb_post_processor(&mut tokenizer, path)?;
         layout.configure(&mut tokenizer, context_length, path)?;
         Ok(HfTokenizer {
             tokenizer,
@@ -612,7 +691,8 @@ impl HfTokenizer {
         self.layout.pad_id as i64
     }
 
-    /// `hf:<digest of the files>:clean=<mode>:strip_sep=<bool>`.
+    /// `hf:<digest of the files>:clean=<mode>:strip_sep=<bool>` (the digest covers the config
+    /// files, NLLB's `src_lang` among them).
     pub fn identity(&self) -> String {
         format!(
             "hf:{}:clean={}:strip_sep={}",

@@ -186,9 +186,61 @@ fn hf_tokenizer_other_context_length_through_the_trait() {
         let rows = tok.tokenize_rows(&texts, 8).unwrap();
         compare(&tok, case, corpus, &rows);
         let pad = TextTokenizer::pad_id(&tok);
-        let pad_is_0 = case.folder == "unigram" || case.folder.starts_with("gemma");
-        assert_eq!(pad, if pad_is_0 { 0 } else { 4 });
+        // The trained vocabularies' pad ids: `[PAD]` is the WordPiece's fifth special token,
+        // `<pad>` the Unigram's and Gemma's first, RoBERTa's and NLLB's second (id 1, as the
+        // real ones have it).
+        let want = match case.folder.as_str() {
+            "unigram" | "gemma" | "gemma-eos" => 0,
+            "roberta" | "nllb" => 1,
+            _ => 4,
+        };
+        assert_eq!(pad, want, "{}", case.folder);
     }
+}
+
+/// NLLB's rows start with the language code of the config's `src_lang` (default `eng_Latn`)
+/// and end in `</s>`; `legacy_behaviour` moves the code after `</s>`: what transformers'
+/// `NllbTokenizerFast` does, whatever the file's own post-processor says (here `$A </s>`).
+#[test]
+fn nllb_rows_carry_the_language_code() {
+    let (dir, _, _) = reference();
+    let id = |folder: &str, token: &str| {
+        let json = std::fs::read_to_string(dir.join(folder).join("tokenizer.json")).unwrap();
+        let t: tokenizers::Tokenizer = json.parse().unwrap();
+        i64::from(t.token_to_id(token).unwrap())
+    };
+    for (folder, lang, legacy) in [
+        ("nllb", "eng_Latn", false),
+        ("nllb-fra", "fra_Latn", false),
+        ("nllb-amh", "amh_Ethi", false),
+        ("nllb-legacy", "eng_Latn", true),
+    ] {
+        let tok =
+            HfTokenizer::from_folder(&dir.join(folder), 16, Clean::Whitespace, false).unwrap();
+        let row = tok.encode_row("a photo of a cat").unwrap();
+        let (lang_id, eos) = (id(folder, lang), id(folder, "</s>"));
+        let end = row.iter().position(|&t| t == eos).expect("</s>");
+        if legacy {
+            assert_eq!(row[end + 1], lang_id, "{folder}: {row:?}");
+        } else {
+            assert_eq!(row[0], lang_id, "{folder}: {row:?}");
+        }
+    }
+    // open_clip's `language` argument is refused (it has no effect in the reference).
+    let mut cfg = typoclip::model::open_clip::zoo()
+        .model("nllb-clip-base")
+        .unwrap()
+        .text_cfg
+        .clone();
+    cfg.tokenizer_kwargs = Some(
+        [("language".to_string(), serde_json::json!("fra_Latn"))]
+            .into_iter()
+            .collect(),
+    );
+    let e = HfTokenizer::for_text_cfg(&dir.join("nllb"), &cfg)
+        .expect_err("refused")
+        .to_string();
+    assert!(e.contains("text_cfg.tokenizer_kwargs.language"), "{e}");
 }
 
 #[test]

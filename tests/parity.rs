@@ -482,26 +482,41 @@ fn pe_towers_match_open_clip() {
 
 /// open_clip's Hugging Face text towers (`HFTextEncoder` under `text.`): roberta-base and
 /// xlm-roberta-base (250 002 tokens) with the mean pooler over non-padding tokens and the MLP
-/// projection, beside a QuickGELU / GELU ViT-B/32, at their real widths with 2 layers per tower;
-/// the rows have different lengths, padded with RoBERTa's padding id.
+/// projection, beside a QuickGELU / GELU ViT-B/32, and NLLB-200-distilled-600M's M2M100 encoder
+/// (256 206 tokens, scaled embeddings, sinusoidal positions, pre-LN, ReLU) with the cls pooler
+/// and the linear projection beside a GELU ViT-B/32 (nllb-clip-base), at their real widths with
+/// 2 layers per tower; the rows have different lengths, padded with the padding id 1.
 #[test]
 fn hf_text_towers_match_open_clip() {
-    for name in ["zoo-roberta-ViT-B-32@2", "zoo-xlm-roberta-base-ViT-B-32@2"] {
+    for name in [
+        "zoo-roberta-ViT-B-32@2",
+        "zoo-xlm-roberta-base-ViT-B-32@2",
+        "zoo-nllb-clip-base@2",
+    ] {
         common::with_export(&format!("hf-text/{name}"), name, |dir| {
             check_timm(dir, name)
         });
     }
 }
 
-/// xlm-roberta-large (24 layers of 1024, the MLP projection to 1024) beside ViT-H-14, with 2
+/// xlm-roberta-large (24 layers of 1024, the MLP projection to 1024) beside ViT-H-14;
+/// NLLB-200-distilled-1.3B's encoder (FFN 8192) beside ViT-H-14's sibling of width 1280
+/// (nllb-clip-large) and beside SigLIP's SO400M/14-384 (nllb-clip-large-siglip, sigmoid
+/// scoring), and the 600M encoder beside SigLIP's B/16-384 (nllb-clip-base-siglip), each with 2
 /// layers per tower: `cargo test --release --test parity -- --ignored hf_text_zoo`.
 #[test]
-#[ignore = "large: xlm-roberta-large-ViT-H-14; run with --ignored"]
+#[ignore = "large: xlm-roberta-large-ViT-H-14 and the NLLB-CLIP models; run with --ignored"]
 fn hf_text_zoo_configs_match_open_clip() {
-    let name = "zoo-xlm-roberta-large-ViT-H-14@2";
-    common::with_export(&format!("hf-text/{name}"), name, |dir| {
-        check_timm(dir, name)
-    });
+    for name in [
+        "zoo-xlm-roberta-large-ViT-H-14@2",
+        "zoo-nllb-clip-large@2",
+        "zoo-nllb-clip-base-siglip@2",
+        "zoo-nllb-clip-large-siglip@2",
+    ] {
+        common::with_export(&format!("hf-text/{name}"), name, |dir| {
+            check_timm(dir, name)
+        });
+    }
 }
 
 /// The timm towers of the list at real shapes — every SigLIP image size family, the

@@ -1,12 +1,16 @@
 //! Hugging Face text towers as open_clip's `HFTextEncoder` wraps them (`text.transformer.*`,
-//! transformers' own names, and `text.proj.*`): today the RoBERTa family (`roberta-base`,
-//! `xlm-roberta-base`, `xlm-roberta-large`) — token, position (offset past the padding id, as
-//! transformers' `create_position_ids_from_input_ids`) and token-type embeddings with a
-//! LayerNorm, post-LN encoder layers (`attention.self.{query,key,value}`,
+//! transformers' own names, and `text.proj.*`): the configs typoclip knows ([`hf_text_arch`]),
+//! open_clip's poolers and projection ([`HfHead`]), and the RoBERTa family's encoder
+//! (`roberta-base`, `xlm-roberta-base`, `xlm-roberta-large`) — token, position (offset past the
+//! padding id, as transformers' `create_position_ids_from_input_ids`) and token-type embeddings
+//! with a LayerNorm, post-LN encoder layers (`attention.self.{query,key,value}`,
 //! `attention.output.{dense,LayerNorm}`, `intermediate.dense` → GELU, `output.{dense,LayerNorm}`)
-//! attending only to non-padding tokens — then open_clip's pooler over the non-padding tokens
-//! (`mean_pooler`, `cls_last_hidden_state_pooler`) and projection (`hf_proj_type`: `mlp` —
-//! Linear without bias to `(width + embed_dim) / 2`, GELU, Linear without bias — or `linear`).
+//! attending only to non-padding tokens. NLLB-200's M2M100 encoder is `m2m100.rs`.
+//!
+//! open_clip pools the encoder's last hidden state over the non-padding tokens (`mean_pooler`,
+//! `cls_last_hidden_state_pooler`, or `cls_pooler`, the first token where the encoder has no
+//! pooler output) and projects it (`hf_proj_type`: `mlp` — Linear without bias to
+//! `(width + embed_dim) / 2`, GELU, Linear without bias — or `linear`).
 //!
 //! open_clip builds the encoder from `AutoConfig.from_pretrained(hf_model_name)`, which needs
 //! the hub; typoclip knows the configs of the names open_clip's pretrained models use
@@ -27,6 +31,19 @@ pub enum HfPooler {
     Mean,
     /// `cls_last_hidden_state_pooler`: the first token's last hidden state.
     ClsLastHiddenState,
+    /// `cls_pooler` on an encoder without a pooler output (M2M100): the first token's last
+    /// hidden state.
+    Cls,
+}
+
+/// The encoder architecture behind a Hugging Face name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HfFamily {
+    /// transformers' `RobertaModel` / `XLMRobertaModel` (this file).
+    Roberta,
+    /// The encoder of transformers' `M2M100Model` (NLLB-200; `m2m100.rs`).
+    M2M100,
 }
 
 /// open_clip's `hf_proj_type`.
@@ -42,24 +59,26 @@ pub enum HfProj {
     None,
 }
 
-/// A RoBERTa-family encoder and open_clip's head on it.
+/// A Hugging Face encoder and open_clip's head on it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HfTextConfig {
     /// `hf_model_name` (`xlm-roberta-base`).
     pub hf_model_name: String,
+    /// The encoder's architecture.
+    pub family: HfFamily,
     /// `vocab_size`.
     pub vocab_size: i64,
-    /// `hidden_size`.
+    /// `hidden_size` (M2M100: `d_model`).
     pub width: i64,
-    /// `num_hidden_layers`.
+    /// `num_hidden_layers` (`encoder_layers`).
     pub layers: i64,
-    /// `num_attention_heads`.
+    /// `num_attention_heads` (`encoder_attention_heads`).
     pub heads: i64,
-    /// `intermediate_size`.
+    /// `intermediate_size` (`encoder_ffn_dim`).
     pub intermediate: i64,
     /// `max_position_embeddings`.
     pub max_positions: i64,
-    /// `type_vocab_size`.
+    /// `type_vocab_size` (RoBERTa; 0 for M2M100, which has none).
     pub type_vocab: i64,
     /// `pad_token_id` (also the position ids' offset).
     pub pad_token_id: i64,
@@ -69,16 +88,128 @@ pub struct HfTextConfig {
     pub proj: HfProj,
 }
 
-/// The `config.json` values of the Hugging Face encoders open_clip's pretrained models name:
-/// (vocab, hidden, layers, heads, intermediate) — every one RoBERTa-style with 514 positions,
-/// one token type, padding id 1, LayerNorm eps 1e-5, GELU.
-pub(crate) fn hf_text_arch(name: &str) -> Option<(i64, i64, i64, i64, i64)> {
+/// The `config.json` values of a Hugging Face encoder open_clip's pretrained models name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HfArch {
+    pub family: HfFamily,
+    pub vocab_size: i64,
+    pub width: i64,
+    pub layers: i64,
+    pub heads: i64,
+    pub intermediate: i64,
+    pub max_positions: i64,
+    pub type_vocab: i64,
+}
+
+/// The encoders open_clip's pretrained models name. RoBERTa-style ones have 514 positions, one
+/// token type, padding id 1, LayerNorm eps 1e-5, GELU. NLLB-200's distilled models
+/// (`M2M100Config`: ReLU, `scale_embedding`, 1024 sinusoidal positions, padding id 1, 16 heads,
+/// width 1024, 256 206 tokens) have 12 encoder layers with FFN 4096 (600M) or 24 with FFN 8192
+/// (1.3B), as their hub `config.json` and fairseq's `dense_600m` / `dense_distill_1b` give them.
+pub(crate) fn hf_text_arch(name: &str) -> Option<HfArch> {
+    let roberta = |vocab_size, width, layers, heads, intermediate| HfArch {
+        family: HfFamily::Roberta,
+        vocab_size,
+        width,
+        layers,
+        heads,
+        intermediate,
+        max_positions: 514,
+        type_vocab: 1,
+    };
+    let nllb = |layers, intermediate| HfArch {
+        family: HfFamily::M2M100,
+        vocab_size: 256206,
+        width: 1024,
+        layers,
+        heads: 16,
+        intermediate,
+        max_positions: 1024,
+        type_vocab: 0,
+    };
     match name {
-        "roberta-base" => Some((50265, 768, 12, 12, 3072)),
-        "xlm-roberta-base" => Some((250002, 768, 12, 12, 3072)),
-        "xlm-roberta-large" => Some((250002, 1024, 24, 16, 4096)),
+        "roberta-base" => Some(roberta(50265, 768, 12, 12, 3072)),
+        "xlm-roberta-base" => Some(roberta(250002, 768, 12, 12, 3072)),
+        "xlm-roberta-large" => Some(roberta(250002, 1024, 24, 16, 4096)),
+        "facebook/nllb-200-distilled-600M" => Some(nllb(12, 4096)),
+        "facebook/nllb-200-distilled-1.3B" => Some(nllb(24, 8192)),
         _ => None,
     }
+}
+
+/// open_clip's projection after the pooler.
+#[derive(Debug)]
+enum Proj {
+    Linear(Linear),
+    Mlp(Linear, Linear),
+    None,
+}
+
+/// open_clip's pooler and projection (`text.proj.*`) after a Hugging Face encoder.
+#[derive(Debug)]
+pub(crate) struct HfHead {
+    pooler: HfPooler,
+    proj: Proj,
+}
+
+impl HfHead {
+    /// The head under `p` (`text`) from encoder states of `c.width` to `embed_dim`.
+    pub(crate) fn new(p: &nn::Path, c: &HfTextConfig, embed_dim: i64) -> HfHead {
+        let (w, pp) = (c.width, p / "proj");
+        let proj = match c.proj {
+            HfProj::Linear => Proj::Linear(Linear::with_bias(pp, w, embed_dim, false)),
+            HfProj::Mlp => {
+                let hidden = (w + embed_dim) / 2;
+                Proj::Mlp(
+                    Linear::with_bias(&pp / 0, w, hidden, false),
+                    Linear::with_bias(&pp / 2, hidden, embed_dim, false),
+                )
+            }
+            HfProj::None => Proj::None,
+        };
+        HfHead {
+            pooler: c.pooler,
+            proj,
+        }
+    }
+
+    /// Last hidden states `x` `[B, L, W]` of tokens whose non-padding positions are `valid`
+    /// `[B, L]` → `[B, embed_dim]`.
+    pub(crate) fn forward(&self, x: &Tensor, valid: &Tensor) -> Tensor {
+        let pooled = match self.pooler {
+            HfPooler::Mean => {
+                let m = valid.to_kind(x.kind()).unsqueeze(-1);
+                (x * &m).sum_dim_intlist(1, false, None) / m.sum_dim_intlist(1, false, None)
+            }
+            HfPooler::ClsLastHiddenState | HfPooler::Cls => x.select(1, 0),
+        };
+        match &self.proj {
+            Proj::Linear(l) => l.forward(&pooled),
+            Proj::Mlp(a, b) => b.forward(&a.forward(&pooled).gelu("none")),
+            Proj::None => pooled,
+        }
+    }
+}
+
+/// transformers' extended attention mask `[B, 1, 1, L]` of kind `kind`: padding keys get the
+/// lowest float32 value, the others 0.
+pub(crate) fn padding_mask(valid: &Tensor, kind: Kind) -> Tensor {
+    let (b, l) = valid.size2().expect("[B, L]");
+    Tensor::zeros([b, 1, 1, l], (kind, valid.device()))
+        .masked_fill(&valid.logical_not().view([b, 1, 1, l]), f64::from(f32::MIN))
+}
+
+/// transformers' `create_position_ids_from_input_ids`: non-padding tokens count up from
+/// `pad + 1`, padding stays at `pad`.
+pub(crate) fn position_ids(tokens: &Tensor, pad: i64) -> Tensor {
+    let valid = tokens.ne(pad).to_kind(Kind::Int64);
+    valid.cumsum(1, Kind::Int64) * &valid + pad
+}
+
+/// Positions `0..L` up to and including `eot` `[B]`: the tokens of rows entered as embeddings.
+pub(crate) fn valid_through(eot: &Tensor, l: i64) -> Tensor {
+    let pos = Tensor::arange(l, (Kind::Int64, eot.device())).unsqueeze(0);
+    pos.le_tensor(&eot.unsqueeze(1))
 }
 
 #[derive(Debug)]
@@ -95,13 +226,6 @@ struct Layer {
     sites: [String; 3],
 }
 
-#[derive(Debug)]
-enum Proj {
-    Linear(Linear),
-    Mlp(Linear, Linear),
-    None,
-}
-
 /// `text` of a model with a Hugging Face text tower.
 #[derive(Debug)]
 pub(crate) struct HfTextEncoder {
@@ -110,10 +234,9 @@ pub(crate) struct HfTextEncoder {
     token_type_embeddings: Tensor,
     embeddings_ln: LayerNorm,
     layers: Vec<Layer>,
-    proj: Proj,
+    head: HfHead,
     heads: i64,
     pad: i64,
-    pooler: HfPooler,
 }
 
 impl HfTextEncoder {
@@ -146,28 +269,15 @@ impl HfTextEncoder {
                 }
             })
             .collect();
-        let pp = p / "proj";
-        let proj = match c.proj {
-            HfProj::Linear => Proj::Linear(Linear::with_bias(pp, w, embed_dim, false)),
-            HfProj::Mlp => {
-                let hidden = (w + embed_dim) / 2;
-                Proj::Mlp(
-                    Linear::with_bias(&pp / 0, w, hidden, false),
-                    Linear::with_bias(&pp / 2, hidden, embed_dim, false),
-                )
-            }
-            HfProj::None => Proj::None,
-        };
         HfTextEncoder {
             word_embeddings: table("word_embeddings", c.vocab_size),
             position_embeddings: table("position_embeddings", c.max_positions),
             token_type_embeddings: table("token_type_embeddings", c.type_vocab),
             embeddings_ln: LayerNorm::with_eps(&e / "LayerNorm", w, c.ln_eps),
             layers,
-            proj,
+            head: HfHead::new(p, c, embed_dim),
             heads: c.heads,
             pad: c.pad_token_id,
-            pooler: c.pooler,
         }
     }
 
@@ -176,9 +286,7 @@ impl HfTextEncoder {
     fn encode(&self, x: &Tensor, valid: &Tensor, probe: &mut Probe) -> Tensor {
         let (b, l, w) = x.size3().expect("[B, L, W]");
         let dh = w / self.heads;
-        // transformers' extended mask: padding keys get the dtype's lowest value.
-        let mask = Tensor::zeros([b, 1, 1, l], (x.kind(), x.device()))
-            .masked_fill(&valid.logical_not().view([b, 1, 1, l]), f64::from(f32::MIN));
+        let mask = padding_mask(valid, x.kind());
         let split = |t: Tensor| t.view([b, l, self.heads, dh]).transpose(1, 2);
         let mut x = x.shallow_clone();
         for layer in &self.layers {
@@ -202,25 +310,7 @@ impl HfTextEncoder {
             x = layer.out_ln.forward(&layer.out.forward_add(&hidden, &a));
             x = probe.site(name, x, -1);
         }
-        let pooled = match self.pooler {
-            HfPooler::Mean => {
-                let m = valid.to_kind(x.kind()).unsqueeze(-1);
-                (&x * &m).sum_dim_intlist(1, false, None) / m.sum_dim_intlist(1, false, None)
-            }
-            HfPooler::ClsLastHiddenState => x.select(1, 0),
-        };
-        match &self.proj {
-            Proj::Linear(l) => l.forward(&pooled),
-            Proj::Mlp(a, b) => b.forward(&a.forward(&pooled).gelu("none")),
-            Proj::None => pooled,
-        }
-    }
-
-    /// transformers' `create_position_ids_from_input_ids`: non-padding tokens count up from
-    /// `pad + 1`, padding stays at `pad`.
-    fn position_ids(&self, tokens: &Tensor) -> Tensor {
-        let valid = tokens.ne(self.pad).to_kind(Kind::Int64);
-        valid.cumsum(1, Kind::Int64) * &valid + self.pad
+        self.head.forward(&x, valid)
     }
 }
 
@@ -235,7 +325,7 @@ impl super::TextTower for HfTextEncoder {
         let words = Tensor::embedding(&self.word_embeddings, tokens, -1, false, false);
         let positions = Tensor::embedding(
             &self.position_embeddings,
-            &self.position_ids(tokens),
+            &position_ids(tokens, self.pad),
             -1,
             false,
             false,
@@ -246,9 +336,7 @@ impl super::TextTower for HfTextEncoder {
 
     /// Entered with embeddings, every position up to and including `eot` counts as a token.
     fn forward_embedded(&self, embedded: &Tensor, eot: &Tensor, probe: &mut Probe) -> Tensor {
-        let l = embedded.size()[1];
-        let pos = Tensor::arange(l, (Kind::Int64, embedded.device())).unsqueeze(0);
-        let valid = pos.le_tensor(&eot.unsqueeze(1));
+        let valid = valid_through(eot, embedded.size()[1]);
         self.encode(embedded, &valid, probe)
     }
 

@@ -21,6 +21,7 @@ pub mod hf_text;
 pub mod jit;
 pub mod kernels;
 pub mod load;
+mod m2m100;
 pub mod open_clip;
 pub mod pickle;
 pub mod probe;
@@ -206,11 +207,15 @@ fn image_tower(vp: nn::Path, config: &ClipConfig) -> Box<dyn ImageTower> {
 /// `text.` (custom-text models), or a Hugging Face encoder under `text.`.
 fn text_tower(root: &nn::Path, config: &ClipConfig) -> Box<dyn TextTower> {
     if let Some(hf) = &config.hf_text {
-        return Box::new(hf_text::HfTextEncoder::new(
-            &(root / "text"),
-            hf,
-            config.embed_dim,
-        ));
+        let text = root / "text";
+        return match hf.family {
+            hf_text::HfFamily::Roberta => {
+                Box::new(hf_text::HfTextEncoder::new(&text, hf, config.embed_dim))
+            }
+            hf_text::HfFamily::M2M100 => {
+                Box::new(m2m100::M2M100Encoder::new(&text, hf, config.embed_dim))
+            }
+        };
     }
     let text_root = if config.custom_text {
         root / "text"

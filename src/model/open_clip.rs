@@ -21,7 +21,7 @@ use super::config::{
     Activation, AttnPoolCfg, ClipConfig, EmbedCls, TextConfig, TextPool, TextProjection, TimmProj,
     VisionConfig, VitPool,
 };
-use super::hf_text::{HfPooler, HfProj, HfTextConfig};
+use super::hf_text::{HfFamily, HfPooler, HfProj, HfTextConfig};
 use super::ModelError;
 
 /// An int or a pair, as open_clip's `image_size` and `layers`.
@@ -451,17 +451,19 @@ fn timm_vision(
 
 /// The Hugging Face text tower `name` as open_clip's `HFTextEncoder` builds it from `t`.
 fn hf_text_config(t: &TextCfg, name: &str) -> Result<HfTextConfig, ModelError> {
-    let (vocab_size, width, layers, heads, intermediate) = super::hf_text::hf_text_arch(name)
-        .ok_or_else(|| {
-            unsupported(
-                "text_cfg.hf_model_name",
-                &format!("{name} (a Hugging Face text tower other than the RoBERTa family)"),
-            )
-        })?;
-    let pooler = match t.hf_pooler_type.as_str() {
-        "mean_pooler" => HfPooler::Mean,
-        "cls_last_hidden_state_pooler" => HfPooler::ClsLastHiddenState,
-        other => return Err(unsupported("text_cfg.hf_pooler_type", other)),
+    let arch = super::hf_text::hf_text_arch(name).ok_or_else(|| {
+        unsupported(
+            "text_cfg.hf_model_name",
+            &format!("{name} (a Hugging Face text tower other than RoBERTa, XLM-R and NLLB-200)"),
+        )
+    })?;
+    let pooler = match (t.hf_pooler_type.as_str(), arch.family) {
+        ("mean_pooler", _) => HfPooler::Mean,
+        ("cls_last_hidden_state_pooler", _) => HfPooler::ClsLastHiddenState,
+        // RoBERTa's `cls_pooler` is its pooler output (dense + tanh), which no pretrained
+        // config uses; M2M100's encoder has none, so open_clip takes the first token.
+        ("cls_pooler", HfFamily::M2M100) => HfPooler::Cls,
+        (other, _) => return Err(unsupported("text_cfg.hf_pooler_type", other)),
     };
     let proj = match t.hf_proj_type.as_str() {
         "mlp" => HfProj::Mlp,
@@ -470,13 +472,14 @@ fn hf_text_config(t: &TextCfg, name: &str) -> Result<HfTextConfig, ModelError> {
     };
     Ok(HfTextConfig {
         hf_model_name: name.to_string(),
-        vocab_size,
-        width,
-        layers,
-        heads,
-        intermediate,
-        max_positions: 514,
-        type_vocab: 1,
+        family: arch.family,
+        vocab_size: arch.vocab_size,
+        width: arch.width,
+        layers: arch.layers,
+        heads: arch.heads,
+        intermediate: arch.intermediate,
+        max_positions: arch.max_positions,
+        type_vocab: arch.type_vocab,
         pad_token_id: 1,
         ln_eps: 1e-5,
         pooler,
@@ -741,17 +744,18 @@ mod tests {
                 }
             }
         }
-        // open_clip 3.3.0: 110 configs (coca_ViT-B-32, coca_ViT-L-14 and coca_base among them,
-        // 26 SigLIP / SigLIP 2, 11 ConvNeXt, 7 EVA, 5 PE-Core and 3 RoBERTa-text ones), 165 of
-        // the 196 pretrained pairs: every pair whose towers are open_clip's own (112), SigLIP's
-        // (26), a ConvNeXt (12), an EVA (7), a PE-Core (5) or a RoBERTa-family text tower (3).
-        assert_eq!(native, 110);
+        // open_clip 3.3.0: 114 configs (coca_ViT-B-32, coca_ViT-L-14 and coca_base among them,
+        // 26 SigLIP / SigLIP 2, 11 ConvNeXt, 7 EVA, 5 PE-Core, 3 RoBERTa-text and 4 NLLB ones),
+        // 171 of the 196 pretrained pairs: every pair whose towers are open_clip's own (112),
+        // SigLIP's (26), a ConvNeXt (12), an EVA (7), a PE-Core (5), a RoBERTa-family text tower
+        // (3) or NLLB-200's (6).
+        assert_eq!(native, 114);
         let pairs = zoo()
             .pretrained
             .iter()
             .filter(|p| ClipConfig::for_tag(&p.arch, &p.tag).is_ok())
             .count();
-        assert_eq!(pairs, 165);
+        assert_eq!(pairs, 171);
         let so400m = ClipConfig::for_tag("ViT-SO400M-14-SigLIP-384", "webli").unwrap();
         assert!(so400m.logit_bias && so400m.custom_text);
         assert!(matches!(
@@ -879,12 +883,23 @@ mod tests {
         );
         assert_eq!((hf.pooler, hf.proj), (HfPooler::Mean, HfProj::Mlp));
         assert!(xlmr.custom_text);
-        let err = zoo()
-            .model("nllb-clip-base")
-            .unwrap()
-            .to_clip_config(false)
-            .unwrap_err();
+        let nllb = ClipConfig::preset("nllb-clip-large-siglip").unwrap();
+        let hf = nllb.hf_text.as_ref().expect("a Hugging Face text tower");
+        assert_eq!(
+            (hf.family, hf.vocab_size, hf.layers, hf.intermediate),
+            (HfFamily::M2M100, 256206, 24, 8192)
+        );
+        assert_eq!((hf.pooler, hf.proj), (HfPooler::Cls, HfProj::Linear));
+        assert!(nllb.logit_bias && matches!(nllb.vision, VisionConfig::TimmVit { .. }));
+        // Any other encoder name, and RoBERTa's own pooler output, are refused.
+        let mut cfg = zoo().model("nllb-clip-base").unwrap().clone();
+        cfg.text_cfg.hf_model_name = Some("facebook/nllb-200-3.3B".into());
+        let err = cfg.to_clip_config(false).unwrap_err();
         assert!(err.to_string().contains("text_cfg.hf_model_name"), "{err}");
+        let mut cfg = zoo().model("roberta-ViT-B-32").unwrap().clone();
+        cfg.text_cfg.hf_pooler_type = "cls_pooler".into();
+        let err = cfg.to_clip_config(false).unwrap_err();
+        assert!(err.to_string().contains("text_cfg.hf_pooler_type"), "{err}");
         let err = zoo()
             .model("ViTamin-S")
             .unwrap()
