@@ -321,6 +321,7 @@ fn cut_timm_config(name: &str) -> ClipConfig {
             *layers = depth
         }
         VisionConfig::TimmEva { shape, .. } => shape.layers = depth,
+        VisionConfig::TimmVitamin { shape, .. } => shape.layers = depth,
         VisionConfig::TimmConvNext { depths, .. } => *depths = [depth; 4],
         other => panic!("{name}: no cut for {other:?}"),
     }
@@ -480,6 +481,19 @@ fn pe_towers_match_open_clip() {
     }
 }
 
+/// ViTamin (timm's `VisionTransformer` on a convolutional backbone: stem, two MBConv stages, a
+/// strided conv; GeGLU MLPs, no class token, the token average through `fc_norm`, open_clip's
+/// linear head): ViTamin-S at full depth, loaded as users load it; ViTamin-L and ViTamin-XL-256
+/// (no position embedding) at their real widths, the backbone whole, with 2 blocks per tower.
+#[test]
+fn vitamin_towers_match_open_clip() {
+    for name in ["zoo-ViTamin-S", "zoo-ViTamin-L@2", "zoo-ViTamin-XL-256@2"] {
+        common::with_export(&format!("vitamin/{name}"), name, |dir| {
+            check_timm(dir, name);
+        });
+    }
+}
+
 /// open_clip's Hugging Face text towers (`HFTextEncoder` under `text.`): roberta-base and
 /// xlm-roberta-base (250 002 tokens) with the mean pooler over non-padding tokens and the MLP
 /// projection, beside a QuickGELU / GELU ViT-B/32, and NLLB-200-distilled-600M's M2M100 encoder
@@ -549,6 +563,11 @@ fn timm_zoo_configs_match_open_clip() {
         "zoo-PE-Core-B-16",
         "zoo-PE-Core-S-16-384@2",
         "zoo-PE-Core-L-14-336@4",
+        "zoo-ViTamin-S-LTT",
+        "zoo-ViTamin-B",
+        "zoo-ViTamin-L-336@2",
+        "zoo-ViTamin-L2-384@2",
+        "zoo-ViTamin-XL-384@2",
     ];
     let only = std::env::var("TYPOCLIP_TIMM_ZOO").ok();
     for n in names {

@@ -184,6 +184,21 @@ pub enum VisionConfig {
         /// The projection.
         proj: TimmProj,
     },
+    /// timm's ViTamin (`visual.trunk.*`): a `VisionTransformer` whose patch embedding is a
+    /// convolutional backbone (`patch_embed.backbone`: stem, two MBConv stages, a strided conv;
+    /// stride 16), no class token, learned positions (none for XL), GeGLU MLPs, the average over
+    /// the tokens through `fc_norm`, then open_clip's [`TimmProj`] head.
+    TimmVitamin {
+        /// timm's model name (`vitamin_small_224`).
+        timm_model_name: String,
+        /// Input side in pixels.
+        image_resolution: i64,
+        /// The trunk's shape (timm's `VitCfg` and `VisionTransformer` arguments).
+        #[serde(flatten)]
+        shape: VitaminShape,
+        /// open_clip's head.
+        proj: TimmProj,
+    },
     /// timm's `ConvNeXt` (v1, `visual.trunk.*`): patchify stem, four stages of depthwise 7×7
     /// blocks with LayerScale, average pool and LayerNorm (timm's `NormMlpClassifierHead`), then
     /// open_clip's [`TimmProj`] head.
@@ -236,6 +251,27 @@ pub struct EvaShape {
     pub pool: EvaPool,
     /// LayerNorm epsilon (`norm_layer`: timm's 1e-6; PE's 1e-5).
     pub ln_eps: f64,
+}
+
+/// The shape of a timm ViTamin trunk, as its model functions set it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct VitaminShape {
+    /// `VitCfg.stem_width`.
+    pub stem_width: i64,
+    /// `VitCfg.embed_dim[:2]`: the MBConv stages' channels.
+    pub conv_dims: [i64; 2],
+    /// `VitCfg.depths[:2]`: the MBConv stages' blocks.
+    pub conv_depths: [i64; 2],
+    /// The transformer's width (`embed_dim`, also `VitCfg.embed_dim[2]`).
+    pub width: i64,
+    /// Transformer blocks (`depth`).
+    pub layers: i64,
+    /// Attention heads.
+    pub heads: i64,
+    /// GeGLU hidden width (`int(width · mlp_ratio)`, ratio 2).
+    pub mlp_width: i64,
+    /// A learned `pos_embed` (`pos_embed='none'` for XL: none).
+    pub pos_embed: bool,
 }
 
 /// The projections of timm's Eva attention.
@@ -302,6 +338,9 @@ impl VisionConfig {
             | VisionConfig::TimmEva {
                 image_resolution, ..
             }
+            | VisionConfig::TimmVitamin {
+                image_resolution, ..
+            }
             | VisionConfig::TimmConvNext {
                 image_resolution, ..
             } => *image_resolution,
@@ -309,7 +348,7 @@ impl VisionConfig {
     }
 
     /// `"ViT"`, `"ModifiedResNet"`, `"timm ViT"`, `"timm EVA"`, `"timm PE"` (an `Eva` trunk with
-    /// `AttentionRope` and the MAP head) or `"timm ConvNeXt"`.
+    /// `AttentionRope` and the MAP head), `"timm ViTamin"` or `"timm ConvNeXt"`.
     pub fn family(&self) -> &'static str {
         match self {
             VisionConfig::VisionTransformer { .. } => "ViT",
@@ -324,6 +363,7 @@ impl VisionConfig {
                 ..
             } => "timm PE",
             VisionConfig::TimmEva { .. } => "timm EVA",
+            VisionConfig::TimmVitamin { .. } => "timm ViTamin",
             VisionConfig::TimmConvNext { .. } => "timm ConvNeXt",
         }
     }
@@ -334,6 +374,11 @@ impl VisionConfig {
             VisionConfig::TimmVit { width, proj, .. }
             | VisionConfig::TimmEva {
                 shape: EvaShape { width, .. },
+                proj,
+                ..
+            }
+            | VisionConfig::TimmVitamin {
+                shape: VitaminShape { width, .. },
                 proj,
                 ..
             } => Some((*width, *proj)),
@@ -657,6 +702,29 @@ impl ClipConfig {
                 // Rotary positions split each head into 4 · bands.
                 rope.is_none() || *heads < 1 || (width / heads) % 4 == 0,
             )?,
+            VisionConfig::TimmVitamin {
+                timm_model_name,
+                image_resolution,
+                shape: v,
+                ..
+            } => {
+                timm_vit_shape(
+                    timm_model_name,
+                    *image_resolution,
+                    16,
+                    v.width,
+                    v.layers,
+                    v.heads,
+                    v.mlp_width,
+                    v.stem_width > 0 && v.conv_dims.iter().chain(&v.conv_depths).all(|&d| d > 0),
+                )?;
+                // The backbone's four stride-2 steps: the grid is the side over 16.
+                if image_resolution % 16 != 0 {
+                    return bad(format!(
+                        "{timm_model_name}: {image_resolution} px is not a multiple of 16"
+                    ));
+                }
+            }
             VisionConfig::TimmConvNext {
                 timm_model_name,
                 depths,
@@ -757,6 +825,16 @@ impl ClipConfig {
                     EvaPool::Token => "class-token",
                     EvaPool::Map { .. } => "MAP",
                 },
+            ),
+            VisionConfig::TimmVitamin {
+                timm_model_name,
+                image_resolution,
+                shape: v,
+                ..
+            } => format!(
+                "timm {timm_model_name} (MBConv stages {:?} × {:?}, width {}, {} layers, \
+                 {image_resolution} px, GeGLU, average pool)",
+                v.conv_dims, v.conv_depths, v.width, v.layers
             ),
             VisionConfig::TimmConvNext {
                 timm_model_name,

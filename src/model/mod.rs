@@ -31,6 +31,7 @@ mod timm;
 mod timm_vit;
 mod transformer;
 mod vision;
+mod vitamin;
 
 use std::path::PathBuf;
 
@@ -178,6 +179,20 @@ fn image_tower(vp: nn::Path, config: &ClipConfig) -> Box<dyn ImageTower> {
         } => Box::new(eva::Eva::new(
             vp,
             eva::EvaCfg {
+                image_resolution,
+                shape,
+                embed_dim: config.embed_dim,
+                proj,
+            },
+        )),
+        VisionConfig::TimmVitamin {
+            image_resolution,
+            shape,
+            proj,
+            ..
+        } => Box::new(vitamin::Vitamin::new(
+            vp,
+            vitamin::VitaminCfg {
                 image_resolution,
                 shape,
                 embed_dim: config.embed_dim,

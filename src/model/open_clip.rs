@@ -347,7 +347,7 @@ fn timm_vision(
         unsupported(
             "vision_cfg.timm_model_name",
             &format!(
-                "{name} (a timm image tower other than the SigLIP ViTs, EVA, PE-Core and ConvNeXts)"
+                "{name} (a timm image tower other than the SigLIP ViTs, EVA, PE-Core, ViTamin and ConvNeXts)"
             ),
         )
     })?;
@@ -420,6 +420,30 @@ fn timm_vision(
                 )));
             }
             Ok(VisionConfig::TimmEva {
+                timm_model_name: name.to_string(),
+                image_resolution,
+                shape,
+                proj,
+            })
+        }
+        super::timm::TimmArch::Vitamin { image_size, shape } => {
+            // ViTamin pools the average of its tokens (`global_pool='avg'`) through `fc_norm`;
+            // open_clip's configs keep it (`timm_pool: ''`) and add a linear projection.
+            if pool.is_some_and(|p| p != "avg") {
+                return Err(unsupported(
+                    "vision_cfg.timm_pool",
+                    &format!("{:?} with timm_proj {:?}", v.timm_pool, v.timm_proj),
+                ));
+            }
+            // Without `pos_embed` (XL) nothing in the trunk depends on the input side, and
+            // open_clip feeds it `vision_cfg.image_size` — ViTamin-XL-384's config says 256.
+            if image_resolution != image_size && shape.pos_embed {
+                return Err(ModelError::Config(format!(
+                    "vision_cfg.image_size: {image_resolution}, but timm builds {name} at \
+                     {image_size} px"
+                )));
+            }
+            Ok(VisionConfig::TimmVitamin {
                 timm_model_name: name.to_string(),
                 image_resolution,
                 shape,
@@ -744,18 +768,18 @@ mod tests {
                 }
             }
         }
-        // open_clip 3.3.0: 114 configs (coca_ViT-B-32, coca_ViT-L-14 and coca_base among them,
-        // 26 SigLIP / SigLIP 2, 11 ConvNeXt, 7 EVA, 5 PE-Core, 3 RoBERTa-text and 4 NLLB ones),
-        // 171 of the 196 pretrained pairs: every pair whose towers are open_clip's own (112),
-        // SigLIP's (26), a ConvNeXt (12), an EVA (7), a PE-Core (5), a RoBERTa-family text tower
-        // (3) or NLLB-200's (6).
-        assert_eq!(native, 114);
+        // open_clip 3.3.0: 129 configs (coca_ViT-B-32, coca_ViT-L-14 and coca_base among them,
+        // 26 SigLIP / SigLIP 2, 11 ConvNeXt, 7 EVA, 5 PE-Core, 15 ViTamin, 3 RoBERTa-text and 4
+        // NLLB ones), 186 of the 196 pretrained pairs: every pair whose towers are open_clip's
+        // own (112), SigLIP's (26), a ConvNeXt (12), an EVA (7), a PE-Core (5), a ViTamin (15), a
+        // RoBERTa-family text tower (3) or NLLB-200's (6); MobileCLIP's 10 are refused.
+        assert_eq!(native, 129);
         let pairs = zoo()
             .pretrained
             .iter()
             .filter(|p| ClipConfig::for_tag(&p.arch, &p.tag).is_ok())
             .count();
-        assert_eq!(pairs, 171);
+        assert_eq!(pairs, 186);
         let so400m = ClipConfig::for_tag("ViT-SO400M-14-SigLIP-384", "webli").unwrap();
         assert!(so400m.logit_bias && so400m.custom_text);
         assert!(matches!(
@@ -901,11 +925,39 @@ mod tests {
         let err = cfg.to_clip_config(false).unwrap_err();
         assert!(err.to_string().contains("text_cfg.hf_pooler_type"), "{err}");
         let err = zoo()
-            .model("ViTamin-S")
+            .model("MobileCLIP2-S0")
             .unwrap()
             .to_clip_config(false)
             .unwrap_err();
-        assert!(err.to_string().contains("vitamin_small_224"), "{err}");
+        assert!(
+            err.to_string().contains("vision_cfg.timm_model_name"),
+            "{err}"
+        );
+        let xl = ClipConfig::preset("ViTamin-XL-336").unwrap();
+        assert!(matches!(
+            xl.vision,
+            VisionConfig::TimmVitamin {
+                image_resolution: 336,
+                shape: crate::model::config::VitaminShape {
+                    stem_width: 192,
+                    width: 1152,
+                    layers: 32,
+                    pos_embed: false,
+                    ..
+                },
+                proj: TimmProj::Linear { bias: false },
+                ..
+            }
+        ));
+        assert_eq!((xl.text.width, xl.text.layers), (1152, 27));
+        // open_clip's ViTamin-XL-384 config asks for 256 px, which open_clip feeds the
+        // position-free trunk; a ViTamin with positions must match timm's size.
+        let xl384 = ClipConfig::preset("ViTamin-XL-384").unwrap();
+        assert_eq!(xl384.vision.image_resolution(), 256);
+        let mut cfg = zoo().model("ViTamin-L-384").unwrap().clone();
+        cfg.vision_cfg.image_size = IntOrList::One(256);
+        let err = cfg.to_clip_config(false).unwrap_err().to_string();
+        assert!(err.contains("vision_cfg.image_size"), "{err}");
         let coca = ClipConfig::preset("coca_ViT-B-32").unwrap();
         assert!(coca.custom_text && coca.text_decoder);
         assert_eq!(coca.text.embed_cls, Some(EmbedCls { pad_id: 0 }));

@@ -9,7 +9,7 @@
 
 use tch::{nn, Tensor};
 
-use super::config::{Activation, EvaPool, EvaQkv, EvaRope, EvaShape, TimmProj};
+use super::config::{Activation, EvaPool, EvaQkv, EvaRope, EvaShape, TimmProj, VitaminShape};
 use super::transformer::Linear;
 
 /// The architecture a timm model name stands for.
@@ -29,6 +29,11 @@ pub(crate) enum TimmArch {
     /// timm's `Eva` (`models/eva.py`), as its EVA-CLIP model functions set it: its `img_size`
     /// and the trunk's shape.
     Eva { image_size: i64, shape: EvaShape },
+    /// ViTamin (`models/vitamin.py`): its `img_size` and the trunk's shape.
+    Vitamin {
+        image_size: i64,
+        shape: VitaminShape,
+    },
     /// `ConvNeXt(depths, dims, norm_eps)`.
     ConvNext {
         depths: [i64; 4],
@@ -158,6 +163,49 @@ const PE_CORES: [(&str, TimmArch); 5] = [
         "vit_pe_core_gigantic_patch14_448",
         pe_core(448, 14, 1536, 50, 16, 8960, 32, false),
     ),
+];
+
+/// A ViTamin trunk (`VitCfg(embed_dim=(stem, 2·stem, width), depths=(2, 4, 1),
+/// stem_width=stem)`, GeGLU with `mlp_ratio=2`, no class token, average pool) at `image_size`.
+const fn vitamin(
+    image_size: i64,
+    stem: i64,
+    width: i64,
+    depth: i64,
+    heads: i64,
+    pos_embed: bool,
+) -> TimmArch {
+    TimmArch::Vitamin {
+        image_size,
+        shape: VitaminShape {
+            stem_width: stem,
+            conv_dims: [stem, 2 * stem],
+            conv_depths: [2, 4],
+            width,
+            layers: depth,
+            heads,
+            mlp_width: 2 * width,
+            pos_embed,
+        },
+    }
+}
+
+/// The ViTamin towers open_clip's ViTamin configs name (`vitamin_large2_*` has the same
+/// arguments as `vitamin_large_*`; the XL ones have no `pos_embed`).
+const VITAMINS: [(&str, TimmArch); 13] = [
+    ("vitamin_small_224", vitamin(224, 64, 384, 14, 6, true)),
+    ("vitamin_base_224", vitamin(224, 128, 768, 14, 12, true)),
+    ("vitamin_large_224", vitamin(224, 160, 1024, 31, 16, true)),
+    ("vitamin_large_256", vitamin(256, 160, 1024, 31, 16, true)),
+    ("vitamin_large_336", vitamin(336, 160, 1024, 31, 16, true)),
+    ("vitamin_large_384", vitamin(384, 160, 1024, 31, 16, true)),
+    ("vitamin_large2_224", vitamin(224, 160, 1024, 31, 16, true)),
+    ("vitamin_large2_256", vitamin(256, 160, 1024, 31, 16, true)),
+    ("vitamin_large2_336", vitamin(336, 160, 1024, 31, 16, true)),
+    ("vitamin_large2_384", vitamin(384, 160, 1024, 31, 16, true)),
+    ("vitamin_xlarge_256", vitamin(256, 192, 1152, 32, 16, false)),
+    ("vitamin_xlarge_336", vitamin(336, 192, 1152, 32, 16, false)),
+    ("vitamin_xlarge_384", vitamin(384, 192, 1152, 32, 16, false)),
 ];
 
 /// The EVA towers open_clip's EVA configs name.
@@ -293,6 +341,7 @@ pub(crate) fn timm_arch(name: &str) -> Option<TimmArch> {
         .iter()
         .chain(&EVAS)
         .chain(&PE_CORES)
+        .chain(&VITAMINS)
         .find(|v| v.0 == name)
     {
         return Some(arch);

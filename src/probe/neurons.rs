@@ -131,6 +131,17 @@ pub fn resolve_layer(
             e.mlp_width,
             i64::from(e.class_token),
         ),
+        VisionConfig::TimmVitamin { shape: v, .. } => vit_layer(
+            l,
+            layer,
+            "trunk.",
+            "blocks",
+            "w1",
+            v.layers,
+            v.width,
+            v.mlp_width,
+            0,
+        ),
         VisionConfig::TimmConvNext { .. } => Err(bad(
             "the ConvNeXt tower records no per-unit sites (probe a ViT or ModifiedResNet model)"
                 .into(),
