@@ -494,6 +494,20 @@ fn vitamin_towers_match_open_clip() {
     }
 }
 
+/// MobileCLIP's ViT image towers (timm's `VisionTransformer` with a class token pooled after
+/// `norm` and the trunk's classifier as the projection): MobileCLIP2-B (`vit_base_mci_224`: MCi's
+/// convolutional stem with BatchNorms, positions added before the class token) and
+/// MobileCLIP2-L-14 (`vit_large_patch14_clip_224`: `norm_pre`, a bias-free patch conv,
+/// LayerNorm eps 1e-5; a bidirectional text tower), at their real widths with 2 blocks per tower.
+#[test]
+fn mobileclip_vits_match_open_clip() {
+    for name in ["zoo-MobileCLIP2-B@2", "zoo-MobileCLIP2-L-14@2"] {
+        common::with_export(&format!("mobileclip/{name}"), name, |dir| {
+            check_timm(dir, name);
+        });
+    }
+}
+
 /// open_clip's Hugging Face text towers (`HFTextEncoder` under `text.`): roberta-base and
 /// xlm-roberta-base (250 002 tokens) with the mean pooler over non-padding tokens and the MLP
 /// projection, beside a QuickGELU / GELU ViT-B/32, and NLLB-200-distilled-600M's M2M100 encoder
@@ -568,6 +582,8 @@ fn timm_zoo_configs_match_open_clip() {
         "zoo-ViTamin-L-336@2",
         "zoo-ViTamin-L2-384@2",
         "zoo-ViTamin-XL-384@2",
+        "zoo-MobileCLIP-B",
+        "zoo-MobileCLIP2-L-14@4",
     ];
     let only = std::env::var("TYPOCLIP_TIMM_ZOO").ok();
     for n in names {

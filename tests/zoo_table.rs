@@ -16,6 +16,7 @@ fn tests_of(family: &str) -> &'static str {
         "CoCa ViT" => "`coca_matches_open_clip`, `coca_full_depth` †",
         "ModifiedResNet" => "`rn50_real_shapes`, `native_zoo_configs` †, `all_openai_sizes` †",
         "timm ViT" | "timm ConvNeXt" => "`timm_towers_match_open_clip`, `timm_zoo_configs` †",
+        "timm ViT (class token)" => "`mobileclip_vits_match_open_clip`, `timm_zoo_configs` †",
         "timm EVA" => "`eva_towers_match_open_clip`, `timm_zoo_configs` †",
         "timm PE" => "`pe_towers_match_open_clip`, `timm_zoo_configs` †",
         "timm ViTamin" => "`vitamin_towers_match_open_clip`, `timm_zoo_configs` †",

@@ -143,9 +143,10 @@ pub enum VisionConfig {
         /// Attention-pool heads (`width * 32 / 64`).
         heads: i64,
     },
-    /// timm's `VisionTransformer` as SigLIP and SigLIP 2 use it (`visual.trunk.*`): no class
+    /// timm's `VisionTransformer` (`visual.trunk.*`) as SigLIP and SigLIP 2 use it — no class
     /// token, `global_pool='map'` (a learned latent query attends over the tokens, then an
-    /// MLP), then open_clip's [`TimmProj`] head.
+    /// MLP) — or as MobileCLIP's ViTs do (a class token, token pooling, `norm_pre`, MCi's
+    /// convolutional stem), then open_clip's [`TimmProj`] head or the trunk's classifier.
     TimmVit {
         /// timm's model name (`vit_base_patch16_siglip_224`).
         timm_model_name: String,
@@ -163,8 +164,11 @@ pub enum VisionConfig {
         mlp_width: i64,
         /// `act_layer`: GELU, or GELU-tanh.
         act: Activation,
-        /// LayerNorm epsilon (timm's 1e-6).
+        /// LayerNorm epsilon (timm's 1e-6; the `*_clip_*` ViTs' 1e-5).
         ln_eps: f64,
+        /// Class token, positions, stem and pool.
+        #[serde(flatten)]
+        layout: TimmVitLayout,
         /// open_clip's head.
         proj: TimmProj,
     },
@@ -251,6 +255,55 @@ pub struct EvaShape {
     pub pool: EvaPool,
     /// LayerNorm epsilon (`norm_layer`: timm's 1e-6; PE's 1e-5).
     pub ln_eps: f64,
+}
+
+/// The parts of timm's `VisionTransformer` around the blocks, as a model function sets them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TimmVitLayout {
+    /// `class_token`: a learned `cls_token` before the patches.
+    pub class_token: bool,
+    /// `no_embed_class`: `pos_embed` covers the patches only (added before the class token).
+    pub no_embed_class: bool,
+    /// `pre_norm`: `norm_pre` before the blocks (and a patch conv without bias).
+    pub pre_norm: bool,
+    /// The patch embedding.
+    pub stem: TimmVitStem,
+    /// `global_pool`.
+    pub pool: TimmVitPool,
+}
+
+/// A timm ViT's patch embedding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimmVitStem {
+    /// `PatchEmbed`: a `patch × patch` convolution of stride `patch` (`patch_embed.proj`).
+    Patch,
+    /// `vit_base_mci_224`'s `ConvStem` (`patch_embed.backbone`): 4×4 stride 4 → BatchNorm →
+    /// GELU → 2×2 stride 2 → BatchNorm → GELU → 2×2 stride 2 with bias (stride 16).
+    MciConvStem {
+        /// The first two convolutions' channels (`width / 4`).
+        mid: i64,
+    },
+}
+
+/// A timm ViT's `global_pool`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimmVitPool {
+    /// `map`: `AttentionPoolLatent` after `norm`.
+    Map,
+    /// `token`: the class token after `norm`.
+    Token,
+}
+
+impl TimmVitPool {
+    /// timm's name (open_clip's `timm_pool`).
+    pub fn timm_name(self) -> &'static str {
+        match self {
+            TimmVitPool::Map => "map",
+            TimmVitPool::Token => "token",
+        }
+    }
 }
 
 /// The shape of a timm ViTamin trunk, as its model functions set it.
@@ -347,12 +400,19 @@ impl VisionConfig {
         }
     }
 
-    /// `"ViT"`, `"ModifiedResNet"`, `"timm ViT"`, `"timm EVA"`, `"timm PE"` (an `Eva` trunk with
+    /// `"ViT"`, `"ModifiedResNet"`, `"timm ViT"` (SigLIP's), `"timm ViT (class token)"`
+    /// (MobileCLIP's), `"timm EVA"`, `"timm PE"` (an `Eva` trunk with
     /// `AttentionRope` and the MAP head), `"timm ViTamin"` or `"timm ConvNeXt"`.
     pub fn family(&self) -> &'static str {
         match self {
             VisionConfig::VisionTransformer { .. } => "ViT",
             VisionConfig::ModifiedResNet { .. } => "ModifiedResNet",
+            VisionConfig::TimmVit {
+                layout: TimmVitLayout {
+                    class_token: true, ..
+                },
+                ..
+            } => "timm ViT (class token)",
             VisionConfig::TimmVit { .. } => "timm ViT",
             VisionConfig::TimmEva {
                 shape:
@@ -797,11 +857,21 @@ impl ClipConfig {
                 width,
                 layers,
                 act: a,
+                layout,
                 ..
             } => format!(
                 "timm {timm_model_name} (width {width}, {layers} layers, patch {patch_size}, \
-                 {image_resolution} px, {}, MAP pool)",
-                act(*a)
+                 {image_resolution} px, {}{}{}, {} pool)",
+                act(*a),
+                if layout.class_token { ", class token" } else { "" },
+                match layout.stem {
+                    TimmVitStem::Patch => "",
+                    TimmVitStem::MciConvStem { .. } => ", convolutional stem",
+                },
+                match layout.pool {
+                    TimmVitPool::Map => "MAP",
+                    TimmVitPool::Token => "class-token",
+                },
             ),
             VisionConfig::TimmEva {
                 timm_model_name,

@@ -206,6 +206,32 @@ pub(crate) fn position_ids(tokens: &Tensor, pad: i64) -> Tensor {
     valid.cumsum(1, Kind::Int64) * &valid + pad
 }
 
+/// Multi-head attention of projected queries, keys and values `[B, L, W]` over the keys
+/// `mask` (from [`padding_mask`]) lets through; the per-head outputs are recorded at `site`,
+/// the merged heads `[B, L, W]` returned.
+pub(crate) fn masked_attention(
+    (q, k, v): (Tensor, Tensor, Tensor),
+    mask: &Tensor,
+    heads: i64,
+    site: &str,
+    probe: &mut Probe,
+) -> Tensor {
+    let (b, l, w) = q.size3().expect("[B, L, W]");
+    let split = |t: Tensor| t.view([b, l, heads, w / heads]).transpose(1, 2);
+    let out = Tensor::scaled_dot_product_attention(
+        &split(q),
+        &split(k),
+        &split(v),
+        Some(mask),
+        0.0,
+        false,
+        None,
+        false,
+    );
+    let out = probe.site(site, out, 1);
+    out.transpose(1, 2).reshape([b, l, w])
+}
+
 /// Positions `0..L` up to and including `eot` `[B]`: the tokens of rows entered as embeddings.
 pub(crate) fn valid_through(eot: &Tensor, l: i64) -> Tensor {
     let pos = Tensor::arange(l, (Kind::Int64, eot.device())).unsqueeze(0);
@@ -284,25 +310,16 @@ impl HfTextEncoder {
     /// The encoder over embeddings `x` `[B, L, W]` of tokens whose non-padding positions are
     /// `valid` `[B, L]`; pooled and projected.
     fn encode(&self, x: &Tensor, valid: &Tensor, probe: &mut Probe) -> Tensor {
-        let (b, l, w) = x.size3().expect("[B, L, W]");
-        let dh = w / self.heads;
         let mask = padding_mask(valid, x.kind());
-        let split = |t: Tensor| t.view([b, l, self.heads, dh]).transpose(1, 2);
         let mut x = x.shallow_clone();
         for layer in &self.layers {
             let [name, heads, inter] = &layer.sites;
-            let heads_out = Tensor::scaled_dot_product_attention(
-                &split(layer.query.forward(&x)),
-                &split(layer.key.forward(&x)),
-                &split(layer.value.forward(&x)),
-                Some(&mask),
-                0.0,
-                false,
-                None,
-                false,
+            let qkv = (
+                layer.query.forward(&x),
+                layer.key.forward(&x),
+                layer.value.forward(&x),
             );
-            let heads_out = probe.site(heads, heads_out, 1);
-            let merged = heads_out.transpose(1, 2).reshape([b, l, w]);
+            let merged = masked_attention(qkv, &mask, self.heads, heads, probe);
             let a = layer
                 .attn_ln
                 .forward(&layer.attn_out.forward_add(&merged, &x));

@@ -17,7 +17,9 @@
 
 use tch::{nn, Device, Kind, Tensor};
 
-use super::hf_text::{padding_mask, position_ids, valid_through, HfHead, HfTextConfig};
+use super::hf_text::{
+    masked_attention, padding_mask, position_ids, valid_through, HfHead, HfTextConfig,
+};
 use super::probe::Probe;
 use super::transformer::{param, LayerNorm, Linear};
 
@@ -117,26 +119,17 @@ impl M2M100Encoder {
     /// The layers over embeddings `x` `[B, L, W]` of tokens whose non-padding positions are
     /// `valid` `[B, L]`; pooled and projected.
     fn encode(&self, x: &Tensor, valid: &Tensor, probe: &mut Probe) -> Tensor {
-        let (b, l, w) = x.size3().expect("[B, L, W]");
-        let dh = w / self.heads;
         let mask = padding_mask(valid, x.kind());
-        let split = |t: Tensor| t.view([b, l, self.heads, dh]).transpose(1, 2);
         let mut x = x.shallow_clone();
         for layer in &self.layers {
             let [name, heads, fc1] = &layer.sites;
             let h = layer.self_attn_layer_norm.forward(&x);
-            let heads_out = Tensor::scaled_dot_product_attention(
-                &split(layer.q_proj.forward(&h)),
-                &split(layer.k_proj.forward(&h)),
-                &split(layer.v_proj.forward(&h)),
-                Some(&mask),
-                0.0,
-                false,
-                None,
-                false,
+            let qkv = (
+                layer.q_proj.forward(&h),
+                layer.k_proj.forward(&h),
+                layer.v_proj.forward(&h),
             );
-            let heads_out = probe.site(heads, heads_out, 1);
-            let merged = heads_out.transpose(1, 2).reshape([b, l, w]);
+            let merged = masked_attention(qkv, &mask, self.heads, heads, probe);
             x = layer.out_proj.forward_add(&merged, &x);
             let hidden = layer
                 .fc1

@@ -151,6 +151,7 @@ fn image_tower(vp: nn::Path, config: &ClipConfig) -> Box<dyn ImageTower> {
             mlp_width,
             act,
             ln_eps,
+            layout,
             proj,
             ..
         } => Box::new(timm_vit::TimmVisionTransformer::new(
@@ -160,6 +161,7 @@ fn image_tower(vp: nn::Path, config: &ClipConfig) -> Box<dyn ImageTower> {
                 patch_size,
                 layers,
                 embed_dim: config.embed_dim,
+                layout,
                 proj,
             },
             transformer::BlockCfg {

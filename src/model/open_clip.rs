@@ -360,7 +360,13 @@ fn timm_vision(
             bias: v.timm_proj_bias,
         },
         // open_clip builds the trunk with `num_classes=embed_dim`: its classifier projects.
-        None if matches!(arch, super::timm::TimmArch::Eva { .. }) => TimmProj::Classifier,
+        None if matches!(
+            arch,
+            super::timm::TimmArch::Eva { .. } | super::timm::TimmArch::Vit { .. }
+        ) =>
+        {
+            TimmProj::Classifier
+        }
         other => {
             return Err(unsupported(
                 "vision_cfg.timm_proj",
@@ -383,16 +389,14 @@ fn timm_vision(
             heads,
             mlp_ratio,
             act,
+            ln_eps,
+            layout,
         } => {
-            if pool.is_some_and(|p| p != "map") {
+            // The model function's pool: `map` (SigLIP) or `token` (MobileCLIP's ViTs).
+            if pool.is_some_and(|p| p != layout.pool.timm_name()) {
                 return Err(unsupported("vision_cfg.timm_pool", &v.timm_pool));
             }
-            if image_resolution != image_size {
-                return Err(ModelError::Config(format!(
-                    "vision_cfg.image_size: {image_resolution}, but timm builds {name} at \
-                     {image_size} px"
-                )));
-            }
+            timm_size(name, image_resolution, image_size)?;
             Ok(VisionConfig::TimmVit {
                 timm_model_name: name.to_string(),
                 image_resolution,
@@ -402,7 +406,8 @@ fn timm_vision(
                 heads,
                 mlp_width: (width as f64 * mlp_ratio) as i64,
                 act,
-                ln_eps: 1e-6,
+                ln_eps,
+                layout,
                 proj,
             })
         }
@@ -413,12 +418,7 @@ fn timm_vision(
             if pool.is_some_and(|p| p != shape.pool.timm_name()) {
                 return Err(unsupported("vision_cfg.timm_pool", &v.timm_pool));
             }
-            if image_resolution != image_size {
-                return Err(ModelError::Config(format!(
-                    "vision_cfg.image_size: {image_resolution}, but timm builds {name} at \
-                     {image_size} px"
-                )));
-            }
+            timm_size(name, image_resolution, image_size)?;
             Ok(VisionConfig::TimmEva {
                 timm_model_name: name.to_string(),
                 image_resolution,
@@ -437,11 +437,8 @@ fn timm_vision(
             }
             // Without `pos_embed` (XL) nothing in the trunk depends on the input side, and
             // open_clip feeds it `vision_cfg.image_size` — ViTamin-XL-384's config says 256.
-            if image_resolution != image_size && shape.pos_embed {
-                return Err(ModelError::Config(format!(
-                    "vision_cfg.image_size: {image_resolution}, but timm builds {name} at \
-                     {image_size} px"
-                )));
+            if shape.pos_embed {
+                timm_size(name, image_resolution, image_size)?;
             }
             Ok(VisionConfig::TimmVitamin {
                 timm_model_name: name.to_string(),
@@ -471,6 +468,17 @@ fn timm_vision(
             })
         }
     }
+}
+
+/// open_clip's `vision_cfg.image_size` must be the side timm builds `name` at (its position
+/// table and patch grid are sized for it).
+fn timm_size(name: &str, image_resolution: i64, image_size: i64) -> Result<(), ModelError> {
+    if image_resolution != image_size {
+        return Err(ModelError::Config(format!(
+            "vision_cfg.image_size: {image_resolution}, but timm builds {name} at {image_size} px"
+        )));
+    }
+    Ok(())
 }
 
 /// The Hugging Face text tower `name` as open_clip's `HFTextEncoder` builds it from `t`.
@@ -768,18 +776,19 @@ mod tests {
                 }
             }
         }
-        // open_clip 3.3.0: 129 configs (coca_ViT-B-32, coca_ViT-L-14 and coca_base among them,
-        // 26 SigLIP / SigLIP 2, 11 ConvNeXt, 7 EVA, 5 PE-Core, 15 ViTamin, 3 RoBERTa-text and 4
-        // NLLB ones), 186 of the 196 pretrained pairs: every pair whose towers are open_clip's
-        // own (112), SigLIP's (26), a ConvNeXt (12), an EVA (7), a PE-Core (5), a ViTamin (15), a
-        // RoBERTa-family text tower (3) or NLLB-200's (6); MobileCLIP's 10 are refused.
-        assert_eq!(native, 129);
+        // open_clip 3.3.0: 132 configs (coca_ViT-B-32, coca_ViT-L-14 and coca_base among them,
+        // 26 SigLIP / SigLIP 2, 11 ConvNeXt, 7 EVA, 5 PE-Core, 15 ViTamin, 3 MobileCLIP ViT, 3
+        // RoBERTa-text and 4 NLLB ones), 190 of the 196 pretrained pairs: every pair whose
+        // towers are open_clip's own (112), SigLIP's (26), a ConvNeXt (12), an EVA (7), a PE-Core
+        // (5), a ViTamin (15), a MobileCLIP ViT (4), a RoBERTa-family text tower (3) or
+        // NLLB-200's (6); the 6 on MobileCLIP's FastViT towers are refused.
+        assert_eq!(native, 132);
         let pairs = zoo()
             .pretrained
             .iter()
             .filter(|p| ClipConfig::for_tag(&p.arch, &p.tag).is_ok())
             .count();
-        assert_eq!(pairs, 186);
+        assert_eq!(pairs, 190);
         let so400m = ClipConfig::for_tag("ViT-SO400M-14-SigLIP-384", "webli").unwrap();
         assert!(so400m.logit_bias && so400m.custom_text);
         assert!(matches!(
@@ -950,6 +959,22 @@ mod tests {
             }
         ));
         assert_eq!((xl.text.width, xl.text.layers), (1152, 27));
+        let l14 = ClipConfig::preset("MobileCLIP2-L-14").unwrap();
+        assert!(matches!(
+            l14.vision,
+            VisionConfig::TimmVit {
+                width: 1024,
+                ln_eps,
+                layout: crate::model::config::TimmVitLayout {
+                    class_token: true,
+                    pre_norm: true,
+                    ..
+                },
+                proj: TimmProj::Classifier,
+                ..
+            } if ln_eps == 1e-5
+        ));
+        assert!(!l14.text.causal);
         // open_clip's ViTamin-XL-384 config asks for 256 px, which open_clip feeds the
         // position-free trunk; a ViTamin with positions must match timm's size.
         let xl384 = ClipConfig::preset("ViTamin-XL-384").unwrap();

@@ -79,7 +79,7 @@ impl Conv {
 
 /// `BatchNorm2d` in eval mode (running statistics).
 #[derive(Debug)]
-struct BatchNorm {
+pub(crate) struct BatchNorm {
     weight: Tensor,
     bias: Tensor,
     running_mean: Tensor,
@@ -87,7 +87,7 @@ struct BatchNorm {
 }
 
 impl BatchNorm {
-    fn new(p: nn::Path, c: i64) -> BatchNorm {
+    pub(crate) fn new(p: nn::Path, c: i64) -> BatchNorm {
         BatchNorm {
             weight: p.var("weight", &[c], nn::Init::Uniform { lo: 0.5, up: 1.5 }),
             bias: param(&p, "bias", &[c], 0.1),
@@ -103,7 +103,7 @@ impl BatchNorm {
         }
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
+    pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
         Tensor::batch_norm(
             x,
             Some(&self.weight),

@@ -9,7 +9,10 @@
 
 use tch::{nn, Tensor};
 
-use super::config::{Activation, EvaPool, EvaQkv, EvaRope, EvaShape, TimmProj, VitaminShape};
+use super::config::{
+    Activation, EvaPool, EvaQkv, EvaRope, EvaShape, TimmProj, TimmVitLayout, TimmVitPool,
+    TimmVitStem, VitaminShape,
+};
 use super::transformer::Linear;
 
 /// The architecture a timm model name stands for.
@@ -25,6 +28,9 @@ pub(crate) enum TimmArch {
         heads: i64,
         mlp_ratio: f64,
         act: Activation,
+        /// `norm_layer`'s epsilon.
+        ln_eps: f64,
+        layout: TimmVitLayout,
     },
     /// timm's `Eva` (`models/eva.py`), as its EVA-CLIP model functions set it: its `img_size`
     /// and the trunk's shape.
@@ -223,6 +229,15 @@ const EVAS: [(&str, TimmArch); 5] = [
     ),
 ];
 
+/// SigLIP's layout: no class token, the patch conv with bias, the MAP head.
+const SIGLIP: TimmVitLayout = TimmVitLayout {
+    class_token: false,
+    no_embed_class: false,
+    pre_norm: false,
+    stem: TimmVitStem::Patch,
+    pool: TimmVitPool::Map,
+};
+
 /// `TimmArch::Vit` from timm's arguments: image size, patch, width, depth, heads, MLP ratio, act.
 const fn vit(
     image_size: i64,
@@ -241,8 +256,56 @@ const fn vit(
         heads,
         mlp_ratio,
         act,
+        ln_eps: 1e-6,
+        layout: SIGLIP,
     }
 }
+
+/// The ViTs MobileCLIP's B and MobileCLIP 2's L-14 configs name: `vit_base_mci_224` (MCi's
+/// convolutional stem, `no_embed_class`, eps 1e-6) and `vit_large_patch14_clip_224` (`pre_norm`,
+/// eps 1e-5), both with a class token, pooled by open_clip's `timm_pool: token`.
+const MOBILECLIP_VITS: [(&str, TimmArch); 2] = [
+    (
+        "vit_base_mci_224",
+        TimmArch::Vit {
+            image_size: 224,
+            patch_size: 16,
+            width: 768,
+            depth: 12,
+            heads: 12,
+            mlp_ratio: 4.0,
+            act: Activation::Gelu,
+            ln_eps: 1e-6,
+            layout: TimmVitLayout {
+                class_token: true,
+                no_embed_class: true,
+                pre_norm: false,
+                stem: TimmVitStem::MciConvStem { mid: 192 },
+                pool: TimmVitPool::Token,
+            },
+        },
+    ),
+    (
+        "vit_large_patch14_clip_224",
+        TimmArch::Vit {
+            image_size: 224,
+            patch_size: 14,
+            width: 1024,
+            depth: 24,
+            heads: 16,
+            mlp_ratio: 4.0,
+            act: Activation::Gelu,
+            ln_eps: 1e-5,
+            layout: TimmVitLayout {
+                class_token: true,
+                no_embed_class: false,
+                pre_norm: true,
+                stem: TimmVitStem::Patch,
+                pool: TimmVitPool::Token,
+            },
+        },
+    ),
+];
 
 /// The SigLIP ViTs of timm.
 const SIGLIP_VITS: [(&str, TimmArch); 16] = {
@@ -342,6 +405,7 @@ pub(crate) fn timm_arch(name: &str) -> Option<TimmArch> {
         .chain(&EVAS)
         .chain(&PE_CORES)
         .chain(&VITAMINS)
+        .chain(&MOBILECLIP_VITS)
         .find(|v| v.0 == name)
     {
         return Some(arch);
@@ -422,6 +486,8 @@ mod tests {
                 heads: 16,
                 mlp_ratio: 3.7362,
                 act: Activation::Gelu,
+                ln_eps: 1e-6,
+                layout: SIGLIP,
             })
         );
         assert!(matches!(

@@ -116,9 +116,18 @@ pub fn resolve_layer(
             width,
             layers,
             mlp_width,
+            layout,
             ..
         } => vit_layer(
-            l, layer, "trunk.", "blocks", "fc1", *layers, *width, *mlp_width, 0,
+            l,
+            layer,
+            "trunk.",
+            "blocks",
+            "fc1",
+            *layers,
+            *width,
+            *mlp_width,
+            i64::from(layout.class_token),
         ),
         VisionConfig::TimmEva { shape: e, .. } => vit_layer(
             l,
