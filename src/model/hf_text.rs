@@ -233,9 +233,43 @@ pub(crate) fn masked_attention(
 }
 
 /// Positions `0..L` up to and including `eot` `[B]`: the tokens of rows entered as embeddings.
-pub(crate) fn valid_through(eot: &Tensor, l: i64) -> Tensor {
+fn valid_through(eot: &Tensor, l: i64) -> Tensor {
     let pos = Tensor::arange(l, (Kind::Int64, eot.device())).unsqueeze(0);
     pos.le_tensor(&eot.unsqueeze(1))
+}
+
+/// A Hugging Face encoder with open_clip's head: its embeddings, and its layers, pooler and
+/// projection over the tokens that are not padding. Every such encoder is a text tower.
+pub(crate) trait HfEncoder: std::fmt::Debug + Send {
+    /// The padding id (`pad_token_id`).
+    fn pad(&self) -> i64;
+    /// Token (and position) embeddings `[B, L, W]` of ids `[B, L]`.
+    fn embed(&self, tokens: &Tensor) -> Tensor;
+    /// Embeddings `x` `[B, L, W]` of tokens whose non-padding positions are `valid` `[B, L]`
+    /// → pooled and projected `[B, embed_dim]`.
+    fn encode(&self, x: &Tensor, valid: &Tensor, probe: &mut Probe) -> Tensor;
+}
+
+impl<T: HfEncoder> super::TextTower for T {
+    fn forward(&self, tokens: &Tensor, probe: &mut Probe) -> Tensor {
+        let x = self.embed(tokens);
+        self.encode(&x, &tokens.ne(self.pad()), probe)
+    }
+
+    fn embed_tokens(&self, tokens: &Tensor) -> Tensor {
+        self.embed(tokens)
+    }
+
+    /// Entered with embeddings, every position up to and including `eot` counts as a token.
+    fn forward_embedded(&self, embedded: &Tensor, eot: &Tensor, probe: &mut Probe) -> Tensor {
+        let valid = valid_through(eot, embedded.size()[1]);
+        self.encode(embedded, &valid, probe)
+    }
+
+    fn accepts_unpadded(&self) -> bool {
+        // Non-padding tokens are attended to and pooled alone: padding changes nothing.
+        true
+    }
 }
 
 #[derive(Debug)]
@@ -306,9 +340,28 @@ impl HfTextEncoder {
             pad: c.pad_token_id,
         }
     }
+}
 
-    /// The encoder over embeddings `x` `[B, L, W]` of tokens whose non-padding positions are
-    /// `valid` `[B, L]`; pooled and projected.
+impl HfEncoder for HfTextEncoder {
+    fn pad(&self) -> i64 {
+        self.pad
+    }
+
+    /// Word + position + token-type embeddings, then the embeddings' LayerNorm.
+    fn embed(&self, tokens: &Tensor) -> Tensor {
+        let words = Tensor::embedding(&self.word_embeddings, tokens, -1, false, false);
+        let positions = Tensor::embedding(
+            &self.position_embeddings,
+            &position_ids(tokens, self.pad),
+            -1,
+            false,
+            false,
+        );
+        self.embeddings_ln
+            .forward(&(words + positions + self.token_type_embeddings.get(0)))
+    }
+
+    /// The post-LN layers, then open_clip's pooler and projection.
     fn encode(&self, x: &Tensor, valid: &Tensor, probe: &mut Probe) -> Tensor {
         let mask = padding_mask(valid, x.kind());
         let mut x = x.shallow_clone();
@@ -328,37 +381,5 @@ impl HfTextEncoder {
             x = probe.site(name, x, -1);
         }
         self.head.forward(&x, valid)
-    }
-}
-
-impl super::TextTower for HfTextEncoder {
-    fn forward(&self, tokens: &Tensor, probe: &mut Probe) -> Tensor {
-        let x = self.embed_tokens(tokens);
-        self.encode(&x, &tokens.ne(self.pad), probe)
-    }
-
-    /// Word + position + token-type embeddings, then the embeddings' LayerNorm.
-    fn embed_tokens(&self, tokens: &Tensor) -> Tensor {
-        let words = Tensor::embedding(&self.word_embeddings, tokens, -1, false, false);
-        let positions = Tensor::embedding(
-            &self.position_embeddings,
-            &position_ids(tokens, self.pad),
-            -1,
-            false,
-            false,
-        );
-        self.embeddings_ln
-            .forward(&(words + positions + self.token_type_embeddings.get(0)))
-    }
-
-    /// Entered with embeddings, every position up to and including `eot` counts as a token.
-    fn forward_embedded(&self, embedded: &Tensor, eot: &Tensor, probe: &mut Probe) -> Tensor {
-        let valid = valid_through(eot, embedded.size()[1]);
-        self.encode(embedded, &valid, probe)
-    }
-
-    fn accepts_unpadded(&self) -> bool {
-        // Non-padding tokens are attended to and pooled alone: padding changes nothing.
-        true
     }
 }

@@ -18,7 +18,7 @@
 use tch::{nn, Device, Kind, Tensor};
 
 use super::hf_text::{
-    masked_attention, padding_mask, position_ids, valid_through, HfHead, HfTextConfig,
+    masked_attention, padding_mask, position_ids, HfEncoder, HfHead, HfTextConfig,
 };
 use super::probe::Probe;
 use super::transformer::{param, LayerNorm, Linear};
@@ -115,9 +115,26 @@ impl M2M100Encoder {
             pad: c.pad_token_id,
         }
     }
+}
 
-    /// The layers over embeddings `x` `[B, L, W]` of tokens whose non-padding positions are
-    /// `valid` `[B, L]`; pooled and projected.
+impl HfEncoder for M2M100Encoder {
+    fn pad(&self) -> i64 {
+        self.pad
+    }
+
+    /// Scaled token embeddings plus the sinusoids of their positions.
+    fn embed(&self, tokens: &Tensor) -> Tensor {
+        let words = Tensor::embedding(&self.embed_tokens, tokens, -1, false, false);
+        let positions = self
+            .positions
+            .to_device(tokens.device())
+            .index_select(0, &position_ids(tokens, self.pad).view([-1]))
+            .view([tokens.size()[0], tokens.size()[1], -1])
+            .to_kind(words.kind());
+        words * self.embed_scale + positions
+    }
+
+    /// The pre-LN layers, the final `layer_norm`, then open_clip's pooler and projection.
     fn encode(&self, x: &Tensor, valid: &Tensor, probe: &mut Probe) -> Tensor {
         let mask = padding_mask(valid, x.kind());
         let mut x = x.shallow_clone();
@@ -140,36 +157,6 @@ impl M2M100Encoder {
             x = probe.site(name, x, -1);
         }
         self.head.forward(&self.layer_norm.forward(&x), valid)
-    }
-}
-
-impl super::TextTower for M2M100Encoder {
-    fn forward(&self, tokens: &Tensor, probe: &mut Probe) -> Tensor {
-        let x = self.embed_tokens(tokens);
-        self.encode(&x, &tokens.ne(self.pad), probe)
-    }
-
-    /// Scaled token embeddings plus the sinusoids of their positions.
-    fn embed_tokens(&self, tokens: &Tensor) -> Tensor {
-        let words = Tensor::embedding(&self.embed_tokens, tokens, -1, false, false);
-        let positions = self
-            .positions
-            .to_device(tokens.device())
-            .index_select(0, &position_ids(tokens, self.pad).view([-1]))
-            .view([tokens.size()[0], tokens.size()[1], -1])
-            .to_kind(words.kind());
-        words * self.embed_scale + positions
-    }
-
-    /// Entered with embeddings, every position up to and including `eot` counts as a token.
-    fn forward_embedded(&self, embedded: &Tensor, eot: &Tensor, probe: &mut Probe) -> Tensor {
-        let valid = valid_through(eot, embedded.size()[1]);
-        self.encode(embedded, &valid, probe)
-    }
-
-    fn accepts_unpadded(&self) -> bool {
-        // Non-padding tokens are attended to and pooled alone: padding changes nothing.
-        true
     }
 }
 
