@@ -88,44 +88,56 @@ pub struct HfTextConfig {
     pub proj: HfProj,
 }
 
-/// The `config.json` values of a Hugging Face encoder open_clip's pretrained models name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct HfArch {
-    pub family: HfFamily,
-    pub vocab_size: i64,
-    pub width: i64,
-    pub layers: i64,
-    pub heads: i64,
-    pub intermediate: i64,
-    pub max_positions: i64,
-    pub type_vocab: i64,
-}
-
-/// The encoders open_clip's pretrained models name. RoBERTa-style ones have 514 positions, one
-/// token type, padding id 1, LayerNorm eps 1e-5, GELU. NLLB-200's distilled models
-/// (`M2M100Config`: ReLU, `scale_embedding`, 1024 sinusoidal positions, padding id 1, 16 heads,
-/// width 1024, 256 206 tokens) have 12 encoder layers with FFN 4096 (600M) or 24 with FFN 8192
-/// (1.3B), as their hub `config.json` and fairseq's `dense_600m` / `dense_distill_1b` give them.
-pub(crate) fn hf_text_arch(name: &str) -> Option<HfArch> {
-    let roberta = |vocab_size, width, layers, heads, intermediate| HfArch {
-        family: HfFamily::Roberta,
-        vocab_size,
-        width,
-        layers,
-        heads,
-        intermediate,
-        max_positions: 514,
-        type_vocab: 1,
+/// The encoders open_clip's pretrained models name, with their `config.json` values and
+/// open_clip's `CLIPTextCfg` defaults for the head (`mean_pooler`, `mlp`), which the model's
+/// `text_cfg` sets. RoBERTa-style ones have 514 positions, one token type, padding id 1,
+/// LayerNorm eps 1e-5, GELU. NLLB-200's distilled models (`M2M100Config`: ReLU,
+/// `scale_embedding`, 1024 sinusoidal positions, padding id 1, 16 heads, width 1024, 256 206
+/// tokens, no token types, eps 1e-5) have 12 encoder layers with FFN 4096 (600M) or 24 with FFN
+/// 8192 (1.3B), as their hub `config.json` and fairseq's `dense_600m` / `dense_distill_1b` give
+/// them.
+pub(crate) fn hf_text_arch(name: &str) -> Option<HfTextConfig> {
+    let base =
+        |family, vocab_size, width, layers, heads, intermediate, max_positions, type_vocab| {
+            HfTextConfig {
+                hf_model_name: name.to_string(),
+                family,
+                vocab_size,
+                width,
+                layers,
+                heads,
+                intermediate,
+                max_positions,
+                type_vocab,
+                pad_token_id: 1,
+                ln_eps: 1e-5,
+                pooler: HfPooler::Mean,
+                proj: HfProj::Mlp,
+            }
+        };
+    let roberta = |vocab_size, width, layers, heads, intermediate| {
+        base(
+            HfFamily::Roberta,
+            vocab_size,
+            width,
+            layers,
+            heads,
+            intermediate,
+            514,
+            1,
+        )
     };
-    let nllb = |layers, intermediate| HfArch {
-        family: HfFamily::M2M100,
-        vocab_size: 256206,
-        width: 1024,
-        layers,
-        heads: 16,
-        intermediate,
-        max_positions: 1024,
-        type_vocab: 0,
+    let nllb = |layers, intermediate| {
+        base(
+            HfFamily::M2M100,
+            256206,
+            1024,
+            layers,
+            16,
+            intermediate,
+            1024,
+            0,
+        )
     };
     match name {
         "roberta-base" => Some(roberta(50265, 768, 12, 12, 3072)),

@@ -503,19 +503,9 @@ fn hf_text_config(t: &TextCfg, name: &str) -> Result<HfTextConfig, ModelError> {
         other => return Err(unsupported("text_cfg.hf_proj_type", other)),
     };
     Ok(HfTextConfig {
-        hf_model_name: name.to_string(),
-        family: arch.family,
-        vocab_size: arch.vocab_size,
-        width: arch.width,
-        layers: arch.layers,
-        heads: arch.heads,
-        intermediate: arch.intermediate,
-        max_positions: arch.max_positions,
-        type_vocab: arch.type_vocab,
-        pad_token_id: 1,
-        ln_eps: 1e-5,
         pooler,
         proj,
+        ..arch
     })
 }
 
