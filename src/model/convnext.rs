@@ -16,45 +16,7 @@ use tch::{nn, Tensor};
 use super::config::TimmProj;
 use super::probe::Probe;
 use super::timm::TimmHead;
-use super::transformer::{param, LayerNorm, Linear};
-
-/// A convolution's weight and bias.
-#[derive(Debug)]
-struct Conv {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl Conv {
-    /// `in_ch` is the input channels of each group.
-    fn new(p: nn::Path, in_ch: i64, out_ch: i64, kernel: i64) -> Conv {
-        let fan_in = (in_ch * kernel * kernel) as f64;
-        Conv {
-            weight: param(
-                &p,
-                "weight",
-                &[out_ch, in_ch, kernel, kernel],
-                fan_in.powf(-0.5),
-            ),
-            bias: p.var("bias", &[out_ch], nn::Init::Const(0.0)),
-        }
-    }
-
-    /// The convolution of channels-last `x` `[B, H, W, C]`, stride `stride`, padding `pad`,
-    /// `groups` groups; channels-last out.
-    fn forward_nhwc(&self, x: &Tensor, stride: i64, pad: i64, groups: i64) -> Tensor {
-        x.permute([0, 3, 1, 2])
-            .conv2d(
-                &self.weight,
-                Some(&self.bias),
-                [stride, stride],
-                [pad, pad],
-                [1, 1],
-                groups,
-            )
-            .permute([0, 2, 3, 1])
-    }
-}
+use super::transformer::{Conv2d as Conv, LayerNorm, Linear};
 
 #[derive(Debug)]
 struct Block {
@@ -152,16 +114,7 @@ impl ConvNext {
 
 impl super::ImageTower for ConvNext {
     fn forward(&self, images: &Tensor, _probe: &mut Probe, _weights_generation: u64) -> Tensor {
-        let x = images
-            .conv2d(
-                &self.stem.weight,
-                Some(&self.stem.bias),
-                [4, 4],
-                [0, 0],
-                [1, 1],
-                1,
-            )
-            .permute([0, 2, 3, 1]);
+        let x = self.stem.forward(images, 4, 0, 1).permute([0, 2, 3, 1]);
         let mut x = self.stem_norm.forward(&x);
         for stage in &self.stages {
             if let Some((norm, conv)) = &stage.downsample {

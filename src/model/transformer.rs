@@ -39,6 +39,47 @@ pub(crate) fn param(p: &nn::Path, name: &str, shape: &[i64], std: f64) -> Tensor
     )
 }
 
+/// `nn.Conv2d` with bias: its weight `[out, in / groups, k, k]` and bias.
+#[derive(Debug)]
+pub(crate) struct Conv2d {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Conv2d {
+    /// `in_ch` is the input channels of each group.
+    pub(crate) fn new(p: nn::Path, in_ch: i64, out_ch: i64, kernel: i64) -> Conv2d {
+        let fan_in = (in_ch * kernel * kernel) as f64;
+        Conv2d {
+            weight: param(
+                &p,
+                "weight",
+                &[out_ch, in_ch, kernel, kernel],
+                fan_in.powf(-0.5),
+            ),
+            bias: p.var("bias", &[out_ch], nn::Init::Const(0.0)),
+        }
+    }
+
+    /// The convolution of `x` `[B, C, H, W]`, stride `stride`, padding `pad`, `groups` groups.
+    pub(crate) fn forward(&self, x: &Tensor, stride: i64, pad: i64, groups: i64) -> Tensor {
+        x.conv2d(
+            &self.weight,
+            Some(&self.bias),
+            [stride, stride],
+            [pad, pad],
+            [1, 1],
+            groups,
+        )
+    }
+
+    /// The same of channels-last `x` `[B, H, W, C]`; channels-last out.
+    pub(crate) fn forward_nhwc(&self, x: &Tensor, stride: i64, pad: i64, groups: i64) -> Tensor {
+        self.forward(&x.permute([0, 3, 1, 2]), stride, pad, groups)
+            .permute([0, 2, 3, 1])
+    }
+}
+
 /// A `LayerNorm` with `weight` and `bias`.
 #[derive(Debug)]
 pub(crate) struct LayerNorm {

@@ -24,7 +24,7 @@ use tch::{nn, Tensor};
 use super::config::{TimmProj, VitaminShape};
 use super::probe::Probe;
 use super::timm::TimmHead;
-use super::transformer::{attend, merge_heads, param, LayerNorm, Linear, Mask};
+use super::transformer::{attend, merge_heads, param, Conv2d, LayerNorm, Linear, Mask};
 
 const EPS: f64 = 1e-6;
 
@@ -37,41 +37,28 @@ pub(crate) struct VitaminCfg {
     pub proj: TimmProj,
 }
 
-/// `nn.Conv2d` with bias, `padding = k / 2` (timm's `create_conv2d` default for odd kernels).
+/// A [`Conv2d`] with its stride and groups, padded by `k / 2` (timm's `create_conv2d` default
+/// for odd kernels).
 #[derive(Debug)]
 struct Conv {
-    weight: Tensor,
-    bias: Tensor,
+    conv: Conv2d,
+    pad: i64,
     stride: i64,
     groups: i64,
 }
 
 impl Conv {
     fn new(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, groups: i64) -> Conv {
-        let fan_in = c_in / groups * k * k;
         Conv {
-            weight: param(
-                &p,
-                "weight",
-                &[c_out, c_in / groups, k, k],
-                (fan_in as f64).powf(-0.5),
-            ),
-            bias: p.var("bias", &[c_out], nn::Init::Const(0.0)),
+            conv: Conv2d::new(p, c_in / groups, c_out, k),
+            pad: k / 2,
             stride,
             groups,
         }
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
-        let pad = self.weight.size()[2] / 2;
-        x.conv2d(
-            &self.weight,
-            Some(&self.bias),
-            [self.stride, self.stride],
-            [pad, pad],
-            [1, 1],
-            self.groups,
-        )
+        self.conv.forward(x, self.stride, self.pad, self.groups)
     }
 }
 
