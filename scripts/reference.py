@@ -112,7 +112,8 @@ def model_cfg(name):
     """The open_clip model config of a fixture (what its open_clip_config.json holds).
     `zoo-ARCH` is open_clip's ARCH; `zoo-ARCH@L` the same with L blocks per tower (the widths,
     head widths and MLP ratios of the real shapes, fewer blocks; a timm image tower gets
-    `depth=L`, or `depths=(L, L, L, L)` for a ConvNeXt, see `timm_depth`)."""
+    `depth=L`, or `depths=(L, L, L, L)` for a ConvNeXt, `layers=(L, …)` for a FastViT, see
+    `timm_depth`)."""
     if name in TINY:
         return TINY[name]
     if name.startswith("zoo-"):
@@ -208,6 +209,9 @@ class _TimmDepth:
             if depth is not None:
                 if model_name.startswith("convnext"):
                     kw["depths"] = (depth,) * 4
+                elif model_name.startswith("fastvit"):
+                    # FastVit's `layers`: MCi3 and MCi4 have five stages, MCi0-2 four.
+                    kw["layers"] = (depth,) * (5 if model_name in ("fastvit_mci3", "fastvit_mci4") else 4)
                 else:
                     kw["depth"] = depth
             return orig(model_name, **kw)
@@ -399,6 +403,17 @@ def export(name, out_dir, seed):
             logits = logits + model.logit_bias
     io = {"images": images, "tokens": tokens.long(), "image_features": img_f.contiguous(),
           "text_features": txt_f.contiguous(), "logits": logits.contiguous()}
+    if any(hasattr(m, "reparameterize") for m in model.visual.modules()):
+        # FastViT (MobileCLIP's MCi): the image features of the network timm's
+        # `reparameterize_model` folds for inference, beside the train-time one's.
+        # The trunk's feature map before the pool (`final_conv`'s output) too: random weights
+        # and noise images leave little of the image in the pooled features, not so here.
+        from timm.utils.model import reparameterize_model
+        rep = reparameterize_model(model)
+        with torch.no_grad():
+            io["image_features_reparameterized"] = rep.encode_image(images, normalize=False).contiguous()
+            io["final_conv"] = model.visual.trunk.forward_features(images).contiguous()
+            io["final_conv_reparameterized"] = rep.visual.trunk.forward_features(images).contiguous()
     if name in ("tiny-vit", "tiny-rn"):
         # Zero-shot classifier of 10 ImageNet classes (every 100th) with the 80 CLIP templates.
         from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES

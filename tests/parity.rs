@@ -11,7 +11,7 @@ use tch::{Device, Kind, Tensor};
 use typoclip::model::load::{
     copy_into, load_checkpoint, read_state_dict, CheckpointFormat, KeyNaming,
 };
-use typoclip::model::{ClipConfig, ClipModel, VisionConfig};
+use typoclip::model::{ClipConfig, ClipModel, Probe, VisionConfig};
 
 const TOL: f64 = 1e-4;
 
@@ -323,6 +323,7 @@ fn cut_timm_config(name: &str) -> ClipConfig {
         VisionConfig::TimmEva { shape, .. } => shape.layers = depth,
         VisionConfig::TimmVitamin { shape, .. } => shape.layers = depth,
         VisionConfig::TimmConvNext { depths, .. } => *depths = [depth; 4],
+        VisionConfig::TimmFastVit { shape, .. } => shape.depths = [depth; 5],
         other => panic!("{name}: no cut for {other:?}"),
     }
     config.text.layers = depth;
@@ -330,6 +331,23 @@ fn cut_timm_config(name: &str) -> ClipConfig {
         hf.layers = depth;
     }
     config
+}
+
+/// The model of fixture `name` from its file `{name}.{suffix}`: a full-depth one loads as users
+/// load it (its open_clip_config.json beside it); a cut one is built from [`cut_timm_config`]
+/// and filled from the file.
+fn load_timm_fixture(dir: &Path, name: &str, suffix: &str) -> ClipModel {
+    let path = dir.join(format!("{name}.{suffix}"));
+    if name.contains('@') {
+        let mut m = ClipModel::new(&cut_timm_config(name), Device::Cpu).unwrap();
+        copy_into(&mut m, &read_state_dict(&path).unwrap().tensors)
+            .unwrap_or_else(|e| panic!("{name}.{suffix}: {e}"));
+        m
+    } else {
+        load_checkpoint(&path, None, Device::Cpu)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .model
+    }
 }
 
 /// Parity of a timm-tower fixture in every layout the reference writes: a full-depth one
@@ -340,17 +358,7 @@ fn check_timm(dir: &Path, name: &str) -> f64 {
     let io = read_tensors(&dir.join(format!("{name}.io.safetensors")));
     let mut worst = 0f64;
     for suffix in ["state_dict.pt", "wrapped.pt", "open_clip.safetensors"] {
-        let path = dir.join(format!("{name}.{suffix}"));
-        let model = if name.contains('@') {
-            let mut m = ClipModel::new(&cut_timm_config(name), Device::Cpu).unwrap();
-            copy_into(&mut m, &read_state_dict(&path).unwrap().tensors)
-                .unwrap_or_else(|e| panic!("{name}.{suffix}: {e}"));
-            m
-        } else {
-            load_checkpoint(&path, None, Device::Cpu)
-                .unwrap_or_else(|e| panic!("{e}"))
-                .model
-        };
+        let model = load_timm_fixture(dir, name, suffix);
         let img = model.encode_image(&io["images"]);
         let txt = model.encode_text(&io["tokens"]);
         let logits = model.logits(&img, &txt);
@@ -504,6 +512,68 @@ fn mobileclip_vits_match_open_clip() {
     for name in ["zoo-MobileCLIP2-B@2", "zoo-MobileCLIP2-L-14@2"] {
         common::with_export(&format!("mobileclip/{name}"), name, |dir| {
             check_timm(dir, name);
+        });
+    }
+}
+
+/// A FastViT fixture: [`check_timm`] (inference, where the reparameterisable blocks run
+/// folded), then the folded network against timm's own `reparameterize_model`, and the
+/// train-time branches (the path taken when gradients are recorded) against open_clip — the
+/// embeddings and the trunk's feature map before the pool (`final_conv`), which carries far
+/// more of the image than the pooled features of random weights do.
+fn check_fastvit(dir: &Path, name: &str) {
+    check_timm(dir, name);
+    let io = read_tensors(&dir.join(format!("{name}.io.safetensors")));
+    let model = load_timm_fixture(dir, name, "open_clip.safetensors");
+    let site = "visual.trunk.final_conv";
+    let run = |images: &Tensor| {
+        let mut probe = Probe::capture([site]);
+        let features = model.encode_image_probed(images, &mut probe);
+        (features, probe.taps()[site].shallow_clone())
+    };
+    let folded = {
+        let _g = tch::no_grad_guard();
+        run(&io["images"])
+    };
+    let images = io["images"].copy().set_requires_grad(true);
+    let unfolded = run(&images);
+    assert!(unfolded.0.requires_grad(), "{name}: no gradient path");
+    for (what, (features, map), reference) in [
+        ("folded", folded, "reparameterized"),
+        ("train-time branches", unfolded, ""),
+    ] {
+        let key = |k: &str| {
+            if reference.is_empty() {
+                k.to_string()
+            } else {
+                format!("{k}_{reference}")
+            }
+        };
+        let (want_f, want_map) = (&io[&key("image_features")], &io[&key("final_conv")]);
+        let scale_f = f64::try_from(want_f.abs().max()).unwrap().max(1.0);
+        let scale_map = f64::try_from(want_map.abs().max()).unwrap().max(1.0);
+        let d_f = max_abs_diff(&features.detach(), want_f);
+        let d_map = max_abs_diff(&map.detach(), want_map);
+        eprintln!(
+            "{name} {what} vs {}: image {d_f:.2e} (scale {scale_f:.1}), final_conv {d_map:.2e} \
+             (scale {scale_map:.1})",
+            if reference.is_empty() { "open_clip" } else { "timm's reparameterize_model" }
+        );
+        assert!(d_f <= TOL * scale_f, "{name} {what}: image embeddings differ by {d_f}");
+        assert!(d_map <= TOL * scale_map, "{name} {what}: final_conv differs by {d_map}");
+    }
+}
+
+/// MobileCLIP's FastViT image towers (timm's `fastvit_mci*`, the trunk's classifier as the
+/// projection): MobileCLIP2-S0 (MCi0: four stages, BatchNorm before attention, SE in the
+/// downsampling) at full depth, and MobileCLIP2-S3 (MCi3: five stages, LayerNorm2d before
+/// attention, stem blocks without the scale branch) at its real widths with 2 blocks per stage
+/// and text layer; each folded for inference and as trained.
+#[test]
+fn fastvit_towers_match_open_clip() {
+    for name in ["zoo-MobileCLIP2-S0", "zoo-MobileCLIP2-S3@2"] {
+        common::with_export(&format!("fastvit/{name}"), name, |dir| {
+            check_fastvit(dir, name)
         });
     }
 }

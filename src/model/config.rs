@@ -203,6 +203,22 @@ pub enum VisionConfig {
         /// open_clip's head.
         proj: TimmProj,
     },
+    /// timm's `FastVit` as MobileCLIP's MCi image encoders set it (`visual.trunk.*`): MobileOne
+    /// stem, RepMixer stages, then attention stages after a conditional position encoding,
+    /// `final_conv` with SE, the average pool and the trunk's classifier (or open_clip's
+    /// [`TimmProj`] head). The train-time branches of the reparameterisable blocks are what
+    /// checkpoints hold; inference folds them (timm's `reparameterize`).
+    TimmFastVit {
+        /// timm's model name (`fastvit_mci2`).
+        timm_model_name: String,
+        /// Input side in pixels.
+        image_resolution: i64,
+        /// The trunk's shape and options (timm's `FastVit` arguments).
+        #[serde(flatten)]
+        shape: FastVitShape,
+        /// The projection.
+        proj: TimmProj,
+    },
     /// timm's `ConvNeXt` (v1, `visual.trunk.*`): patchify stem, four stages of depthwise 7×7
     /// blocks with LayerScale, average pool and LayerNorm (timm's `NormMlpClassifierHead`), then
     /// open_clip's [`TimmProj`] head.
@@ -327,6 +343,55 @@ pub struct VitaminShape {
     pub pos_embed: bool,
 }
 
+/// The shape of a timm `FastVit` trunk, as the `fastvit_mci*` model functions set it. Stage `i`
+/// (after the first) starts with a stride-2 `PatchEmbed`; stages from `attention_from` on start
+/// with a `RepConditionalPosEnc` and use attention as their token mixer, the others RepMixer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FastVitShape {
+    /// Stages: 4 (MCi0–2) or 5 (MCi3, MCi4); the arrays' first `stages` entries are used.
+    pub stages: usize,
+    /// `layers`: blocks per stage.
+    pub depths: [i64; 5],
+    /// `embed_dims`: channels per stage.
+    pub dims: [i64; 5],
+    /// `mlp_ratios` (the same in every stage): the `ConvMlp` hidden width is `ratio · dim`.
+    pub mlp_ratio: i64,
+    /// `se_downsamples`: a squeeze-excite in the stage's downsampling large-kernel conv.
+    pub se_downsample: [bool; 5],
+    /// The first stage whose token mixer is attention (with `pos_emb`).
+    pub attention_from: usize,
+    /// The attention blocks' `norm_layer`.
+    pub attention_norm: FastVitNorm,
+    /// `stem_use_scale_branch`: the stem's MobileOne blocks have their 1×1 scale branch.
+    pub stem_scale_branch: bool,
+}
+
+impl Serialize for FastVitShape {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let n = self.stages;
+        let mut m = s.serialize_struct("FastVitShape", 6)?;
+        m.serialize_field("depths", &self.depths[..n])?;
+        m.serialize_field("dims", &self.dims[..n])?;
+        m.serialize_field("mlp_ratio", &self.mlp_ratio)?;
+        m.serialize_field("se_downsample", &self.se_downsample[..n])?;
+        m.serialize_field("attention_from", &self.attention_from)?;
+        m.serialize_field("attention_norm", &self.attention_norm)?;
+        m.serialize_field("stem_scale_branch", &self.stem_scale_branch)?;
+        m.end()
+    }
+}
+
+/// The normalisation before a FastViT attention block's token mixer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FastVitNorm {
+    /// `nn.BatchNorm2d` (MCi0–2).
+    BatchNorm,
+    /// timm's `LayerNorm2d` with eps 1e-5 (MCi3, MCi4).
+    LayerNorm,
+}
+
 /// The projections of timm's Eva attention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -396,13 +461,17 @@ impl VisionConfig {
             }
             | VisionConfig::TimmConvNext {
                 image_resolution, ..
+            }
+            | VisionConfig::TimmFastVit {
+                image_resolution, ..
             } => *image_resolution,
         }
     }
 
     /// `"ViT"`, `"ModifiedResNet"`, `"timm ViT"` (SigLIP's), `"timm ViT (class token)"`
     /// (MobileCLIP's), `"timm EVA"`, `"timm PE"` (an `Eva` trunk with
-    /// `AttentionRope` and the MAP head), `"timm ViTamin"` or `"timm ConvNeXt"`.
+    /// `AttentionRope` and the MAP head), `"timm ViTamin"`, `"timm ConvNeXt"` or
+    /// `"timm FastViT"`.
     pub fn family(&self) -> &'static str {
         match self {
             VisionConfig::VisionTransformer { .. } => "ViT",
@@ -425,6 +494,7 @@ impl VisionConfig {
             VisionConfig::TimmEva { .. } => "timm EVA",
             VisionConfig::TimmVitamin { .. } => "timm ViTamin",
             VisionConfig::TimmConvNext { .. } => "timm ConvNeXt",
+            VisionConfig::TimmFastVit { .. } => "timm FastViT",
         }
     }
 
@@ -443,6 +513,10 @@ impl VisionConfig {
                 ..
             } => Some((*width, *proj)),
             VisionConfig::TimmConvNext { dims, proj, .. } => Some((dims[3], *proj)),
+            // `final_conv` doubles the last stage's channels (`cls_ratio` 2).
+            VisionConfig::TimmFastVit { shape, proj, .. } => {
+                Some((2 * shape.dims[shape.stages - 1], *proj))
+            }
             _ => None,
         }
     }
@@ -797,6 +871,28 @@ impl ClipConfig {
                     ));
                 }
             }
+            VisionConfig::TimmFastVit {
+                timm_model_name,
+                shape: f,
+                ..
+            } => {
+                let n = f.stages;
+                let ok = (4..=5).contains(&n)
+                    && f.depths[..n].iter().chain(&f.dims[..n]).all(|&d| d > 0)
+                    && f.mlp_ratio > 0
+                    && f.attention_from <= n
+                    // Each downsampling conv has one group per input channel.
+                    && f.dims[..n].windows(2).all(|w| w[1] % w[0] == 0)
+                    // The attention heads are 32 wide.
+                    && f.dims[f.attention_from.min(n)..n].iter().all(|d| d % 32 == 0);
+                if !ok {
+                    return bad(format!(
+                        "invalid {timm_model_name} shape: depths {:?}, dims {:?}",
+                        &f.depths[..n.min(5)],
+                        &f.dims[..n.min(5)]
+                    ));
+                }
+            }
         }
         if let Some((features, TimmProj::None)) = self.vision.timm_head() {
             if features != self.embed_dim {
@@ -914,6 +1010,18 @@ impl ClipConfig {
                 ..
             } => format!(
                 "timm {timm_model_name} (depths {depths:?}, dims {dims:?}, {image_resolution} px)"
+            ),
+            VisionConfig::TimmFastVit {
+                timm_model_name,
+                image_resolution,
+                shape: f,
+                ..
+            } => format!(
+                "timm {timm_model_name} (FastViT: depths {:?}, dims {:?}, RepMixer, attention \
+                 from stages.{}, {image_resolution} px, average pool)",
+                &f.depths[..f.stages],
+                &f.dims[..f.stages],
+                f.attention_from
             ),
         }
     }

@@ -1,7 +1,8 @@
 //! The model stage: CLIP-family models (open_clip's `VisionTransformer` — CoCa's attentional
-//! pooler included —, OpenAI's `ModifiedResNet`, and timm's SigLIP `VisionTransformer` and
-//! `ConvNeXt` image towers; open_clip's `TextTransformer`) implemented natively on libtorch
-//! through `tch`.
+//! pooler included —, OpenAI's `ModifiedResNet`, timm's image towers — `VisionTransformer`
+//! (SigLIP, MobileCLIP), `Eva` (EVA, PE-Core), ViTamin, FastViT (MobileCLIP's MCi) and
+//! `ConvNeXt` —, open_clip's `TextTransformer` and the Hugging Face text encoders it wraps)
+//! implemented natively on libtorch through `tch`.
 //!
 //! Inputs: preprocessed images `[B, 3, R, R] f32` and token ids `[B, L] i64`. Outputs:
 //! projected embeddings `[B, embed_dim] f32` (not normalised) and, through a [`Probe`], chosen
@@ -14,9 +15,11 @@
 //! [`load`]. Reference: openai/CLIP `clip/model.py` at a1d0717; open_clip `model.py`,
 //! `coca_model.py`.
 
+mod batch_norm;
 pub mod config;
 mod convnext;
 mod eva;
+mod fastvit;
 pub mod hf_text;
 pub mod jit;
 pub mod kernels;
@@ -196,6 +199,14 @@ fn image_tower(vp: nn::Path, config: &ClipConfig) -> Box<dyn ImageTower> {
             vp,
             vitamin::VitaminCfg {
                 image_resolution,
+                shape,
+                embed_dim: config.embed_dim,
+                proj,
+            },
+        )),
+        VisionConfig::TimmFastVit { shape, proj, .. } => Box::new(fastvit::FastVit::new(
+            vp,
+            fastvit::FastVitCfg {
                 shape,
                 embed_dim: config.embed_dim,
                 proj,

@@ -347,7 +347,8 @@ fn timm_vision(
         unsupported(
             "vision_cfg.timm_model_name",
             &format!(
-                "{name} (a timm image tower other than the SigLIP ViTs, EVA, PE-Core, ViTamin and ConvNeXts)"
+                "{name} (a timm image tower other than the SigLIP ViTs, EVA, PE-Core, ViTamin, \
+                 MobileCLIP's ViTs and FastViTs, and the ConvNeXts)"
             ),
         )
     })?;
@@ -362,7 +363,9 @@ fn timm_vision(
         // open_clip builds the trunk with `num_classes=embed_dim`: its classifier projects.
         None if matches!(
             arch,
-            super::timm::TimmArch::Eva { .. } | super::timm::TimmArch::Vit { .. }
+            super::timm::TimmArch::Eva { .. }
+                | super::timm::TimmArch::Vit { .. }
+                | super::timm::TimmArch::FastVit { .. }
         ) =>
         {
             TimmProj::Classifier
@@ -441,6 +444,19 @@ fn timm_vision(
                 timm_size(name, image_resolution, image_size)?;
             }
             Ok(VisionConfig::TimmVitamin {
+                timm_model_name: name.to_string(),
+                image_resolution,
+                shape,
+                proj,
+            })
+        }
+        super::timm::TimmArch::FastVit { shape } => {
+            // FastViT's head pools the average (`global_pool='avg'`); nothing in the trunk
+            // depends on the input side (the position encoding is a convolution).
+            if pool.is_some_and(|p| p != "avg") {
+                return Err(unsupported("vision_cfg.timm_pool", &v.timm_pool));
+            }
+            Ok(VisionConfig::TimmFastVit {
                 timm_model_name: name.to_string(),
                 image_resolution,
                 shape,

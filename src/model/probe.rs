@@ -10,11 +10,13 @@
 //! - `….resblocks.N.attn.heads`: per-head attention outputs before `out_proj`, `[B, H, L, W/H]`
 //! - `….resblocks.N.mlp.c_fc`: MLP neurons after QuickGELU, `[B, L, 4W]`
 //! - `visual.layerS` / `visual.layerS.M`: ResNet stage / block outputs, `[B, C, H, W]`
+//! - `visual.trunk.stages.S` / `visual.trunk.stages.S.blocks.M` / `visual.trunk.final_conv`:
+//!   FastViT stage / block / final-conv outputs, `[B, C, H, W]`
 //! - `visual.attnpool.input`: the attention-pool input (= `visual.layer4`), `[B, C, H, W]`
 //! - `visual.attnpool.heads`: attention-pool per-head outputs, `[B, H, 1, C/H]`
 //!
 //! The unit of an intervention is indexed along the site's unit axis: heads for `*.heads`,
-//! channels for ResNet sites, the last axis otherwise.
+//! channels for ResNet and FastViT sites, the last axis otherwise.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -3,10 +3,9 @@
 //! attention pool (`visual.attnpool`) instead of global average pooling.
 //! Reference: openai/CLIP `clip/model.py` (`Bottleneck`, `AttentionPool2d`, `ModifiedResNet`).
 
-use std::sync::Mutex;
-
 use tch::{nn, Tensor};
 
+use super::batch_norm::{BatchNorm, FoldCache};
 use super::kernels;
 use super::probe::Probe;
 use super::transformer::{attend, merge_heads, param, Linear, Mask};
@@ -18,8 +17,8 @@ struct Conv {
     stride: i64,
     padding: i64,
     /// The eval-mode `BatchNorm` that follows this conv, folded into its weight and a bias,
-    /// tagged with the model's weights generation it was computed from.
-    folded: Mutex<Option<(u64, Tensor, Tensor)>>,
+    /// for one weights generation.
+    folded: FoldCache,
 }
 
 impl Conv {
@@ -29,7 +28,7 @@ impl Conv {
             weight: param(&p, "weight", &[c_out, c_in, k, k], fan_in.powf(-0.5)),
             stride,
             padding,
-            folded: Mutex::new(None),
+            folded: FoldCache::default(),
         }
     }
 
@@ -41,20 +40,7 @@ impl Conv {
         let Some(generation) = fold else {
             return bn.forward(&self.forward(x));
         };
-        let (weight, bias) = {
-            let mut cache = self.folded.lock().expect("fold cache");
-            match cache.as_ref() {
-                Some((g, w, b)) if *g == generation => (w.shallow_clone(), b.shallow_clone()),
-                _ => {
-                    let _guard = tch::no_grad_guard();
-                    let s = &bn.weight / (&bn.running_var + BN_EPS).sqrt();
-                    let w = &self.weight * s.view([-1, 1, 1, 1]);
-                    let b = &bn.bias - &bn.running_mean * &s;
-                    *cache = Some((generation, w.shallow_clone(), b.shallow_clone()));
-                    (w, b)
-                }
-            }
-        };
+        let (weight, bias) = self.folded.get(generation, || bn.fold(&self.weight, None));
         x.conv2d(
             &weight,
             Some(&bias),
@@ -76,50 +62,6 @@ impl Conv {
         )
     }
 }
-
-/// `BatchNorm2d` in eval mode (running statistics).
-#[derive(Debug)]
-pub(crate) struct BatchNorm {
-    weight: Tensor,
-    bias: Tensor,
-    running_mean: Tensor,
-    running_var: Tensor,
-}
-
-impl BatchNorm {
-    pub(crate) fn new(p: nn::Path, c: i64) -> BatchNorm {
-        BatchNorm {
-            weight: p.var("weight", &[c], nn::Init::Uniform { lo: 0.5, up: 1.5 }),
-            bias: param(&p, "bias", &[c], 0.1),
-            running_mean: p.var(
-                "running_mean",
-                &[c],
-                nn::Init::Randn {
-                    mean: 0.0,
-                    stdev: 0.1,
-                },
-            ),
-            running_var: p.var("running_var", &[c], nn::Init::Uniform { lo: 0.5, up: 1.5 }),
-        }
-    }
-
-    pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
-        Tensor::batch_norm(
-            x,
-            Some(&self.weight),
-            Some(&self.bias),
-            Some(&self.running_mean),
-            Some(&self.running_var),
-            false,
-            0.1,
-            BN_EPS,
-            false,
-        )
-    }
-}
-
-/// `BatchNorm2d`'s default epsilon, as in the reference.
-const BN_EPS: f64 = 1e-5;
 
 fn avg_pool(x: &Tensor, k: i64) -> Tensor {
     x.avg_pool2d([k, k], [k, k], [0, 0], false, true, None)

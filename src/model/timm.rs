@@ -4,14 +4,15 @@
 //!
 //! A name not in the table is refused by the config stage, never approximated by a neighbour.
 //! Reference: timm 1.0 `models/vision_transformer.py` (`vit_*_siglip_*`), `models/eva.py`
-//! (`eva_giant_patch14_224`, `eva02_*_clip_*`), `models/convnext.py` (`convnext_*`); open_clip
+//! (`eva_giant_patch14_224`, `eva02_*_clip_*`), `models/convnext.py` (`convnext_*`),
+//! `models/fastvit.py` (`fastvit_mci*`); open_clip
 //! `timm_model.py`.
 
 use tch::{nn, Tensor};
 
 use super::config::{
-    Activation, EvaPool, EvaQkv, EvaRope, EvaShape, TimmProj, TimmVitLayout, TimmVitPool,
-    TimmVitStem, VitaminShape,
+    Activation, EvaPool, EvaQkv, EvaRope, EvaShape, FastVitNorm, FastVitShape, TimmProj,
+    TimmVitLayout, TimmVitPool, TimmVitStem, VitaminShape,
 };
 use super::transformer::Linear;
 
@@ -40,6 +41,8 @@ pub(crate) enum TimmArch {
         image_size: i64,
         shape: VitaminShape,
     },
+    /// timm's `FastVit` (`models/fastvit.py`), as the `fastvit_mci*` model functions set it.
+    FastVit { shape: FastVitShape },
     /// `ConvNeXt(depths, dims, norm_eps)`.
     ConvNext {
         depths: [i64; 4],
@@ -212,6 +215,56 @@ const VITAMINS: [(&str, TimmArch); 13] = [
     ("vitamin_xlarge_256", vitamin(256, 192, 1152, 32, 16, false)),
     ("vitamin_xlarge_336", vitamin(336, 192, 1152, 32, 16, false)),
     ("vitamin_xlarge_384", vitamin(384, 192, 1152, 32, 16, false)),
+];
+
+/// MCi0–2 (`fastvit_mci0`–`mci2`): four stages, RepMixer in the first three, attention with a
+/// BatchNorm in the last (after a 7×7 `RepConditionalPosEnc`), SE in the downsampling of stages
+/// 2 and 3, `mlp_ratio` 3.
+const fn mci(depths: [i64; 4], dims: [i64; 4]) -> TimmArch {
+    TimmArch::FastVit {
+        shape: FastVitShape {
+            stages: 4,
+            depths: [depths[0], depths[1], depths[2], depths[3], 0],
+            dims: [dims[0], dims[1], dims[2], dims[3], 0],
+            mlp_ratio: 3,
+            se_downsample: [false, false, true, true, false],
+            attention_from: 3,
+            attention_norm: FastVitNorm::BatchNorm,
+            stem_scale_branch: true,
+        },
+    }
+}
+
+/// MCi3 and MCi4 (MobileCLIP 2's `fastvit_mci3`, `mci4`): five stages, attention in the last two
+/// with `LayerNorm2d` (eps 1e-5), no SE, `mlp_ratio` 4, stem blocks without the scale branch.
+const fn mci_large(depths: [i64; 5], dims: [i64; 5]) -> TimmArch {
+    TimmArch::FastVit {
+        shape: FastVitShape {
+            stages: 5,
+            depths,
+            dims,
+            mlp_ratio: 4,
+            se_downsample: [false; 5],
+            attention_from: 3,
+            attention_norm: FastVitNorm::LayerNorm,
+            stem_scale_branch: false,
+        },
+    }
+}
+
+/// The FastViT towers of MobileCLIP's and MobileCLIP 2's S configs.
+const FASTVITS: [(&str, TimmArch); 5] = [
+    ("fastvit_mci0", mci([2, 6, 10, 2], [64, 128, 256, 512])),
+    ("fastvit_mci1", mci([4, 12, 20, 4], [64, 128, 256, 512])),
+    ("fastvit_mci2", mci([4, 12, 24, 4], [80, 160, 320, 640])),
+    (
+        "fastvit_mci3",
+        mci_large([2, 12, 24, 4, 2], [96, 192, 384, 768, 1536]),
+    ),
+    (
+        "fastvit_mci4",
+        mci_large([2, 12, 24, 4, 4], [128, 256, 512, 1024, 2048]),
+    ),
 ];
 
 /// The EVA towers open_clip's EVA configs name.
@@ -406,6 +459,7 @@ pub(crate) fn timm_arch(name: &str) -> Option<TimmArch> {
         .chain(&PE_CORES)
         .chain(&VITAMINS)
         .chain(&MOBILECLIP_VITS)
+        .chain(&FASTVITS)
         .find(|v| v.0 == name)
     {
         return Some(arch);

@@ -16,7 +16,7 @@ use tch::{nn, Tensor};
 
 use super::config::{Activation, TimmProj, TimmVitLayout, TimmVitPool, TimmVitStem};
 use super::probe::Probe;
-use super::resnet::BatchNorm;
+use super::batch_norm::BatchNorm;
 use super::timm::TimmHead;
 use super::transformer::{
     activate, attend, merge_heads, param, BlockCfg, LayerNorm, Linear, Mask, Naming, Transformer,

@@ -42,8 +42,8 @@ pub(crate) fn param(p: &nn::Path, name: &str, shape: &[i64], std: f64) -> Tensor
 /// `nn.Conv2d` with bias: its weight `[out, in / groups, k, k]` and bias.
 #[derive(Debug)]
 pub(crate) struct Conv2d {
-    weight: Tensor,
-    bias: Tensor,
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
 }
 
 impl Conv2d {
@@ -77,6 +77,22 @@ impl Conv2d {
     pub(crate) fn forward_nhwc(&self, x: &Tensor, stride: i64, pad: i64, groups: i64) -> Tensor {
         self.forward(&x.permute([0, 3, 1, 2]), stride, pad, groups)
             .permute([0, 2, 3, 1])
+    }
+}
+
+/// timm's `LayerNorm2d`: a [`LayerNorm`] over the channels of `[B, C, H, W]`.
+#[derive(Debug)]
+pub(crate) struct LayerNorm2d(LayerNorm);
+
+impl LayerNorm2d {
+    pub(crate) fn new(p: nn::Path, c: i64, eps: f64) -> LayerNorm2d {
+        LayerNorm2d(LayerNorm::with_eps(p, c, eps))
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
+        self.0
+            .forward(&x.permute([0, 2, 3, 1]))
+            .permute([0, 3, 1, 2])
     }
 }
 

@@ -24,7 +24,7 @@ use tch::{nn, Tensor};
 use super::config::{TimmProj, VitaminShape};
 use super::probe::Probe;
 use super::timm::TimmHead;
-use super::transformer::{attend, merge_heads, param, Conv2d, LayerNorm, Linear, Mask};
+use super::transformer::{attend, merge_heads, param, Conv2d, LayerNorm, LayerNorm2d, Linear, Mask};
 
 const EPS: f64 = 1e-6;
 
@@ -62,22 +62,6 @@ impl Conv {
     }
 }
 
-/// timm's `LayerNorm2d`: a LayerNorm over the channels of `[B, C, H, W]`.
-#[derive(Debug)]
-struct LayerNorm2d(LayerNorm);
-
-impl LayerNorm2d {
-    fn new(p: nn::Path, c: i64) -> LayerNorm2d {
-        LayerNorm2d(LayerNorm::with_eps(p, c, EPS))
-    }
-
-    fn forward(&self, x: &Tensor) -> Tensor {
-        self.0
-            .forward(&x.permute([0, 2, 3, 1]))
-            .permute([0, 3, 1, 2])
-    }
-}
-
 /// `MbConvLNBlock`.
 #[derive(Debug)]
 struct MbConv {
@@ -102,7 +86,7 @@ impl MbConv {
         MbConv {
             pool_shortcut: stride == 2,
             expand,
-            pre_norm: LayerNorm2d::new(&p / "pre_norm", c_in),
+            pre_norm: LayerNorm2d::new(&p / "pre_norm", c_in, EPS),
             conv1_1x1: Conv::new(&p / "conv1_1x1", c_in, mid, 1, 1, 1),
             conv2_kxk: Conv::new(&p / "conv2_kxk", mid, mid, 3, stride, mid),
             conv3_1x1: Conv::new(&p / "conv3_1x1", mid, c_out, 1, 1, 1),
@@ -222,10 +206,10 @@ impl Vitamin {
         let bp = &trunk / "blocks";
         Vitamin {
             stem_conv1: Conv::new(&stem / "conv1", 3, s.stem_width, 3, 2, 1),
-            stem_norm1: LayerNorm2d::new(&stem / "norm1", s.stem_width),
+            stem_norm1: LayerNorm2d::new(&stem / "norm1", s.stem_width, EPS),
             stem_conv2: Conv::new(&stem / "conv2", s.stem_width, s.stem_width, 3, 1, 1),
             stages,
-            pool_norm: LayerNorm2d::new(&pool / "norm", c_in),
+            pool_norm: LayerNorm2d::new(&pool / "norm", c_in, EPS),
             pool_proj: Conv::new(&pool / "proj", c_in, s.width, 3, 2, 1),
             pos_embed: s
                 .pos_embed

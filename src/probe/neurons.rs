@@ -3,11 +3,12 @@
 //! word iPod?").
 //!
 //! A *layer* names a tap of [`crate::model::probe`]: ResNet stages and blocks
-//! (`layer4`, `layer3.2`, `attnpool.input`; units are channels), ViT MLP neurons
+//! (`layer4`, `layer3.2`, `attnpool.input`; units are channels), FastViT stages and blocks
+//! (`stages.3`, `stages.2.blocks.5`; channels), ViT MLP neurons
 //! (`resblocks.N.mlp` → `visual.transformer.resblocks.N.mlp.c_fc`, units are the 4·W hidden
 //! neurons after QuickGELU) and ViT residual directions (`resblocks.N`, units are the W
 //! residual-stream coordinates). Activations are *spatially pooled*: the mean over H×W for
-//! ResNet sites, the mean over the patch tokens (the class token excluded) for ViT sites.
+//! ResNet and FastViT sites, the mean over the patch tokens (the class token excluded) for ViT sites.
 //!
 //! Pure except for PNG encoding of thumbnails into the (self-contained) HTML contact sheet.
 
@@ -151,6 +152,44 @@ pub fn resolve_layer(
             v.mlp_width,
             0,
         ),
+        VisionConfig::TimmFastVit { shape: f, .. } => {
+            let stage_err = || {
+                bad(format!(
+                    "a FastViT layer is stages.S or stages.S.blocks.M (S = 0..{})",
+                    f.stages - 1
+                ))
+            };
+            let rest = l
+                .trim_start_matches("trunk.")
+                .strip_prefix("stages.")
+                .ok_or_else(stage_err)?;
+            let (s, m) = match rest.split_once(".blocks.") {
+                Some((s, m)) => (s, Some(m)),
+                None => (rest, None),
+            };
+            let s: usize = s
+                .parse()
+                .ok()
+                .filter(|s| *s < f.stages)
+                .ok_or_else(stage_err)?;
+            let site = match m {
+                None => format!("visual.trunk.stages.{s}"),
+                Some(m) => {
+                    let blocks = f.depths[s];
+                    let m: i64 = m
+                        .parse()
+                        .ok()
+                        .filter(|m| (0..blocks).contains(m))
+                        .ok_or_else(|| bad(format!("stages.{s} has blocks 0..{}", blocks - 1)))?;
+                    format!("visual.trunk.stages.{s}.blocks.{m}")
+                }
+            };
+            Ok(LayerSite {
+                site,
+                layout: SiteLayout::Channels,
+                units: f.dims[s],
+            })
+        }
         VisionConfig::TimmConvNext { .. } => Err(bad(
             "the ConvNeXt tower records no per-unit sites (probe a ViT or ModifiedResNet model)"
                 .into(),
