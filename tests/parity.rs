@@ -654,6 +654,10 @@ fn timm_zoo_configs_match_open_clip() {
         "zoo-ViTamin-XL-384@2",
         "zoo-MobileCLIP-B",
         "zoo-MobileCLIP2-L-14@4",
+        "zoo-MobileCLIP-S1",
+        "zoo-MobileCLIP-S2",
+        "zoo-MobileCLIP2-S3",
+        "zoo-MobileCLIP2-S4",
     ];
     let only = std::env::var("TYPOCLIP_TIMM_ZOO").ok();
     for n in names {
@@ -664,7 +668,13 @@ fn timm_zoo_configs_match_open_clip() {
             continue;
         }
         // One at a time: the exports of the large ones take gigabytes.
-        common::with_export(&format!("timm-zoo/{n}"), n, |dir| check_timm(dir, n));
+        common::with_export(&format!("timm-zoo/{n}"), n, |dir| {
+            if n.contains("MobileCLIP-S") || n.contains("MobileCLIP2-S") {
+                check_fastvit(dir, n)
+            } else {
+                check_timm(dir, n);
+            }
+        });
     }
 }
 

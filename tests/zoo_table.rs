@@ -20,6 +20,7 @@ fn tests_of(family: &str) -> &'static str {
         "timm EVA" => "`eva_towers_match_open_clip`, `timm_zoo_configs` †",
         "timm PE" => "`pe_towers_match_open_clip`, `timm_zoo_configs` †",
         "timm ViTamin" => "`vitamin_towers_match_open_clip`, `timm_zoo_configs` †",
+        "timm FastViT" => "`fastvit_towers_match_open_clip`, `timm_zoo_configs` †",
         other => panic!("no parity test is listed for the {other} family"),
     }
 }

@@ -782,19 +782,20 @@ mod tests {
                 }
             }
         }
-        // open_clip 3.3.0: 132 configs (coca_ViT-B-32, coca_ViT-L-14 and coca_base among them,
-        // 26 SigLIP / SigLIP 2, 11 ConvNeXt, 7 EVA, 5 PE-Core, 15 ViTamin, 3 MobileCLIP ViT, 3
-        // RoBERTa-text and 4 NLLB ones), 190 of the 196 pretrained pairs: every pair whose
-        // towers are open_clip's own (112), SigLIP's (26), a ConvNeXt (12), an EVA (7), a PE-Core
-        // (5), a ViTamin (15), a MobileCLIP ViT (4), a RoBERTa-family text tower (3) or
-        // NLLB-200's (6); the 6 on MobileCLIP's FastViT towers are refused.
-        assert_eq!(native, 132);
+        // open_clip 3.3.0: 138 of its 144 configs (coca_ViT-B-32, coca_ViT-L-14 and coca_base
+        // among them, 26 SigLIP / SigLIP 2, 11 ConvNeXt, 7 EVA, 5 PE-Core, 15 ViTamin, 3
+        // MobileCLIP ViT, 6 MobileCLIP FastViT, 3 RoBERTa-text and 4 NLLB ones), and all 196
+        // pretrained pairs: those whose towers are open_clip's own (112), SigLIP's (26), a
+        // ConvNeXt (12), an EVA (7), a PE-Core (5), a ViTamin (15), a MobileCLIP ViT (4) or
+        // FastViT (6), a RoBERTa-family text tower (3) or NLLB-200's (6). The 6 refused configs
+        // (mt5, coca_roberta, swin, two timm ViT variants) have no pretrained weights.
+        assert_eq!(native, 138);
         let pairs = zoo()
             .pretrained
             .iter()
             .filter(|p| ClipConfig::for_tag(&p.arch, &p.tag).is_ok())
             .count();
-        assert_eq!(pairs, 190);
+        assert_eq!(pairs, 196);
         let so400m = ClipConfig::for_tag("ViT-SO400M-14-SigLIP-384", "webli").unwrap();
         assert!(so400m.logit_bias && so400m.custom_text);
         assert!(matches!(
@@ -939,15 +940,49 @@ mod tests {
         cfg.text_cfg.hf_pooler_type = "cls_pooler".into();
         let err = cfg.to_clip_config(false).unwrap_err();
         assert!(err.to_string().contains("text_cfg.hf_pooler_type"), "{err}");
-        let err = zoo()
-            .model("MobileCLIP2-S0")
-            .unwrap()
-            .to_clip_config(false)
-            .unwrap_err();
-        assert!(
-            err.to_string().contains("vision_cfg.timm_model_name"),
-            "{err}"
-        );
+        // MobileCLIP's FastViTs: MCi0 (four stages, BatchNorm before attention) and MCi4 (five,
+        // LayerNorm2d), the trunk's classifier projecting; another pool, or a FastViT of
+        // timm's that no config names, is refused.
+        let s0 = ClipConfig::preset("MobileCLIP2-S0").unwrap();
+        assert!(matches!(
+            s0.vision,
+            VisionConfig::TimmFastVit {
+                image_resolution: 256,
+                shape: crate::model::config::FastVitShape {
+                    stages: 4,
+                    depths: [2, 6, 10, 2, _],
+                    dims: [64, 128, 256, 512, _],
+                    mlp_ratio: 3,
+                    se_downsample: [false, false, true, true, _],
+                    attention_norm: crate::model::config::FastVitNorm::BatchNorm,
+                    ..
+                },
+                proj: TimmProj::Classifier,
+                ..
+            }
+        ));
+        assert!(!s0.text.causal);
+        let s4 = ClipConfig::preset("MobileCLIP2-S4").unwrap();
+        assert!(matches!(
+            s4.vision,
+            VisionConfig::TimmFastVit {
+                shape: crate::model::config::FastVitShape {
+                    stages: 5,
+                    dims: [128, 256, 512, 1024, 2048],
+                    attention_norm: crate::model::config::FastVitNorm::LayerNorm,
+                    stem_scale_branch: false,
+                    ..
+                },
+                ..
+            }
+        ));
+        let mut cfg = zoo().model("MobileCLIP-S1").unwrap().clone();
+        cfg.vision_cfg.timm_pool = "max".into();
+        let err = cfg.to_clip_config(false).unwrap_err().to_string();
+        assert!(err.contains("vision_cfg.timm_pool"), "{err}");
+        cfg.vision_cfg.timm_model_name = Some("fastvit_sa12".into());
+        let err = cfg.to_clip_config(false).unwrap_err().to_string();
+        assert!(err.contains("vision_cfg.timm_model_name"), "{err}");
         let xl = ClipConfig::preset("ViTamin-XL-336").unwrap();
         assert!(matches!(
             xl.vision,

@@ -499,6 +499,18 @@ mod tests {
         );
         assert!(resolve_layer(&vit, "resblocks.12").is_err());
         assert!(resolve_layer(&vit, "resblocks.1.attn").is_err());
+        // MobileCLIP2-S4's FastViT: five stages of channels, blocks per stage.
+        let fv = ClipConfig::preset("MobileCLIP2-S4").unwrap();
+        let s4 = resolve_layer(&fv, "stages.4").unwrap();
+        assert_eq!(
+            (s4.site.as_str(), s4.units, s4.layout),
+            ("visual.trunk.stages.4", 2048, SiteLayout::Channels)
+        );
+        let b = resolve_layer(&fv, "visual.trunk.stages.2.blocks.23").unwrap();
+        assert_eq!((b.site.as_str(), b.units), ("visual.trunk.stages.2.blocks.23", 512));
+        assert!(resolve_layer(&fv, "stages.2.blocks.24").is_err());
+        assert!(resolve_layer(&fv, "stages.5").is_err());
+        assert!(resolve_layer(&fv, "blocks.0").is_err());
     }
 
     #[test]
