@@ -557,10 +557,20 @@ fn check_fastvit(dir: &Path, name: &str) {
         eprintln!(
             "{name} {what} vs {}: image {d_f:.2e} (scale {scale_f:.1}), final_conv {d_map:.2e} \
              (scale {scale_map:.1})",
-            if reference.is_empty() { "open_clip" } else { "timm's reparameterize_model" }
+            if reference.is_empty() {
+                "open_clip"
+            } else {
+                "timm's reparameterize_model"
+            }
         );
-        assert!(d_f <= TOL * scale_f, "{name} {what}: image embeddings differ by {d_f}");
-        assert!(d_map <= TOL * scale_map, "{name} {what}: final_conv differs by {d_map}");
+        assert!(
+            d_f <= TOL * scale_f,
+            "{name} {what}: image embeddings differ by {d_f}"
+        );
+        assert!(
+            d_map <= TOL * scale_map,
+            "{name} {what}: final_conv differs by {d_map}"
+        );
     }
 }
 

@@ -217,7 +217,7 @@ fn sweep(out: &Path, attacks: &str, limit: &str, extra: &[&str]) -> String {
 }
 
 #[test]
-#[ignore = "the default toy reads its own world's labels (42 % of held-out labelled scenes) but this sweep's label (sans-bold, 17 % of the side) only on 14.4 % of 1800 cells (bar 30 %; clean 91.5 %, attacked 21.0 %, 2026-12-01); run by hand"]
+#[ignore = "passes by hand (2026-12-02: clean 91.5 %, attacked 8.3 %, 37.1 % of 1800 cells changed to the written class); the clean bar's 1.5-point margin is inside the run-to-run spread of training the toy on another CPU, so not in CI"]
 fn the_toy_reads_clean_accuracy_and_the_label_attack() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("labels");
@@ -306,7 +306,7 @@ fn asr(run_dir: &Path) -> (f64, f64) {
 /// evaluation writes five class names, the heads are fitted on the other five (other scenes,
 /// other fonts), as the sweep's disjointness check requires.
 #[test]
-#[ignore = "with the reading toy (2026-12-01) oracle masking restores attacked accuracy to 78.7 % against 98.5 % clean (bar: within 5 points) and the fitted head ablation raises ASR (73.3 % to 78.6 %); run by hand"]
+#[ignore = "with the reading toy and labels as wide as its world writes words (2026-12-02) oracle masking restores attacked accuracy to 65.7 % against 98.5 % clean (bar: within 5 points; the masked box hides much of the object) and the fitted head ablation raises ASR (88.1 % to 91.0 %); run by hand"]
 fn defenses_move_the_attack_success_rate() {
     let tmp = tempfile::tempdir().unwrap();
     let heads = tmp.path().join("heads.json");

@@ -27,7 +27,8 @@
 //! font = "sans-bold"       # bundled: sans-bold, serif, mono, handwriting, handwriting-caps,
 //!                          # comic (assets/fonts/CREDITS.md); or a .ttf/.otf path
 //! fallback_fonts = []      # tried per character before the bundled fonts
-//! size_px = 24             # or size_frac (of the short side), or (labels) area_frac
+//! size_px = 24             # or size_frac (of the short side), width_frac (the text spans that
+//!                          # fraction of the width), or (labels) area_frac
 //! color = "black"          # "#rgb", "#rrggbb", [r, g, b] or a basic name
 //! opacity = 1.0
 //! outline_width = 0        # px; outline_color

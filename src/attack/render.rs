@@ -661,11 +661,36 @@ fn make_shape<'a>(
     }
 }
 
-fn base_size(size: Size, w: u32, h: u32) -> f32 {
-    match size {
+/// The font size in pixels of `style` on a `w × h` image; `label` (padding and paper) for a
+/// label sized by area.
+fn font_size(
+    style: &TextStyle,
+    w: u32,
+    h: u32,
+    label: Option<(f32, Rgb, Option<Stroke>, Option<Shadow>)>,
+) -> f32 {
+    // Layouts scale linearly with the size: measure one at 100 px.
+    const PROBE: f32 = 100.0;
+    match style.size {
         Size::Px(p) => p,
         Size::Frac(f) => f * w.min(h) as f32,
-        Size::AreaFrac(_) => 0.0,
+        Size::AreaFrac(f) => {
+            let probe = make_shape(style, PROBE, 0.0, label);
+            let area = probe.paper.map_or(0.0, |p| (p.x1 - p.x0) * (p.y1 - p.y0));
+            if area > 0.0 {
+                PROBE * (f * w as f32 * h as f32 / area).sqrt()
+            } else {
+                0.0
+            }
+        }
+        Size::WidthFrac(f) => {
+            let width = layout(style, PROBE).width;
+            if width > 0.0 {
+                PROBE * f * w as f32 / width
+            } else {
+                0.0
+            }
+        }
     }
 }
 
@@ -673,7 +698,7 @@ fn draw_layer(ctx: &mut Ctx, layer: &Layer, rng: &mut ChaCha8Rng, object_box: Op
     let (w, h) = ctx.img.dimensions();
     match layer {
         Layer::Text { style, place } => {
-            let size = base_size(style.size, w, h);
+            let size = font_size(style, w, h, None);
             let shape = make_shape(style, size, style.rotation, None);
             for (cx, cy) in centres(place, &shape, w, h, rng, object_box) {
                 draw_shape(ctx, &shape, cx, cy);
@@ -688,19 +713,7 @@ fn draw_layer(ctx: &mut Ctx, layer: &Layer, rng: &mut ChaCha8Rng, object_box: Op
             shadow,
         } => {
             let label = Some((*padding, *paper, *border, *shadow));
-            let size = match style.size {
-                Size::AreaFrac(f) => {
-                    let probe = make_shape(style, 100.0, 0.0, label);
-                    let p = probe.paper.expect("label has paper");
-                    let area = (p.x1 - p.x0) * (p.y1 - p.y0);
-                    if area > 0.0 {
-                        100.0 * (f * w as f32 * h as f32 / area).sqrt()
-                    } else {
-                        0.0
-                    }
-                }
-                s => base_size(s, w, h),
-            };
+            let size = font_size(style, w, h, label);
             let shape = make_shape(style, size, style.rotation, label);
             for (cx, cy) in centres(place, &shape, w, h, rng, object_box) {
                 draw_shape(ctx, &shape, cx, cy);
@@ -713,7 +726,7 @@ fn draw_layer(ctx: &mut Ctx, layer: &Layer, rng: &mut ChaCha8Rng, object_box: Op
             rotation_jitter,
             no_overlap,
         } => {
-            let base = base_size(style.size, w, h);
+            let base = font_size(style, w, h, None);
             let mut placed: Vec<FRect> = Vec::new();
             for _ in 0..*count {
                 let size = base * (1.0 + size_jitter * (2.0 * rng.gen::<f32>() - 1.0));
@@ -1032,6 +1045,30 @@ mod tests {
     }
 
     const LABEL: &str = "description = \"d\"\ntarget = \"iPod\"\n[[layers]]\nkind = \"label\"\ntext = \"iPod\"\nsize_px = 30\nrotation = 7\nshadow = true\nborder_width = 2\n[[layers]]\nkind = \"scatter\"\ncount = 20\nsize_jitter = 0.5\ncolor = \"#208020\"\noutline_width = 1.5\n[[layers]]\nkind = \"text\"\ntext = \"two\\nlines\"\nplacement = \"top_right\"\nopacity = 0.6\ncolor = \"red\"\n";
+
+    #[test]
+    fn width_frac_sets_the_width_of_the_text() {
+        for (text, f) in [("ring", 0.5), ("crescent", 0.5), ("hexagon", 0.8)] {
+            let s = spec(&format!(
+                "description = \"d\"\ntarget = \"t\"\n[[layers]]\nkind = \"text\"\ntext = \"{text}\"\nwidth_frac = {f}\n"
+            ));
+            let img = RgbImage::from_pixel(400, 300, image::Rgb([255, 255, 255]));
+            let r = render(&img, &s.variants[0], 0, None);
+            let xs: Vec<u32> = r
+                .mask
+                .enumerate_pixels()
+                .filter(|p| p.2 .0[0] == 255)
+                .map(|p| p.0)
+                .collect();
+            let (lo, hi) = (xs.iter().min().unwrap(), xs.iter().max().unwrap());
+            // The ink spans the advance width less the side bearings of the end glyphs.
+            let span = (hi - lo + 1) as f32 / 400.0;
+            assert!(
+                span <= f && span > f - 0.06,
+                "{text} at {f}: ink spans {span}"
+            );
+        }
+    }
 
     #[test]
     fn srgb_tables_round_trip_every_level() {

@@ -90,6 +90,9 @@ pub enum Size {
     /// Labels only: the font size is chosen so that the label covers this fraction of the image
     /// area.
     AreaFrac(f32),
+    /// Text and labels: the font size is chosen so that the text's widest line spans this
+    /// fraction of the image width (a long word is written smaller than a short one).
+    WidthFrac(f32),
 }
 
 /// Horizontal alignment of the lines of a multi-line text.
@@ -379,6 +382,7 @@ struct LayerSpec {
     clamp: Option<bool>,
     grid: Option<[u32; 2]>,
     area_frac: Option<f64>,
+    width_frac: Option<f64>,
     padding: Option<f64>,
     paper_color: Option<ColorSpec>,
     border_width: Option<f64>,
@@ -407,6 +411,7 @@ const COMMON_FIELDS: &[&str] = &[
     "rotation",
 ];
 const PLACED_FIELDS: &[&str] = &[
+    "width_frac",
     "letter_spacing",
     "line_spacing",
     "align",
@@ -1195,17 +1200,17 @@ impl Parser<'_> {
             ));
         }
         let sizes = [
-            l.size_px.is_some(),
-            l.size_frac.is_some(),
-            l.area_frac.is_some(),
+            ("size_px", l.size_px.is_some()),
+            ("size_frac", l.size_frac.is_some()),
+            ("area_frac", l.area_frac.is_some()),
+            ("width_frac", l.width_frac.is_some()),
         ];
-        if sizes.iter().filter(|&&b| b).count() > 1 {
-            let f = if l.size_px.is_some() {
-                "size_px"
-            } else {
-                "size_frac"
-            };
-            return Err(ferr(p(f), "give only one of size_px, size_frac, area_frac"));
+        if sizes.iter().filter(|s| s.1).count() > 1 {
+            let f = sizes.iter().find(|s| s.1).expect("two are given").0;
+            return Err(ferr(
+                p(f),
+                "give only one of size_px, size_frac, area_frac, width_frac",
+            ));
         }
         let size = if let Some(x) = l.size_px {
             Size::Px(num(Some(x), "size_px", 0.5, 4096.0, 0.0)?)
@@ -1213,6 +1218,8 @@ impl Parser<'_> {
             Size::Frac(num(Some(x), "size_frac", 0.001, 4.0, 0.0)?)
         } else if let Some(x) = l.area_frac {
             Size::AreaFrac(num(Some(x), "area_frac", 0.0001, 1.0, 0.0)?)
+        } else if let Some(x) = l.width_frac {
+            Size::WidthFrac(num(Some(x), "width_frac", 0.01, 1.0, 0.0)?)
         } else {
             Size::Frac(match l.kind {
                 LayerKind::Scatter => 0.08,
@@ -1618,6 +1625,32 @@ color = ["black", "white"]
         let e = err("description = \"x\"\ntarget = [\n");
         assert!(e.starts_with("attacks/t.toml:"), "{e}");
         assert!(e.contains(": toml: "), "{e}");
+    }
+
+    #[test]
+    fn width_frac_sizes_text_and_labels_only() {
+        let s = parse(&IPOD.replace("size_px = 24", "width_frac = 0.8")).unwrap();
+        let Layer::Label { style, .. } = &s.variants[0].layers[0] else {
+            panic!("a label")
+        };
+        assert_eq!(style.size, Size::WidthFrac(0.8));
+        let e = err(&IPOD.replace("size_px = 24", "width_frac = 1.5"));
+        assert!(
+            e.contains("layers.0.width_frac: 1.5 is out of range [0.01, 1]"),
+            "{e}"
+        );
+        let e = err(&IPOD.replace("size_px = 24", "size_px = 24\nwidth_frac = 0.5"));
+        assert!(
+            e.contains(
+                "layers.0.size_px: give only one of size_px, size_frac, area_frac, width_frac"
+            ),
+            "{e}"
+        );
+        let e = err("description = \"x\"\ntarget = \"t\"\n[[layers]]\nkind = \"scatter\"\nwidth_frac = 0.5\n");
+        assert!(
+            e.contains("layers.0.width_frac: not a field of `scatter` layers"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -16,7 +16,11 @@ const BN_EPS: f64 = 1e-5;
 /// A registered buffer (`running_mean`, `running_var`): loaded like a parameter, never trained,
 /// so no gradient is asked of it.
 fn buffer(p: &nn::Path, name: &str, c: i64, init: nn::Init) -> Tensor {
-    p.add(name, nn::init(init, &[c], p.device()).to_kind(p.kind()), false)
+    p.add(
+        name,
+        nn::init(init, &[c], p.device()).to_kind(p.kind()),
+        false,
+    )
 }
 
 /// `BatchNorm2d` in eval mode (`weight`, `bias`, `running_mean`, `running_var`).

@@ -148,9 +148,7 @@ impl ConvBn {
     fn forward(&self, x: &Tensor, fold: Option<u64>) -> Tensor {
         match fold {
             Some(generation) => {
-                let (w, b) = self
-                    .folded
-                    .get(generation, || self.kernel_bias(self.g.k));
+                let (w, b) = self.folded.get(generation, || self.kernel_bias(self.g.k));
                 self.g.conv(x, &w, Some(&b))
             }
             None => self.bn.forward(&self.g.conv(x, &self.weight, None)),
@@ -230,11 +228,7 @@ impl MobileOne {
                 .then(|| ConvBn::new(&p / "conv_scale", Geom { k: 1, ..g })),
             // `SqueezeExcite(out_chs, rd_divisor=1)`: rd_ratio 1/16.
             se: o.use_se.then(|| {
-                SqueezeExcite::new(
-                    &p / "se",
-                    g.c_out,
-                    make_divisible(g.c_out as f64 / 16.0, 1),
-                )
+                SqueezeExcite::new(&p / "se", g.c_out, make_divisible(g.c_out as f64 / 16.0, 1))
             }),
             act: o.use_act,
             g,
@@ -301,11 +295,7 @@ impl LargeKernel {
             small_conv: ConvBn::new(&p / "small_conv", Geom { k: small, ..g }),
             // `SqueezeExcite(out_chs, rd_ratio=0.25)`: rd_divisor 8.
             se: use_se.then(|| {
-                SqueezeExcite::new(
-                    &p / "se",
-                    g.c_out,
-                    make_divisible(g.c_out as f64 / 4.0, 8),
-                )
+                SqueezeExcite::new(&p / "se", g.c_out, make_divisible(g.c_out as f64 / 4.0, 8))
             }),
             folded: FoldCache::default(),
         }
@@ -356,8 +346,7 @@ impl PatchEmbed {
     }
 
     fn forward(&self, x: &Tensor, fold: Option<u64>) -> Tensor {
-        self.pointwise
-            .forward(&self.lkc.forward(x, fold), fold)
+        self.pointwise.forward(&self.lkc.forward(x, fold), fold)
     }
 }
 
@@ -528,7 +517,7 @@ impl Attention {
 #[derive(Debug)]
 enum Block {
     RepMixer {
-        token_mixer: RepMixer,
+        token_mixer: Box<RepMixer>,
         mlp: ConvMlp,
         layer_scale: Tensor,
     },
@@ -624,7 +613,7 @@ impl FastVit {
                             }
                         } else {
                             Block::RepMixer {
-                                token_mixer: RepMixer::new(&b / "token_mixer", c),
+                                token_mixer: Box::new(RepMixer::new(&b / "token_mixer", c)),
                                 mlp: ConvMlp::new(&b / "mlp", c, hidden),
                                 layer_scale: layer_scale(&(&b / "layer_scale"), c),
                             }
@@ -633,9 +622,8 @@ impl FastVit {
                     .collect();
                 Stage {
                     // `downsamples[i] or prev_dim != embed_dims[i]`: every stage after the first.
-                    downsample: (i > 0).then(|| {
-                        PatchEmbed::new(&p / "downsample", c_in, c, s.se_downsample[i])
-                    }),
+                    downsample: (i > 0)
+                        .then(|| PatchEmbed::new(&p / "downsample", c_in, c, s.se_downsample[i])),
                     pos_emb: attention.then(|| RepCpe::new(&p / "pos_emb", c)),
                     blocks,
                 }
@@ -763,7 +751,10 @@ mod tests {
             let scale = f64::try_from(unfolded.abs().max()).unwrap();
             let diff = f64::try_from((&unfolded - &folded).abs().max()).unwrap();
             assert!(scale > 1e-2, "outputs too small to compare: {scale}");
-            assert!(diff <= 1e-9 * scale.max(1.0), "folded differs by {diff} (scale {scale})");
+            assert!(
+                diff <= 1e-9 * scale.max(1.0),
+                "folded differs by {diff} (scale {scale})"
+            );
             // A second pass of the same generation reuses the cached kernels.
             let again = tower.forward_with(&images, &mut Probe::none(), Some(0));
             assert!(again.equal(&folded));
@@ -775,8 +766,15 @@ mod tests {
         for (c_in, groups, k) in [(8, 8, 3), (8, 1, 3), (6, 2, 1), (4, 4, 7)] {
             let g = Geom::new(c_in, c_in, k, 1, groups);
             let x = Tensor::randn([1, c_in, 5, 5], (Kind::Float, tch::Device::Cpu));
-            let y = g.conv(&x, &g.identity_kernel((Kind::Float, tch::Device::Cpu)), None);
-            assert!(y.allclose(&x, 0.0, 1e-6, false), "c {c_in} groups {groups} k {k}");
+            let y = g.conv(
+                &x,
+                &g.identity_kernel((Kind::Float, tch::Device::Cpu)),
+                None,
+            );
+            assert!(
+                y.allclose(&x, 0.0, 1e-6, false),
+                "c {c_in} groups {groups} k {k}"
+            );
         }
     }
 

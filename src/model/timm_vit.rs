@@ -14,9 +14,9 @@
 
 use tch::{nn, Tensor};
 
+use super::batch_norm::BatchNorm;
 use super::config::{Activation, TimmProj, TimmVitLayout, TimmVitPool, TimmVitStem};
 use super::probe::Probe;
-use super::batch_norm::BatchNorm;
 use super::timm::TimmHead;
 use super::transformer::{
     activate, attend, merge_heads, param, BlockCfg, LayerNorm, Linear, Mask, Naming, Transformer,

@@ -24,7 +24,9 @@ use tch::{nn, Tensor};
 use super::config::{TimmProj, VitaminShape};
 use super::probe::Probe;
 use super::timm::TimmHead;
-use super::transformer::{attend, merge_heads, param, Conv2d, LayerNorm, LayerNorm2d, Linear, Mask};
+use super::transformer::{
+    attend, merge_heads, param, Conv2d, LayerNorm, LayerNorm2d, Linear, Mask,
+};
 
 const EPS: f64 = 1e-6;
 

@@ -507,7 +507,10 @@ mod tests {
             ("visual.trunk.stages.4", 2048, SiteLayout::Channels)
         );
         let b = resolve_layer(&fv, "visual.trunk.stages.2.blocks.23").unwrap();
-        assert_eq!((b.site.as_str(), b.units), ("visual.trunk.stages.2.blocks.23", 512));
+        assert_eq!(
+            (b.site.as_str(), b.units),
+            ("visual.trunk.stages.2.blocks.23", 512)
+        );
         assert!(resolve_layer(&fv, "stages.2.blocks.24").is_err());
         assert!(resolve_layer(&fv, "stages.5").is_err());
         assert!(resolve_layer(&fv, "blocks.0").is_err());
