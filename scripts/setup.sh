@@ -84,7 +84,13 @@ if [ "${TYPOCLIP_SKIP_BUILD:-0}" != 1 ]; then
   if [ "${TYPOCLIP_SKIP_FETCH:-0}" != 1 ]; then
     say "trying to fetch the default checkpoint (ViT-B-32) into the cache"
     ./target/release/typoclip fetch ViT-B-32 --quiet \
-      || say "could not fetch ViT-B-32 (offline?): the default run will use random weights and say so"
+      || say "could not fetch ViT-B-32 (offline?): the default run will use the toy CLIP and say so"
+  fi
+  if [ "${TYPOCLIP_SKIP_TOY:-0}" != 1 ]; then
+    # The positive control (a no-op when it is already in the cache): the first command's
+    # fallback when no checkpoint is cached, and what tests/toy.rs measures.
+    say "training the positive-control toy CLIP into the cache (about 3-5 minutes on 2 cores)"
+    ./target/release/typoclip toy train --quiet
   fi
 fi
 if [ "${TYPOCLIP_SKIP_CHROMIUM:-0}" != 1 ] && ! command -v chromium >/dev/null; then
