@@ -64,37 +64,14 @@ pub fn resolve_layer(
                     units: stage_channels(4),
                 });
             }
-            let rest = l.strip_prefix("layer").ok_or_else(|| {
-                bad(
-                    "a ModifiedResNet layer is layerS, layerS.M (S = 1..4) or attnpool.input"
-                        .into(),
-                )
-            })?;
-            let (s, m) = match rest.split_once('.') {
-                Some((s, m)) => (s, Some(m)),
-                None => (rest, None),
-            };
-            let s: i64 = s
-                .parse()
-                .ok()
-                .filter(|s| (1..=4).contains(s))
-                .ok_or_else(|| bad("the stage must be 1..4".into()))?;
-            let site = match m {
-                None => format!("visual.layer{s}"),
-                Some(m) => {
-                    let blocks = layers[(s - 1) as usize];
-                    let m: i64 = m
-                        .parse()
-                        .ok()
-                        .filter(|m| (0..blocks).contains(m))
-                        .ok_or_else(|| bad(format!("stage {s} has blocks 0..{}", blocks - 1)))?;
-                    format!("visual.layer{s}.{m}")
-                }
-            };
-            Ok(LayerSite {
-                site,
-                layout: SiteLayout::Channels,
-                units: stage_channels(s),
+            let usage = "a ModifiedResNet layer is layerS, layerS.M (S = 1..4) or attnpool.input";
+            let rest = l.strip_prefix("layer").ok_or_else(|| bad(usage.into()))?;
+            stage_layer(rest, ".", 1, layers, usage, layer, |s, m| {
+                let site = match m {
+                    None => format!("visual.layer{s}"),
+                    Some(m) => format!("visual.layer{s}.{m}"),
+                };
+                (site, stage_channels(s as i64))
             })
         }
         VisionConfig::VisionTransformer {
@@ -153,48 +130,77 @@ pub fn resolve_layer(
             0,
         ),
         VisionConfig::TimmFastVit { shape: f, .. } => {
-            let stage_err = || {
-                bad(format!(
-                    "a FastViT layer is stages.S or stages.S.blocks.M (S = 0..{})",
-                    f.stages - 1
-                ))
-            };
+            let usage = format!(
+                "a FastViT layer is stages.S or stages.S.blocks.M (S = 0..{})",
+                f.stages - 1
+            );
             let rest = l
                 .trim_start_matches("trunk.")
                 .strip_prefix("stages.")
-                .ok_or_else(stage_err)?;
-            let (s, m) = match rest.split_once(".blocks.") {
-                Some((s, m)) => (s, Some(m)),
-                None => (rest, None),
-            };
-            let s: usize = s
-                .parse()
-                .ok()
-                .filter(|s| *s < f.stages)
-                .ok_or_else(stage_err)?;
-            let site = match m {
-                None => format!("visual.trunk.stages.{s}"),
-                Some(m) => {
-                    let blocks = f.depths[s];
-                    let m: i64 = m
-                        .parse()
-                        .ok()
-                        .filter(|m| (0..blocks).contains(m))
-                        .ok_or_else(|| bad(format!("stages.{s} has blocks 0..{}", blocks - 1)))?;
-                    format!("visual.trunk.stages.{s}.blocks.{m}")
-                }
-            };
-            Ok(LayerSite {
-                site,
-                layout: SiteLayout::Channels,
-                units: f.dims[s],
-            })
+                .ok_or_else(|| bad(usage.clone()))?;
+            stage_layer(
+                rest,
+                ".blocks.",
+                0,
+                &f.depths[..f.stages],
+                &usage,
+                layer,
+                |s, m| {
+                    let site = match m {
+                        None => format!("visual.trunk.stages.{s}"),
+                        Some(m) => format!("visual.trunk.stages.{s}.blocks.{m}"),
+                    };
+                    (site, f.dims[s])
+                },
+            )
         }
         VisionConfig::TimmConvNext { .. } => Err(bad(
             "the ConvNeXt tower records no per-unit sites (probe a ViT or ModifiedResNet model)"
                 .into(),
         )),
     }
+}
+
+/// A convolutional tower's stage (`S`) or block (`S{sep}M`) output, from `rest` (what follows
+/// the stage prefix): stages numbered from `first`, `depths` blocks each; `site` names the tap
+/// of stage `S` (block `M`) and counts its channels.
+fn stage_layer(
+    rest: &str,
+    sep: &str,
+    first: usize,
+    depths: &[i64],
+    usage: &str,
+    layer: &str,
+    site: impl Fn(usize, Option<i64>) -> (String, i64),
+) -> Result<LayerSite, ProbeError> {
+    let bad = |why: String| ProbeError::Site(format!("--layer {layer}: {why}"));
+    let (s, m) = match rest.split_once(sep) {
+        Some((s, m)) => (s, Some(m)),
+        None => (rest, None),
+    };
+    let s: usize = s
+        .parse()
+        .ok()
+        .filter(|s| (first..first + depths.len()).contains(s))
+        .ok_or_else(|| bad(usage.into()))?;
+    let m = match m {
+        None => None,
+        Some(m) => {
+            let blocks = depths[s - first];
+            Some(
+                m.parse()
+                    .ok()
+                    .filter(|m| (0..blocks).contains(m))
+                    .ok_or_else(|| bad(format!("stage {s} has blocks 0..{}", blocks - 1)))?,
+            )
+        }
+    };
+    let (site, units) = site(s, m);
+    Ok(LayerSite {
+        site,
+        layout: SiteLayout::Channels,
+        units,
+    })
 }
 
 /// A ViT block's residual stream (`BLOCKS.N`) or MLP neurons (`BLOCKS.N.mlp`), for a tower
