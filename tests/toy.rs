@@ -1,6 +1,7 @@
 //! The positive control (`typoclip toy`): training is deterministic and resumes bit-exact;
 //! open_clip itself loads the folder it writes and gives the same embeddings; `--fallback-toy`
-//! runs the toy, its synthetic scenes and its label attack, saying so first. The ignored tests
+//! runs the toy, its synthetic scenes and its label attack, saying so first; `neurons` finds a
+//! unit of the toy that reads the written word. The ignored tests
 //! hold the bars the trained toy must meet (clean accuracy, the label attack, its
 //! dose-response, the defenses); they train the default toy into the cache when it is missing.
 
@@ -451,4 +452,132 @@ fn fallback_toy_runs_the_positive_control_when_nothing_is_cached() {
         .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("typoclip toy train"));
+}
+
+/// Mean of column `unit_{u}` over the rows of a `neurons` activations.csv whose image id
+/// satisfies `keep`.
+fn mean_activation(csv: &Path, unit: i64, keep: impl Fn(&str) -> bool) -> (f64, usize) {
+    let text = std::fs::read_to_string(csv).unwrap();
+    let mut lines = text.lines().filter(|l| !l.starts_with('#'));
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = header
+        .iter()
+        .position(|h| *h == format!("unit_{unit}"))
+        .unwrap_or_else(|| panic!("no unit_{unit} in {}", csv.display()));
+    let values: Vec<f64> = lines
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .filter(|f| keep(f[0].trim_matches('"')))
+        .map(|f| f[col].parse().unwrap())
+        .collect();
+    (
+        values.iter().sum::<f64>() / values.len().max(1) as f64,
+        values.len(),
+    )
+}
+
+/// `attack-change.csv` of a `neurons --attack` run: (unit, mean change, standardized change),
+/// largest increase first.
+fn attack_changes(csv: &Path) -> Vec<(i64, f64, f64)> {
+    std::fs::read_to_string(csv)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with("unit,"))
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (
+                f[0].parse().unwrap(),
+                f[3].parse().unwrap(),
+                f[4].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Probes on the toy: the MLP unit of the last block that the written word "square" raises most
+/// (by its standardized change, as `typoclip neurons --attack` ranks units) responds more to the
+/// word written on other objects than to square objects with nothing written on them; and among
+/// the five units ranked first, one reads the word — the word "square" raises it at least 1.5
+/// times as much as the word "circle" on the same label — rather than reacting to any label.
+#[test]
+fn a_text_reading_unit_responds_to_the_word_more_than_to_the_object() {
+    let tmp = tempfile::tempdir().unwrap();
+    let neurons = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "neurons",
+            "--model",
+            toy().to_str().unwrap(),
+            "--layer",
+            "resblocks.3.mlp",
+            "--dataset",
+            "datasets/synthetic.toml",
+            "--limit",
+            "400",
+            "--shuffle",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let printed = run(&args);
+        assert!(printed.starts_with("# toy CLIP"), "{printed}");
+    };
+    let square = tmp.path().join("square");
+    neurons(
+        &square,
+        &[
+            "--attack",
+            "attacks/toy-labels.toml",
+            "--variant",
+            "toy-labels/square",
+        ],
+    );
+    let mut ranked = attack_changes(&square.join("attack-change.csv"));
+    ranked.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let top: Vec<i64> = ranked.iter().take(5).map(|r| r.0).collect();
+    let unit = top[0];
+    let units = top.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+    // Clean activations of the chosen units, and the word "circle" on the same label.
+    let circle = tmp.path().join("circle");
+    neurons(
+        &circle,
+        &[
+            "--attack",
+            "attacks/toy-labels.toml",
+            "--variant",
+            "toy-labels/circle",
+            "--unit",
+            &units,
+        ],
+    );
+    let acts = circle.join("activations.csv");
+    let (clean_all, n) = mean_activation(&acts, unit, |_| true);
+    let (square_objects, n_sq) = mean_activation(&acts, unit, |id| id.starts_with("square/"));
+    let (others, _) = mean_activation(&acts, unit, |id| !id.starts_with("square/"));
+    let word_change = ranked.iter().find(|r| r.0 == unit).unwrap().1;
+    eprintln!(
+        "unit {unit}: clean mean {clean_all:.3} over {n} scenes, square objects {square_objects:.3} \
+         ({n_sq} scenes), other objects {others:.3}; the word 'square' written raises it by {word_change:.3}"
+    );
+    assert!(n_sq >= 20, "too few square scenes: {n_sq}");
+    // The written word moves the unit far more than the object does.
+    assert!(
+        clean_all + word_change > square_objects + 0.5,
+        "unit {unit}: with the word {:.3}, square objects {square_objects:.3}",
+        clean_all + word_change
+    );
+    assert!(
+        word_change > 3.0 * (square_objects - others).abs(),
+        "unit {unit}: the word raises it by {word_change:.3}, the object by {:.3}",
+        square_objects - others
+    );
+    let by_circle = attack_changes(&circle.join("attack-change.csv"));
+    let reads = top.iter().find(|u| {
+        let sq = ranked.iter().find(|r| r.0 == **u).unwrap().1;
+        let ci = by_circle.iter().find(|r| r.0 == **u).unwrap().1;
+        eprintln!("unit {u}: 'square' raises it by {sq:.3}, 'circle' by {ci:.3}");
+        sq >= 1.5 * ci.max(0.0) && sq > 0.0
+    });
+    assert!(
+        reads.is_some(),
+        "no unit of {top:?} reads 'square' rather than any label"
+    );
 }
