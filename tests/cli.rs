@@ -239,10 +239,11 @@ fn classify_json_with_random_weights_says_so_first() {
 }
 
 /// The README's first command, as written there (less its set-up step and with a temporary
-/// `--out`): it sweeps the built-in photos with a shipped attack, writes the report and prints
-/// the report's path last; with no checkpoint cached it says so on its first line.
+/// `--out`): with no checkpoint cached it runs the positive control — the toy on its synthetic
+/// scenes with its label attack — says so on its first line, writes the report and prints the
+/// report's path last; run again, it continues the finished run.
 #[test]
-fn readme_first_command_sweeps_and_reports_the_builtin_images() {
+fn readme_first_command_sweeps_and_reports() {
     let readme = std::fs::read_to_string(common::repo().join("README.md")).unwrap();
     let block = readme
         .split("```sh\n")
@@ -264,19 +265,30 @@ fn readme_first_command_sweeps_and_reports_the_builtin_images() {
         eprintln!("skipping: the built-in images are not extracted (run scripts/setup.sh)");
         return;
     }
+    // The cache as set-up leaves it offline: the toy trained (here a few steps of it), no
+    // checkpoint — so the first command falls back to the positive control.
+    let cache = dir.path().join("cache");
+    let toy = cache.join("typoclip").join("toy");
+    let trained = Command::new(env!("CARGO_BIN_EXE_typoclip"))
+        .args(["toy", "train", "--out", toy.to_str().unwrap()])
+        .args(["--steps", "4", "--batch", "8", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(
+        trained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trained.stderr)
+    );
     let o = Command::new(env!("CARGO_BIN_EXE_typoclip"))
         .args(&args)
         .current_dir(common::repo())
-        .env(
-            "XDG_CACHE_HOME",
-            dir.path().join("empty-cache"), // nothing cached: the random fallback
-        )
+        .env("XDG_CACHE_HOME", &cache)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(
-        stdout.starts_with("# random weights"),
+        stdout.starts_with("# toy CLIP trained by typoclip"),
         "first line: {}",
         stdout.lines().next().unwrap_or("")
     );
@@ -287,16 +299,20 @@ fn readme_first_command_sweeps_and_reports_the_builtin_images() {
         "last line: {last}"
     );
     let page = std::fs::read_to_string(&html).unwrap();
-    assert!(page.contains("random weights"), "no banner in the report");
+    assert!(
+        page.contains("toy CLIP trained by typoclip"),
+        "no banner in the report"
+    );
+    // The toy's 400 held-out scenes, each with the other nine classes' names.
     let records = std::fs::read_to_string(out.join("records.jsonl")).unwrap();
-    let spec_path = &args[args.iter().position(|a| a == "--attacks").unwrap() + 1];
-    let spec = typoclip::attack::AttackSpec::load(&common::repo().join(spec_path)).unwrap();
-    assert_eq!(records.lines().count(), 4 * spec.variants.len());
+    let spec = typoclip::attack::AttackSpec::load(&common::repo().join("attacks/toy-labels.toml"))
+        .unwrap();
+    assert_eq!(records.lines().count(), 400 * (spec.variants.len() - 1));
     // Running it again continues the finished run instead of failing.
     let again = Command::new(env!("CARGO_BIN_EXE_typoclip"))
         .args(&args)
         .current_dir(common::repo())
-        .env("XDG_CACHE_HOME", dir.path().join("empty-cache"))
+        .env("XDG_CACHE_HOME", &cache)
         .output()
         .unwrap();
     assert!(
