@@ -85,6 +85,7 @@ fn write_artifact(path: &Path, kind: &str, data: Value) {
             images_sha256: vec![],
             words: vec!["banana".into()],
             fonts: vec!["mono".into()],
+            label_size: Default::default(),
             seed: 0,
             model_id: model_id(),
         },

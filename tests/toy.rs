@@ -307,7 +307,7 @@ fn asr(run_dir: &Path) -> (f64, f64) {
 /// evaluation writes five class names, the heads are fitted on the other five (other scenes,
 /// other fonts), as the sweep's disjointness check requires.
 #[test]
-#[ignore = "with the reading toy and labels as wide as its world writes words (2026-12-02) oracle masking restores attacked accuracy to 65.7 % against 98.5 % clean (bar: within 5 points; the masked box hides much of the object) and the fitted head ablation raises ASR (88.1 % to 91.0 %); run by hand"]
+#[ignore = "with the reading toy and labels as wide as its world writes words (2026-12-02) oracle masking restores attacked accuracy to 65.7 % against 98.5 % clean (bar: within 5 points; the masked box hides much of the object) and zeroing the 2 heads fitted on labels as wide raises ASR (88.1 % to 89.7 %) while clean accuracy falls to 53.8 %; run by hand"]
 fn defenses_move_the_attack_success_rate() {
     let tmp = tempfile::tempdir().unwrap();
     let heads = tmp.path().join("heads.json");
@@ -322,6 +322,9 @@ fn defenses_move_the_attack_success_rate() {
         "circle,square,triangle,star,hexagon",
         "--fonts",
         "mono,serif",
+        // As wide as the evaluation's labels (attacks/toy-labels.toml): the toy reads large words.
+        "--label-width",
+        "0.85",
         "--limit",
         "60",
         "--out",

@@ -224,6 +224,7 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
             data_root: None,
             words: c.words.join(","),
             fonts: c.fonts.join(","),
+            label_width: None,
             limit: None,
             shuffle: false,
             seed: c.seed,

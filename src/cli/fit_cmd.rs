@@ -15,7 +15,9 @@ use serde_json::json;
 use super::args::ModelArgs;
 use super::resolve::open_model;
 use crate::dataset::descriptor::DatasetDescriptor;
-use crate::defense::calibration::{build_calibration_set, Artifact, ARTIFACT_FORMAT};
+use crate::defense::calibration::{
+    build_calibration_set, Artifact, CalibrationWords, LabelSize, ARTIFACT_FORMAT,
+};
 use crate::defense::fit::{
     fit_heads, fit_learned_projection, fit_prefix, fit_projection, PrefixSettings,
 };
@@ -43,6 +45,10 @@ pub struct FitArgs {
     /// Calibration fonts, comma-separated (bundled names or font files).
     #[arg(long, default_value = "mono,comic,handwriting-caps")]
     pub fonts: String,
+    /// Write the calibration labels so that the word spans this fraction of the image width
+    /// (as `width_frac` in attack specs) instead of a font size of 12 % of the side.
+    #[arg(long)]
+    pub label_width: Option<f64>,
     /// Use at most N clean images.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -144,11 +150,19 @@ pub fn run_fit(args: FitArgs) -> Result<()> {
         eprintln!("{}", m.banner_line());
     }
     let model_id = m.cache_id();
+    let label_size = match args.label_width {
+        Some(f) if (0.01..=1.0).contains(&f) => LabelSize::WidthFrac(f),
+        Some(f) => bail!("--label-width: {f} is out of range [0.01, 1]"),
+        None => LabelSize::default(),
+    };
     let set = build_calibration_set(
         &descriptor.name,
         &samples,
-        &words,
-        &fonts,
+        CalibrationWords {
+            words: &words,
+            fonts: &fonts,
+            size: label_size,
+        },
         args.seed,
         &m.preprocess,
         &model_id,

@@ -32,6 +32,9 @@ pub struct CalibrationRecord {
     pub words: Vec<String>,
     /// The calibration fonts.
     pub fonts: Vec<String>,
+    /// The size of the calibration labels (artifacts written before this field: the default).
+    #[serde(default)]
+    pub label_size: LabelSize,
     /// Seed of the rendering (placements) and of any fitting randomness.
     pub seed: u64,
     /// The model it was fitted with (checkpoint sha256 or random spec).
@@ -226,14 +229,36 @@ pub struct CalibrationSet {
     pub items: Vec<CalibrationItem>,
 }
 
+/// How large the calibration labels are written.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LabelSize {
+    /// The font size as a fraction of the model input's side (`size_frac`).
+    SizeFrac(f64),
+    /// The text spans this fraction of the input's width (`width_frac`): as a model that reads
+    /// only large words (the toy) is attacked.
+    WidthFrac(f64),
+}
+
+impl Default for LabelSize {
+    /// `size_frac = 0.12`.
+    fn default() -> Self {
+        LabelSize::SizeFrac(0.12)
+    }
+}
+
 /// The attack spec that writes each calibration word in each font: a white paper label with
-/// black text at a random (seeded) place on the model input.
-pub fn calibration_spec(words: &[String], fonts: &[String]) -> String {
+/// black text of `size` at a random (seeded) place on the model input.
+pub fn calibration_spec(words: &[String], fonts: &[String], size: LabelSize) -> String {
     let q = |s: &str| serde_json::to_string(s).expect("string");
-    let mut t = String::from(
+    let size = match size {
+        LabelSize::SizeFrac(f) => format!("size_frac = {f}"),
+        LabelSize::WidthFrac(f) => format!("width_frac = {f}"),
+    };
+    let mut t = format!(
         "description = \"typoclip fit: calibration words on paper labels\"\nname = \"calibration\"\n\
          stage = \"model_input\"\n\n[[layers]]\nkind = \"label\"\nplacement = \"random\"\n\
-         size_frac = 0.12\ncolor = \"black\"\npaper_color = \"white\"\n",
+         {size}\ncolor = \"black\"\npaper_color = \"white\"\n",
     );
     for w in words {
         t.push_str(&format!(
@@ -250,18 +275,33 @@ pub fn calibration_spec(words: &[String], fonts: &[String]) -> String {
     t
 }
 
+/// What the calibration labels say and how they are written.
+#[derive(Debug, Clone, Copy)]
+pub struct CalibrationWords<'a> {
+    /// The words.
+    pub words: &'a [String],
+    /// The fonts, each word written in each.
+    pub fonts: &'a [String],
+    /// The labels' size.
+    pub size: LabelSize,
+}
+
 /// Renders the calibration set: `samples` (clean images) × `words` × `fonts` for a model
 /// trained with the transform `transform` (its input size, resize and normalisation).
 /// Unreadable images are an error naming the file.
 pub fn build_calibration_set(
     dataset: &str,
     samples: &[Sample],
-    words: &[String],
-    fonts: &[String],
+    text: CalibrationWords<'_>,
     seed: u64,
     transform: &crate::preprocess::PreprocessCfg,
     model_id: &str,
 ) -> Result<CalibrationSet, DefenseError> {
+    let CalibrationWords {
+        words,
+        fonts,
+        size: label_size,
+    } = text;
     let err = |path: &str, message: String| DefenseError::Artifact {
         path: path.into(),
         message,
@@ -272,7 +312,7 @@ pub fn build_calibration_set(
             "a calibration set needs at least one image, one word and one font".into(),
         ));
     }
-    let spec_text = calibration_spec(words, fonts);
+    let spec_text = calibration_spec(words, fonts, label_size);
     let spec = crate::attack::AttackSpec::parse(
         &spec_text,
         Path::new("calibration.toml"),
@@ -325,6 +365,7 @@ pub fn build_calibration_set(
             images_sha256: hashes,
             words: words.to_vec(),
             fonts: used_fonts,
+            label_size,
             seed,
             model_id: model_id.into(),
         },
@@ -345,6 +386,7 @@ mod tests {
             images_sha256: vec!["h1".into()],
             words: vec!["Radio".into()],
             fonts: vec!["mono".into()],
+            label_size: LabelSize::default(),
             seed: 0,
             model_id: "m".into(),
         }
@@ -375,7 +417,7 @@ mod tests {
         let words = vec!["radio".to_string(), "say \"hi\"".to_string()];
         let fonts = vec!["mono".to_string(), "comic".to_string()];
         let spec = crate::attack::AttackSpec::parse(
-            &calibration_spec(&words, &fonts),
+            &calibration_spec(&words, &fonts, LabelSize::WidthFrac(0.8)),
             Path::new("c.toml"),
             crate::attack::FontBook::global(),
         )
@@ -384,5 +426,15 @@ mod tests {
         let (w, f) = crate::defense::variant_words_and_fonts(&spec.variants);
         assert!(w.contains("say \"hi\"") && w.contains("radio"));
         assert_eq!(f.len(), 2);
+        let Some(crate::attack::Layer::Label { style, .. }) = spec.variants[0].layers.first()
+        else {
+            panic!("a label")
+        };
+        assert_eq!(style.size, crate::attack::spec::Size::WidthFrac(0.8));
+        // Artifacts written before the label size was recorded read as the default.
+        let mut old = serde_json::to_value(record()).unwrap();
+        old.as_object_mut().unwrap().remove("label_size");
+        let back: CalibrationRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(back.label_size, LabelSize::SizeFrac(0.12));
     }
 }
