@@ -32,6 +32,8 @@ Writes into --out:
                and `legacy_behaviour: true` (`$A </s> eng_Latn`). (open_clip's `language`
                argument is not used: transformers resets the language to `src_lang` on every
                call, so it has no effect.)
+  unigram/scores-as-read.json, xlmr/scores-as-read.json
+               each piece's score as the tokenizers library reads it from tokenizer.json
   cases.json   [{"folder", "context_length", "clean", "strip_sep_token", "ids": [[...]]}]
   corpus.json  [{"text", "mojibake"}]: "mojibake" is true where ftfy's mojibake repair
                changes the text (outside what typoclip reproduces, see src/tokenizer.rs)
@@ -264,6 +266,14 @@ def main():
     train_roberta(lines, os.path.join(args.out, "roberta"))
     train_xlmr(lines, os.path.join(args.out, "xlmr"))
     train_nllb(lines, os.path.join(args.out, "nllb"))
+    # Each Unigram piece score as the tokenizers library holds it after reading the file (its
+    # JSON reader is not correctly rounded; written back shortest-round-trip, so exact here).
+    from tokenizers import Tokenizer
+    for folder in ("unigram", "xlmr"):
+        path = os.path.join(args.out, folder)
+        read = json.loads(Tokenizer.from_file(os.path.join(path, "tokenizer.json")).to_str())
+        with open(os.path.join(path, "scores-as-read.json"), "w") as f:
+            json.dump([score for _, score in read["model"]["vocab"]], f)
     texts = fuzz_corpus(rng)
     cases = []
     for folder, n, clean, strip in CASES:

@@ -24,6 +24,8 @@
 //! 4.57 every call resets the language to `src_lang`, so open_clip's `set_language` has no
 //! effect and honouring it would not be what open_clip computes. Not reproduced: special tokens that are missing from
 //! the vocabulary (refused), and open_clip's `tokenizer_mode="clips"` (refused).
+//! A Unigram file's piece scores are read as the tokenizers library reads them
+//! ([`crate::hf_scores`]): correctly rounded, some texts would segment differently.
 //! Reference: open_clip 3.3.0 `tokenizer.py` (`HFTokenizer`, `get_clean_fn`,
 //! `canonicalize_text`), `factory.py` (`get_tokenizer`).
 
@@ -623,6 +625,7 @@ impl HfTokenizer {
         let mut json: Value = serde_json::from_slice(&bytes)
             .map_err(|e| file_error(path, format!("invalid JSON: {e}")))?;
         config.patch_bert_normalizer(&mut json);
+        crate::hf_scores::reread_unigram_scores(&bytes, &mut json);
         let tokenizer: Tokenizer = serde_json::from_value(json).map_err(|e| {
             file_error(
                 path,

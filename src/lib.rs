@@ -15,6 +15,7 @@ pub mod attack;
 pub mod cli;
 pub mod dataset;
 pub mod defense;
+pub mod hf_scores;
 pub mod hf_tokenizer;
 pub mod html_unescape;
 pub mod hub;

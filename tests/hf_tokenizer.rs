@@ -285,3 +285,42 @@ fn hf_tokenizer_errors_name_the_file() {
     assert!(e.contains("tokenizer.json: invalid JSON"), "{e}");
     assert_eq!(e.lines().count(), 1, "{e}");
 }
+
+/// Every Unigram piece score typoclip reads equals, bit for bit, the one Python's tokenizers
+/// holds after reading the same file — and some of them differ from the correctly rounded
+/// value, so the re-read is what makes near-tied segmentations agree with open_clip.
+#[test]
+fn unigram_scores_read_as_the_tokenizers_library_reads_them() {
+    let (dir, _, _) = reference();
+    for folder in ["unigram", "xlmr"] {
+        let path = dir.join(folder);
+        let bytes = std::fs::read(path.join("tokenizer.json")).unwrap();
+        let want: Vec<f64> = serde_json::from_str(
+            &std::fs::read_to_string(path.join("scores-as-read.json")).unwrap(),
+        )
+        .unwrap();
+        let correctly_rounded: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let mut json = correctly_rounded.clone();
+        typoclip::hf_scores::reread_unigram_scores(&bytes, &mut json);
+        let score = |v: &serde_json::Value, i: usize| v["model"]["vocab"][i][1].as_f64().unwrap();
+        assert_eq!(json["model"]["vocab"].as_array().unwrap().len(), want.len());
+        let mut differ = 0;
+        for (i, w) in want.iter().enumerate() {
+            assert_eq!(
+                score(&json, i).to_bits(),
+                w.to_bits(),
+                "{folder} piece {i}: {} read, tokenizers holds {w}",
+                score(&json, i)
+            );
+            differ += usize::from(score(&correctly_rounded, i) != *w);
+        }
+        eprintln!(
+            "{folder}: {} scores equal to tokenizers'; {differ} of them not correctly rounded",
+            want.len()
+        );
+        assert!(
+            differ > 0,
+            "{folder}: no score off by rounding: the check shows nothing"
+        );
+    }
+}
