@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 use typoclip::defense::calibration::{Artifact, CalibrationRecord, ARTIFACT_FORMAT};
 use typoclip::defense::{DefenseStack, ImageContext};
-use typoclip::model::ClipModel;
+use typoclip::model::{ClipModel, Probe};
 
 fn typoclip(args: &[&str]) -> std::process::Output {
     common::run_typoclip(args, "typoclip-test-defense-cache")
@@ -677,6 +677,113 @@ fn fit_heads_and_prefix_then_sweep_with_them() {
         2
     );
     assert!(prov["templates"].as_str().unwrap().ends_with("+prefix"));
+}
+
+/// Mean-ablation: `fit heads --ablation mean` stores the best heads' means and the defense
+/// replaces those heads' outputs by them; replacing a head by its mean over one image leaves
+/// that image's embedding as it is, while zeroing the head changes it; a `k` beyond the stored
+/// means is refused before any work.
+#[test]
+fn mean_ablation_replaces_heads_by_their_calibration_means() {
+    use typoclip::defense::fit::head_means;
+    use typoclip::defense::heads::Ablation;
+    let model = tiny_model();
+    let images = tiny_images();
+    let one = images.get(0);
+    let means = head_means(&model, &[&one], 2, 4);
+    assert_eq!(means.len(), 2);
+    let (h, l, d) = means[1].size3().unwrap();
+    assert_eq!(h, 2);
+    let plain = model.encode_image_probed(&one.unsqueeze(0), &mut Probe::none());
+    let mean = means[1].get(1);
+    assert_eq!(mean.size(), [l, d]);
+    let own_mean = model.encode_image_probed(
+        &one.unsqueeze(0),
+        &mut Probe::none().with_intervention(Ablation::Mean.intervention(1, 1, Some(&mean))),
+    );
+    let zeroed = model.encode_image_probed(
+        &one.unsqueeze(0),
+        &mut Probe::none().with_intervention(Ablation::Zero.intervention(1, 1, None)),
+    );
+    let diff = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
+    assert!(
+        diff(&own_mean, &plain) < 1e-5,
+        "{}",
+        diff(&own_mean, &plain)
+    );
+    assert!(diff(&zeroed, &plain) > 1e-3, "{}", diff(&zeroed, &plain));
+    // The mean over two images is their average, head by head.
+    let two = head_means(&model, &[&images.get(0), &images.get(1)], 2, 1);
+    let second = head_means(&model, &[&images.get(1)], 2, 4);
+    let avg = (&means[0] + &second[0]) / 2.0;
+    assert!(diff(&two[0], &avg) < 1e-5);
+
+    let dir = tempfile::tempdir().unwrap();
+    let calib = image_folder(dir.path(), "calib", &["apple", "pear", "plum"], 2, 3);
+    let eval = image_folder(dir.path(), "eval", &["apple", "pear"], 1, 4);
+    let tiny = tiny().display().to_string();
+    let heads = dir.path().join("heads.json");
+    ok(&typoclip(&[
+        "fit",
+        "heads",
+        "--model",
+        &tiny,
+        "--dataset",
+        calib.to_str().unwrap(),
+        "--words",
+        "banana,violin",
+        "--fonts",
+        "mono",
+        "--ablation",
+        "mean",
+        "--keep-means",
+        "3",
+        "--out",
+        heads.to_str().unwrap(),
+        "--quiet",
+    ]));
+    let h = read_json(&heads);
+    assert_eq!(h["data"]["ablation"], "mean");
+    let stored = h["data"]["means"].as_array().unwrap();
+    assert_eq!(stored.len(), 3, "the best 3 of 4 heads");
+    for (m, s) in stored.iter().zip(h["data"]["heads"].as_array().unwrap()) {
+        assert_eq!((&m["layer"], &m["head"]), (&s["layer"], &s["head"]));
+        let shape: Vec<i64> = serde_json::from_value(m["shape"].clone()).unwrap();
+        assert_eq!(shape, vec![l, d]);
+        assert_eq!(m["values"].as_array().unwrap().len() as i64, l * d);
+    }
+    let spec = common::repo().join("attacks/ipod-label.toml");
+    let sweep = |out: &Path, k: usize| {
+        typoclip(&[
+            "sweep",
+            "--model",
+            &tiny,
+            "--dataset",
+            eval.to_str().unwrap(),
+            "--attacks",
+            spec.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+            "--defense",
+            &format!("heads:file={},k={k}", heads.display()),
+        ])
+    };
+    let out = dir.path().join("run");
+    ok(&sweep(&out, 3));
+    let prov = read_json(&out.join("provenance.json"));
+    assert_eq!(prov["defenses"][0]["params"]["ablation"], "mean");
+    assert_eq!(
+        prov["defenses"][0]["params"]["ablated"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    let o = sweep(&dir.path().join("run4"), 4);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("k") && err.lines().count() == 1, "{err}");
 }
 
 #[test]

@@ -301,13 +301,15 @@ fn asr(run_dir: &Path) -> (f64, f64) {
     )
 }
 
-/// The defenses, for real: oracle masking restores attacked accuracy to within 5 points of
-/// clean; blur and the fitted typographic-head ablation lower the attack success rate; the
-/// ignore-text prompts are measured and recorded; the comparison ranks the runs. The
+/// The defenses, for real: oracle masking of the words in plain ink restores attacked accuracy
+/// to within 5 points of clean (and raises it under the label's paper, which hides much of the
+/// object); blur and the ignore-text prompts lower the attack success rate; mean-ablating the
+/// fitted typographic head lowers how often a scene reads as the written class; the
+/// comparisons rank the runs. The
 /// evaluation writes five class names, the heads are fitted on the other five (other scenes,
 /// other fonts), as the sweep's disjointness check requires.
 #[test]
-#[ignore = "with the reading toy and labels as wide as its world writes words (2026-12-02) oracle masking restores attacked accuracy to 65.7 % against 98.5 % clean (bar: within 5 points; the masked box hides much of the object) and zeroing the 2 heads fitted on labels as wide raises ASR (88.1 % to 89.7 %) while clean accuracy falls to 53.8 %; run by hand"]
+#[ignore = "passes by hand (2026-12-02, 7 s): labels — none: clean 98.5 %, attacked 12.3 %, ASR 88.1 %, 60.7 % changed to target; oracle mask: attacked 65.7 %; blur: ASR 80.5 %; ignore-text: ASR 77.0 %; mean-ablating the best fitted head: 41.8 % changed to target (ASR 90.3 %, clean 90.8 %); ink — attacked 20.5 %, masked 96.7 % against clean 98.5 %; the mask bar's 3.2-point margin is inside what a toy trained on another CPU may move, so not in CI"]
 fn defenses_move_the_attack_success_rate() {
     let tmp = tempfile::tempdir().unwrap();
     let heads = tmp.path().join("heads.json");
@@ -325,6 +327,9 @@ fn defenses_move_the_attack_success_rate() {
         // As wide as the evaluation's labels (attacks/toy-labels.toml): the toy reads large words.
         "--label-width",
         "0.85",
+        // Zeroing a head of this small model also removes its large constant part.
+        "--ablation",
+        "mean",
         "--limit",
         "60",
         "--out",
@@ -337,58 +342,91 @@ fn defenses_move_the_attack_success_rate() {
     for v in &variants {
         extra.extend(["--variant", v]);
     }
-    let heads_spec = format!("heads:file={},k=2", heads.display());
-    let runs: Vec<(&str, Vec<&str>)> = vec![
-        ("none", vec![]),
-        ("mask", vec!["--defense", "mask"]),
-        ("blur", vec!["--defense", "blur:sigma=1.5"]),
-        ("heads", vec!["--defense", heads_spec.as_str()]),
-        ("ignore-text", vec!["--defense", "prompt:set=ignore-text"]),
+    // One of the toy's eight heads (4 blocks × 2): each carries much of its shape recognition.
+    let heads_spec = format!("heads:file={},k=1", heads.display());
+    let labels = "attacks/toy-labels.toml";
+    // The same words in plain ink: masking the glyphs leaves the object visible, where the
+    // label's paper hides much of it.
+    let ink_spec = "attacks/toy-ink.toml";
+    let runs: Vec<(&str, &str, Vec<&str>)> = vec![
+        ("none", labels, vec![]),
+        ("mask", labels, vec!["--defense", "mask"]),
+        ("blur", labels, vec!["--defense", "blur:sigma=1.5"]),
+        ("heads", labels, vec!["--defense", heads_spec.as_str()]),
+        (
+            "ignore-text",
+            labels,
+            vec!["--defense", "prompt:set=ignore-text"],
+        ),
+        ("ink", ink_spec, vec![]),
+        ("ink-mask", ink_spec, vec!["--defense", "mask"]),
     ];
     let mut measured = Vec::new();
-    for (name, defense) in &runs {
+    for (name, spec, defense) in &runs {
         let out = tmp.path().join(name);
         let mut args = extra.clone();
         args.extend(defense.iter().copied());
-        sweep(&out, "attacks/toy-labels.toml", "120", &args);
-        let (clean, _, _, _) = rates(&out);
+        sweep(&out, spec, "120", &args);
+        let (clean, _, to_target, _) = rates(&out);
         let (a, acc) = asr(&out);
-        eprintln!("{name:<12} clean {clean:.3} attacked {acc:.3} ASR {a:.3}");
-        measured.push((name.to_string(), clean, acc, a));
+        eprintln!(
+            "{name:<12} clean {clean:.3} attacked {acc:.3} ASR {a:.3} changed to target {to_target:.3}"
+        );
+        measured.push((name.to_string(), clean, acc, a, to_target));
     }
     let get = |n: &str| measured.iter().find(|m| m.0 == n).unwrap().clone();
     let none = get("none");
-    let mask = get("mask");
+    let (ink, ink_mask) = (get("ink"), get("ink-mask"));
     assert!(
-        mask.2 >= none.1 - 0.05,
-        "oracle masking: attacked accuracy {:.3} not within 5 points of clean {:.3}",
-        mask.2,
-        none.1
+        ink.2 < ink.1 - 0.25,
+        "the ink attack does not work, so masking it shows nothing: {measured:?}"
+    );
+    assert!(
+        ink_mask.2 >= ink.1 - 0.05,
+        "oracle masking of ink: attacked accuracy {:.3} not within 5 points of clean {:.3}",
+        ink_mask.2,
+        ink.1
+    );
+    assert!(
+        get("mask").2 > none.2,
+        "oracle masking of labels does not raise attacked accuracy: {measured:?}"
     );
     assert!(
         get("blur").3 < none.3,
         "blur does not lower ASR: {measured:?}"
     );
+    // The fitted head carries the written word's pull: taking it out lowers how often an
+    // attacked scene reads as the written class (what `fit heads` ranks by). It does not lower
+    // the untargeted ASR, recorded beside it: the scenes it no longer reads as the word it
+    // mostly still gets wrong, the label hiding much of the object and the head also seeing.
     assert!(
-        get("heads").3 < none.3,
-        "head ablation does not lower ASR: {measured:?}"
+        get("heads").4 < none.4 - 0.1,
+        "head ablation does not lower the changed-to-target rate by 10 points: {measured:?}"
     );
-    let dirs: Vec<String> = runs
-        .iter()
-        .map(|(n, _)| tmp.path().join(n).display().to_string())
-        .collect();
-    let cmp = tmp.path().join("comparison");
-    let mut args = vec!["compare"];
-    args.extend(dirs.iter().map(String::as_str));
-    args.extend(["--out", cmp.to_str().unwrap()]);
-    let printed = run(&args);
-    assert!(printed.starts_with("# toy CLIP"), "{printed}");
-    assert!(cmp.join("comparison.html").is_file());
-    for (n, _) in &runs {
-        assert!(
-            printed.contains(n),
-            "{n} missing from the comparison:\n{printed}"
-        );
+    assert!(
+        get("ignore-text").3 < none.3,
+        "the ignore-text prompts do not lower ASR: {measured:?}"
+    );
+    // Each attack's runs are ranked against its own undefended run.
+    for (spec, label) in [(labels, "labels"), (ink_spec, "ink")] {
+        let group: Vec<&str> = runs.iter().filter(|r| r.1 == spec).map(|r| r.0).collect();
+        let dirs: Vec<String> = group
+            .iter()
+            .map(|n| tmp.path().join(n).display().to_string())
+            .collect();
+        let cmp = tmp.path().join(format!("comparison-{label}"));
+        let mut args = vec!["compare"];
+        args.extend(dirs.iter().map(String::as_str));
+        args.extend(["--out", cmp.to_str().unwrap()]);
+        let printed = run(&args);
+        assert!(printed.starts_with("# toy CLIP"), "{printed}");
+        assert!(cmp.join("comparison.html").is_file());
+        for n in &group {
+            assert!(
+                printed.contains(n),
+                "{n} missing from the comparison:\n{printed}"
+            );
+        }
     }
 }
 

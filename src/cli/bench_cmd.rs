@@ -225,6 +225,8 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
             words: c.words.join(","),
             fonts: c.fonts.join(","),
             label_width: None,
+            ablation: "zero".into(),
+            keep_means: 16,
             limit: None,
             shuffle: false,
             seed: c.seed,

@@ -19,8 +19,9 @@ use crate::defense::calibration::{
     build_calibration_set, Artifact, CalibrationWords, LabelSize, ARTIFACT_FORMAT,
 };
 use crate::defense::fit::{
-    fit_heads, fit_learned_projection, fit_prefix, fit_projection, PrefixSettings,
+    fit_heads, fit_learned_projection, fit_prefix, fit_projection, HeadFitSettings, PrefixSettings,
 };
+use crate::defense::heads::Ablation;
 use crate::tokenizer::ClipTokenizer;
 use crate::zeroshot::TemplateSet;
 
@@ -49,6 +50,15 @@ pub struct FitArgs {
     /// (as `width_frac` in attack specs) instead of a font size of 12 % of the side.
     #[arg(long)]
     pub label_width: Option<f64>,
+    /// `--kind heads`: take each head out by `zero`ing its output or by replacing it with its
+    /// `mean` over the clean calibration images (mean-ablation; the artifact then stores the
+    /// means of the best --keep-means heads).
+    #[arg(long, default_value = "zero", value_parser = ["zero", "mean"])]
+    pub ablation: String,
+    /// `--kind heads --ablation mean`: how many of the best heads' means the artifact keeps
+    /// (the most a `heads:k=K` defense can take out).
+    #[arg(long, default_value_t = 16)]
+    pub keep_means: usize,
     /// Use at most N clean images.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -216,12 +226,19 @@ pub fn run_fit(args: FitArgs) -> Result<()> {
         "heads" => {
             let quiet = args.quiet;
             let tok = m.tokenizer()?;
-            let (scores, (p0, asr0)) = fit_heads(
+            let ablation = Ablation::parse(&args.ablation).ok_or_else(|| {
+                anyhow::anyhow!("--ablation: {:?} is not zero or mean", args.ablation)
+            })?;
+            let r = fit_heads(
                 &m.model,
                 &*tok,
                 &set,
                 &templates,
-                args.batch_size,
+                HeadFitSettings {
+                    batch_size: args.batch_size,
+                    ablation,
+                    keep_means: args.keep_means,
+                },
                 &|done, total| {
                     if !quiet {
                         eprint!("\rscoring heads: {done}/{total}");
@@ -233,9 +250,14 @@ pub fn run_fit(args: FitArgs) -> Result<()> {
             )
             .map_err(anyhow::Error::msg)?;
             fit.insert("templates".into(), json!(templates.name));
-            fit.insert("p_word_baseline".into(), json!(p0));
-            fit.insert("asr_baseline".into(), json!(asr0));
-            json!({"heads": scores})
+            fit.insert("p_word_baseline".into(), json!(r.baseline.0));
+            fit.insert("asr_baseline".into(), json!(r.baseline.1));
+            match ablation {
+                Ablation::Zero => json!({"heads": r.scores, "ablation": ablation}),
+                Ablation::Mean => {
+                    json!({"heads": r.scores, "ablation": ablation, "means": r.means})
+                }
+            }
         }
         _ => {
             let settings = PrefixSettings {

@@ -8,10 +8,8 @@ use tch::nn::OptimizerConfig;
 use tch::{Kind, Tensor};
 
 use super::calibration::CalibrationSet;
-use super::heads::{head_site, HeadScore};
-use crate::model::{
-    l2_normalize, ClipModel, Intervention, InterventionAction, Probe, VisionConfig,
-};
+use super::heads::{head_site, Ablation, HeadMean, HeadScore};
+use crate::model::{l2_normalize, ClipModel, Probe, VisionConfig};
 use crate::text_tokenizer::TextTokenizer;
 use crate::tokenizer::ClipTokenizer;
 use crate::zeroshot::{ClassLabel, LabelSet, TemplateSet};
@@ -110,18 +108,76 @@ fn attack_pull(
     (p_word, success as f64 / words.len().max(1) as f64)
 }
 
-/// Scores every head of a ViT image tower by zeroing it alone on the attacked calibration
+/// What [`fit_heads`] found.
+#[derive(Debug)]
+pub struct HeadsFit {
+    /// Every head, best first.
+    pub scores: Vec<HeadScore>,
+    /// Mean P(word) and attack success rate without ablation.
+    pub baseline: (f64, f64),
+    /// [`Ablation::Mean`]: the means of the first `keep_means` heads of `scores`.
+    pub means: Vec<HeadMean>,
+}
+
+/// Each block's per-head mean output `[H, L, W/H]` over `images` (no gradients).
+pub fn head_means(
+    model: &ClipModel,
+    images: &[&Tensor],
+    layers: usize,
+    batch_size: usize,
+) -> Vec<Tensor> {
+    let _g = tch::no_grad_guard();
+    let sites: Vec<String> = (0..layers).map(head_site).collect();
+    let mut sums: Vec<Option<Tensor>> = (0..layers).map(|_| None).collect();
+    for c in images.chunks(batch_size.max(1)) {
+        let b = Tensor::stack(&c.iter().map(|t| t.shallow_clone()).collect::<Vec<_>>(), 0);
+        let mut probe = Probe::capture(sites.iter().map(String::as_str));
+        let _ = model.encode_image_probed(&b, &mut probe);
+        for (sum, site) in sums.iter_mut().zip(&sites) {
+            let batch = probe.taps()[site]
+                .to_kind(Kind::Double)
+                .sum_dim_intlist(0, false, Kind::Double)
+                .to_device(tch::Device::Cpu);
+            *sum = Some(match sum.take() {
+                None => batch,
+                Some(s) => s + batch,
+            });
+        }
+    }
+    let n = images.len().max(1) as f64;
+    sums.into_iter()
+        .map(|s| (s.expect("at least one image") / n).to_kind(Kind::Float))
+        .collect()
+}
+
+/// Settings of [`fit_heads`].
+#[derive(Debug, Clone, Copy)]
+pub struct HeadFitSettings {
+    /// Images per forward pass.
+    pub batch_size: usize,
+    /// How a head is taken out.
+    pub ablation: Ablation,
+    /// How many of the best heads' means to keep ([`Ablation::Mean`]).
+    pub keep_means: usize,
+}
+
+/// Scores every head of a ViT image tower by taking it out alone (`ablation`: zeroed, or
+/// replaced by its mean over the clean calibration images) on the attacked calibration
 /// images: the drop of the attack success rate and of the mean P(word), sorted best first
-/// (attack-success drop, then P(word) drop). Returns the baseline (P(word), ASR) too. `progress` is called after each
-/// head.
+/// (attack-success drop, then P(word) drop). `progress` is called after each head.
 pub fn fit_heads(
     model: &ClipModel,
     tokenizer: &dyn TextTokenizer,
     set: &CalibrationSet,
     templates: &TemplateSet,
-    batch_size: usize,
+    settings: HeadFitSettings,
     progress: &dyn Fn(usize, usize),
-) -> Result<(Vec<HeadScore>, (f64, f64)), String> {
+) -> Result<HeadsFit, String> {
+    let HeadFitSettings {
+        batch_size,
+        ablation,
+        keep_means,
+    } = settings;
     let VisionConfig::VisionTransformer { layers, heads, .. } = model.config().vision else {
         return Err("head ablation needs a ViT image tower (this model is a ResNet)".into());
     };
@@ -137,12 +193,8 @@ pub fn fit_heads(
         .iter()
         .map(|i| classes.index_of_name(&i.word).expect("words are classes"))
         .collect();
-    let clean = encode_all(
-        model,
-        &set.clean.iter().collect::<Vec<_>>(),
-        batch_size,
-        &Probe::none,
-    );
+    let clean_images: Vec<&Tensor> = set.clean.iter().collect();
+    let clean = encode_all(model, &clean_images, batch_size, &Probe::none);
     let clean_top1_img = Vec::<i64>::try_from(
         l2_normalize(&clean)
             .matmul(&weights.transpose(0, 1))
@@ -150,6 +202,11 @@ pub fn fit_heads(
     )
     .expect("i64");
     let clean_top1: Vec<i64> = set.items.iter().map(|i| clean_top1_img[i.image]).collect();
+    let means = match ablation {
+        Ablation::Zero => Vec::new(),
+        Ablation::Mean => head_means(model, &clean_images, layers as usize, batch_size),
+    };
+    let mean_of = |l: usize, h: usize| means.get(l).map(|m| m.get(h as i64));
     let attacked: Vec<&Tensor> = set.items.iter().map(|i| &i.attacked).collect();
     let base = encode_all(model, &attacked, batch_size, &Probe::none);
     let (p0, asr0) = attack_pull(&base, &weights, scoring, &words, &clean_top1);
@@ -157,13 +214,9 @@ pub fn fit_heads(
     let mut scores = Vec::with_capacity(total);
     for l in 0..layers as usize {
         for h in 0..heads as usize {
-            let probe = || {
-                Probe::none().with_intervention(Intervention {
-                    site: head_site(l),
-                    unit: h as i64,
-                    action: InterventionAction::Zero,
-                })
-            };
+            let mean = mean_of(l, h);
+            let probe =
+                || Probe::none().with_intervention(ablation.intervention(l, h, mean.as_ref()));
             let f = encode_all(model, &attacked, batch_size, &probe);
             let (p, asr) = attack_pull(&f, &weights, scoring, &words, &clean_top1);
             scores.push(HeadScore {
@@ -176,7 +229,7 @@ pub fn fit_heads(
             progress(scores.len(), total);
         }
     }
-    // Ranked by how much zeroing the head reduces attack success; ties (frequent on small
+    // Ranked by how much taking the head out reduces attack success; ties (frequent on small
     // calibration sets, where success moves in coarse steps) by the drop of P(word).
     scores.sort_by(|a, b| {
         b.asr_drop
@@ -189,7 +242,16 @@ pub fn fit_heads(
             )
             .then((a.layer, a.head).cmp(&(b.layer, b.head)))
     });
-    Ok((scores, (p0, asr0)))
+    let kept = scores
+        .iter()
+        .take(keep_means)
+        .filter_map(|s| mean_of(s.layer, s.head).map(|m| HeadMean::new(s.layer, s.head, &m)))
+        .collect();
+    Ok(HeadsFit {
+        scores,
+        baseline: (p0, asr0),
+        means: kept,
+    })
 }
 
 /// Settings of [`fit_prefix`].
