@@ -1,9 +1,9 @@
 //! The positive control (`typoclip toy`): training is deterministic and resumes bit-exact;
 //! open_clip itself loads the folder it writes and gives the same embeddings; `--fallback-toy`
 //! runs the toy, its synthetic scenes and its label attack, saying so first; `neurons` finds a
-//! unit of the toy that reads the written word. The ignored tests
-//! hold the bars the trained toy must meet (clean accuracy, the label attack, its
-//! dose-response, the defenses); they train the default toy into the cache when it is missing.
+//! unit of the toy that reads the written word; the trained toy meets the bars of a positive
+//! control (clean accuracy, the label attack, its dose-response, the defenses). The tests that
+//! need the default toy train it into the cache when it is missing (set-up has trained it).
 
 mod common;
 
@@ -217,8 +217,10 @@ fn sweep(out: &Path, attacks: &str, limit: &str, extra: &[&str]) -> String {
     run(&args)
 }
 
+/// Measured (2026-12-02, the default toy as set-up trains it, the same on an AMD EPYC and an
+/// Intel Xeon VM): clean 91.5 %, attacked 8.3 %, 37.1 % of 1800 cells changed to the
+/// written class.
 #[test]
-#[ignore = "passes by hand (2026-12-02: clean 91.5 %, attacked 8.3 %, 37.1 % of 1800 cells changed to the written class); the clean bar's 1.5-point margin is inside the run-to-run spread of training the toy on another CPU, so not in CI"]
 fn the_toy_reads_clean_accuracy_and_the_label_attack() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("labels");
@@ -305,11 +307,14 @@ fn asr(run_dir: &Path) -> (f64, f64) {
 /// to within 5 points of clean (and raises it under the label's paper, which hides much of the
 /// object); blur and the ignore-text prompts lower the attack success rate; mean-ablating the
 /// fitted typographic head lowers how often a scene reads as the written class; the
-/// comparisons rank the runs. The
-/// evaluation writes five class names, the heads are fitted on the other five (other scenes,
-/// other fonts), as the sweep's disjointness check requires.
+/// comparisons rank the runs. The evaluation writes five class names, the heads are fitted on
+/// the other five (other scenes, other fonts), as the sweep's disjointness check requires.
+///
+/// Measured (2026-12-02, as above): labels — none: clean 98.5 %, attacked 12.3 %, ASR
+/// 88.1 %, 60.7 % changed to target; oracle mask: attacked 65.7 %; blur: ASR 80.5 %;
+/// ignore-text: ASR 77.0 %; mean-ablating the best fitted head: 41.8 % changed to target
+/// (ASR 90.3 %, clean 90.8 %); ink — attacked 20.5 %, masked 96.7 % against clean 98.5 %.
 #[test]
-#[ignore = "passes by hand (2026-12-02, 7 s): labels — none: clean 98.5 %, attacked 12.3 %, ASR 88.1 %, 60.7 % changed to target; oracle mask: attacked 65.7 %; blur: ASR 80.5 %; ignore-text: ASR 77.0 %; mean-ablating the best fitted head: 41.8 % changed to target (ASR 90.3 %, clean 90.8 %); ink — attacked 20.5 %, masked 96.7 % against clean 98.5 %; the mask bar's 3.2-point margin is inside what a toy trained on another CPU may move, so not in CI"]
 fn defenses_move_the_attack_success_rate() {
     let tmp = tempfile::tempdir().unwrap();
     let heads = tmp.path().join("heads.json");
