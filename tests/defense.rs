@@ -20,6 +20,27 @@ fn typoclip(args: &[&str]) -> std::process::Output {
     common::run_typoclip(args, "typoclip-test-defense-cache")
 }
 
+/// `typoclip sweep` of `attacks/ipod-label.toml` on `dataset` with `defenses`, quiet.
+fn ipod_sweep(model: &str, dataset: &Path, out: &Path, defenses: &[&str]) -> std::process::Output {
+    let spec = common::repo().join("attacks/ipod-label.toml");
+    let mut args = vec![
+        "sweep",
+        "--model",
+        model,
+        "--dataset",
+        dataset.to_str().unwrap(),
+        "--attacks",
+        spec.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ];
+    for d in defenses {
+        args.extend(["--defense", d]);
+    }
+    typoclip(&args)
+}
+
 fn tiny() -> PathBuf {
     common::fixtures().join("tiny-vit.state_dict.pt")
 }
@@ -642,25 +663,16 @@ fn fit_heads_and_prefix_then_sweep_with_them() {
     ]);
     assert_eq!(o.status.code(), Some(2));
     let out = dir.path().join("run");
-    let spec = common::repo().join("attacks/ipod-label.toml");
-    ok(&typoclip(&[
-        "sweep",
-        "--model",
+    ok(&ipod_sweep(
         &model,
-        "--dataset",
-        eval.to_str().unwrap(),
-        "--attacks",
-        spec.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--quiet",
-        "--defense",
-        &format!("heads:file={},k=2", heads.display()),
-        "--defense",
-        &format!("prefix:file={}", prefix.display()),
-        "--defense",
-        "mask:source=oracle",
-    ]));
+        &eval,
+        &out,
+        &[
+            &format!("heads:file={},k=2", heads.display()),
+            &format!("prefix:file={}", prefix.display()),
+            "mask:source=oracle",
+        ],
+    ));
     let prov = read_json(&out.join("provenance.json"));
     let names: Vec<&str> = prov["defenses"]
         .as_array()
@@ -752,22 +764,13 @@ fn mean_ablation_replaces_heads_by_their_calibration_means() {
         assert_eq!(shape, vec![l, d]);
         assert_eq!(m["values"].as_array().unwrap().len() as i64, l * d);
     }
-    let spec = common::repo().join("attacks/ipod-label.toml");
     let sweep = |out: &Path, k: usize| {
-        typoclip(&[
-            "sweep",
-            "--model",
+        ipod_sweep(
             &tiny,
-            "--dataset",
-            eval.to_str().unwrap(),
-            "--attacks",
-            spec.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--quiet",
-            "--defense",
-            &format!("heads:file={},k={k}", heads.display()),
-        ])
+            &eval,
+            out,
+            &[&format!("heads:file={},k={k}", heads.display())],
+        )
     };
     let out = dir.path().join("run");
     ok(&sweep(&out, 3));
