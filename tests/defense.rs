@@ -20,6 +20,27 @@ fn typoclip(args: &[&str]) -> std::process::Output {
     common::run_typoclip(args, "typoclip-test-defense-cache")
 }
 
+/// `typoclip fit heads` on `calib` with the words banana and violin in mono, quiet.
+fn fit_heads_cli(model: &str, calib: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "fit",
+        "heads",
+        "--model",
+        model,
+        "--dataset",
+        calib.to_str().unwrap(),
+        "--words",
+        "banana,violin",
+        "--fonts",
+        "mono",
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    typoclip(&args)
+}
+
 /// `typoclip sweep` of `attacks/ipod-label.toml` on `dataset` with `defenses`, quiet.
 fn ipod_sweep(model: &str, dataset: &Path, out: &Path, defenses: &[&str]) -> std::process::Output {
     let spec = common::repo().join("attacks/ipod-label.toml");
@@ -586,21 +607,7 @@ fn fit_heads_and_prefix_then_sweep_with_them() {
     let eval = image_folder(dir.path(), "eval", &["apple", "pear"], 1, 4);
     let model = tiny().display().to_string();
     let heads = dir.path().join("heads.json");
-    ok(&typoclip(&[
-        "fit",
-        "heads",
-        "--model",
-        &model,
-        "--dataset",
-        calib.to_str().unwrap(),
-        "--words",
-        "banana,violin",
-        "--fonts",
-        "mono",
-        "--out",
-        heads.to_str().unwrap(),
-        "--quiet",
-    ]));
+    ok(&fit_heads_cli(&model, &calib, &heads, &[]));
     let h = read_json(&heads);
     let list = h["data"]["heads"].as_array().unwrap();
     assert_eq!(list.len(), 4, "2 layers × 2 heads");
@@ -735,25 +742,12 @@ fn mean_ablation_replaces_heads_by_their_calibration_means() {
     let eval = image_folder(dir.path(), "eval", &["apple", "pear"], 1, 4);
     let tiny = tiny().display().to_string();
     let heads = dir.path().join("heads.json");
-    ok(&typoclip(&[
-        "fit",
-        "heads",
-        "--model",
+    ok(&fit_heads_cli(
         &tiny,
-        "--dataset",
-        calib.to_str().unwrap(),
-        "--words",
-        "banana,violin",
-        "--fonts",
-        "mono",
-        "--ablation",
-        "mean",
-        "--keep-means",
-        "3",
-        "--out",
-        heads.to_str().unwrap(),
-        "--quiet",
-    ]));
+        &calib,
+        &heads,
+        &["--ablation", "mean", "--keep-means", "3"],
+    ));
     let h = read_json(&heads);
     assert_eq!(h["data"]["ablation"], "mean");
     let stored = h["data"]["means"].as_array().unwrap();
