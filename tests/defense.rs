@@ -20,11 +20,17 @@ fn typoclip(args: &[&str]) -> std::process::Output {
     common::run_typoclip(args, "typoclip-test-defense-cache")
 }
 
-/// `typoclip fit heads` on `calib` with the words banana and violin in mono, quiet.
-fn fit_heads_cli(model: &str, calib: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+/// `typoclip fit KIND` on `calib` with the words banana and violin in mono, quiet.
+fn fit_cli(
+    kind: &str,
+    model: &str,
+    calib: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> std::process::Output {
     let mut args = vec![
         "fit",
-        "heads",
+        kind,
         "--model",
         model,
         "--dataset",
@@ -607,7 +613,7 @@ fn fit_heads_and_prefix_then_sweep_with_them() {
     let eval = image_folder(dir.path(), "eval", &["apple", "pear"], 1, 4);
     let model = tiny().display().to_string();
     let heads = dir.path().join("heads.json");
-    ok(&fit_heads_cli(&model, &calib, &heads, &[]));
+    ok(&fit_cli("heads", &model, &calib, &heads, &[]));
     let h = read_json(&heads);
     let list = h["data"]["heads"].as_array().unwrap();
     assert_eq!(list.len(), 4, "2 layers × 2 heads");
@@ -625,25 +631,13 @@ fn fit_heads_and_prefix_then_sweep_with_them() {
         "not ranked by attack-success drop, then P(word) drop: {keys:?}"
     );
     let prefix = dir.path().join("prefix.json");
-    ok(&typoclip(&[
-        "fit",
+    ok(&fit_cli(
         "prefix",
-        "--model",
         &model,
-        "--dataset",
-        calib.to_str().unwrap(),
-        "--words",
-        "banana,violin",
-        "--fonts",
-        "mono",
-        "--steps",
-        "25",
-        "--lr",
-        "0.01",
-        "--out",
-        prefix.to_str().unwrap(),
-        "--quiet",
-    ]));
+        &calib,
+        &prefix,
+        &["--steps", "25", "--lr", "0.01"],
+    ));
     let p = read_json(&prefix);
     let before = p["fit"]["loss_before"].as_f64().unwrap();
     let after = p["fit"]["loss_after"].as_f64().unwrap();
@@ -742,7 +736,8 @@ fn mean_ablation_replaces_heads_by_their_calibration_means() {
     let eval = image_folder(dir.path(), "eval", &["apple", "pear"], 1, 4);
     let tiny = tiny().display().to_string();
     let heads = dir.path().join("heads.json");
-    ok(&fit_heads_cli(
+    ok(&fit_cli(
+        "heads",
         &tiny,
         &calib,
         &heads,
