@@ -225,7 +225,7 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
             words: c.words.join(","),
             fonts: c.fonts.join(","),
             label_width: None,
-            ablation: "zero".into(),
+            ablation: crate::defense::heads::Ablation::Zero,
             keep_means: 16,
             limit: None,
             shuffle: false,

@@ -25,6 +25,10 @@ use crate::defense::heads::Ablation;
 use crate::tokenizer::ClipTokenizer;
 use crate::zeroshot::TemplateSet;
 
+fn parse_ablation(s: &str) -> Result<Ablation, String> {
+    Ablation::parse(s).ok_or_else(|| format!("{s:?} is not zero or mean"))
+}
+
 /// `typoclip fit`.
 #[derive(Debug, clap::Args)]
 pub struct FitArgs {
@@ -53,8 +57,8 @@ pub struct FitArgs {
     /// `--kind heads`: take each head out by `zero`ing its output or by replacing it with its
     /// `mean` over the clean calibration images (mean-ablation; the artifact then stores the
     /// means of the best --keep-means heads).
-    #[arg(long, default_value = "zero", value_parser = ["zero", "mean"])]
-    pub ablation: String,
+    #[arg(long, default_value = "zero", value_parser = parse_ablation)]
+    pub ablation: Ablation,
     /// `--kind heads --ablation mean`: how many of the best heads' means the artifact keeps
     /// (the most a `heads:k=K` defense can take out).
     #[arg(long, default_value_t = 16)]
@@ -226,9 +230,7 @@ pub fn run_fit(args: FitArgs) -> Result<()> {
         "heads" => {
             let quiet = args.quiet;
             let tok = m.tokenizer()?;
-            let ablation = Ablation::parse(&args.ablation).ok_or_else(|| {
-                anyhow::anyhow!("--ablation: {:?} is not zero or mean", args.ablation)
-            })?;
+            let ablation = args.ablation;
             let r = fit_heads(
                 &m.model,
                 &*tok,

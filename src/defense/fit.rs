@@ -23,16 +23,21 @@ pub fn encode_all(
     probe: &dyn Fn() -> Probe,
 ) -> Tensor {
     let _g = tch::no_grad_guard();
-    let feats: Vec<Tensor> = images
-        .chunks(batch_size.max(1))
-        .map(|c| {
-            let b = Tensor::stack(&c.iter().map(|t| t.shallow_clone()).collect::<Vec<_>>(), 0);
+    let feats: Vec<Tensor> = batches(images, batch_size)
+        .map(|b| {
             model
                 .encode_image_probed(&b, &mut probe())
                 .to_device(tch::Device::Cpu)
         })
         .collect();
     Tensor::cat(&feats, 0)
+}
+
+/// `images` stacked into batches of at most `batch_size`.
+fn batches<'a>(images: &'a [&Tensor], batch_size: usize) -> impl Iterator<Item = Tensor> + 'a {
+    images
+        .chunks(batch_size.max(1))
+        .map(|c| Tensor::stack(&c.iter().map(|t| t.shallow_clone()).collect::<Vec<_>>(), 0))
 }
 
 /// The classes of a calibration set: every true label and every word, in first-seen order.
@@ -129,8 +134,7 @@ pub fn head_means(
     let _g = tch::no_grad_guard();
     let sites: Vec<String> = (0..layers).map(head_site).collect();
     let mut sums: Vec<Option<Tensor>> = (0..layers).map(|_| None).collect();
-    for c in images.chunks(batch_size.max(1)) {
-        let b = Tensor::stack(&c.iter().map(|t| t.shallow_clone()).collect::<Vec<_>>(), 0);
+    for b in batches(images, batch_size) {
         let mut probe = Probe::capture(sites.iter().map(String::as_str));
         let _ = model.encode_image_probed(&b, &mut probe);
         for (sum, site) in sums.iter_mut().zip(&sites) {
