@@ -5,6 +5,7 @@
 // the `mkldnn::_linear_pointwise` operator (what TorchInductor's CPU backend calls). It is not
 // part of tch's generated API, so it is reached here through the dispatcher.
 #include <torch/torch.h>
+#include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <malloc.h>
 #include <optional>
@@ -87,7 +88,9 @@ void *typoclip_linear(const at::Tensor *x, const at::Tensor *w, const at::Tensor
       out = b ? at::linear(*x, *w, *b) : at::linear(*x, *w);
       if (residual) {
         // The product is a fresh tensor: add in place where no broadcast is needed.
-        if (residual->sizes() == out.sizes()) {
+        // (Under autocast the product may be bf16 / fp16 and the residual fp32: the sum then
+        // promotes to fp32, so the residual stream keeps its precision.)
+        if (residual->sizes() == out.sizes() && residual->scalar_type() == out.scalar_type()) {
           out.add_(*residual);
         } else {
           out = out + *residual;
@@ -134,6 +137,38 @@ int typoclip_quick_gelu_(at::Tensor *x, char **err) {
     if (err) *err = typoclip::dup_str(e.what());
     return -1;
   }
+}
+
+// This thread's autocast state for `device` (0: CPU, 1: CUDA) as a code: 0 off, 1 bfloat16,
+// 2 float16.
+int typoclip_autocast_state(int device) {
+  const auto dev = device == 1 ? at::kCUDA : at::kCPU;
+  if (!at::autocast::is_autocast_enabled(dev)) return 0;
+  return at::autocast::get_autocast_dtype(dev) == at::kHalf ? 2 : 1;
+}
+
+static void set_autocast_code(at::DeviceType dev, int code) {
+  if (code != 0) at::autocast::set_autocast_dtype(dev, code == 2 ? at::kHalf : at::kBFloat16);
+  at::autocast::set_autocast_enabled(dev, code != 0);
+}
+
+// Opens an autocast region on this thread: `device` (as above) computes in `code`'s dtype
+// (0 turns autocast off inside the region). Returns the state to restore on leaving.
+int typoclip_autocast_enter(int device, int code) {
+  const auto dev = device == 1 ? at::kCUDA : at::kCPU;
+  const int prev = typoclip_autocast_state(device);
+  set_autocast_code(dev, code);
+  at::autocast::increment_nesting();
+  return prev;
+}
+
+// Leaves the region opened by `typoclip_autocast_enter` (which returned `prev`): restores the
+// state and, when no region is left open on this thread, clears autocast's cache of cast
+// weights, as `torch.autocast.__exit__` does.
+void typoclip_autocast_exit(int device, int prev) {
+  const auto dev = device == 1 ? at::kCUDA : at::kCPU;
+  set_autocast_code(dev, prev);
+  if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
 }
 
 // Whether autograd records operations on this thread (`torch.is_grad_enabled()`).

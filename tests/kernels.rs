@@ -76,3 +76,55 @@ fn cuda_matches_cpu_where_available() {
         );
     }
 }
+
+/// `--precision bf16` (autocast: bf16 products from fp32 weights, LayerNorm, attention softmax
+/// and the residual stream in fp32) runs every image-tower family at its real shapes, returns
+/// fp32 features within bf16's error of fp32, and for the ViT is closer to fp32 than the whole
+/// tower in bf16.
+#[test]
+fn bf16_autocast_runs_every_tower_family_close_to_fp32() {
+    use typoclip::sweep::Precision;
+    let _g = tch::no_grad_guard();
+    let rel = |f: &Tensor, r: &Tensor| {
+        ((f - r).norm_scalaropt_dim(2.0, [1], false) / r.norm_scalaropt_dim(2.0, [1], false))
+            .max()
+            .double_value(&[])
+    };
+    for arch in [
+        "ViT-B-32",
+        "RN50",
+        "convnext_base",
+        "EVA02-B-16",
+        "ViT-B-16-SigLIP",
+        "MobileCLIP-S1",
+        "PE-Core-B-16",
+        "ViTamin-S",
+    ] {
+        let config = ClipConfig::preset(arch).expect("preset");
+        let model = ClipModel::random(&config, 3, Device::Cpu).expect("model");
+        let r = model.image_resolution();
+        tch::manual_seed(12);
+        let images = Tensor::rand([2, 3, r, r], (Kind::Float, Device::Cpu)) * 4.0 - 2.0;
+        let fp32 = Precision::Fp32.encode_image(&model, &images);
+        let bf16 = Precision::Bf16.encode_image(&model, &images);
+        assert_eq!(bf16.kind(), Kind::Float, "{arch}");
+        assert!(
+            !typoclip::model::kernels::Autocast::is_open(Device::Cpu),
+            "{arch}: the region is closed after the forward"
+        );
+        let e = rel(&bf16, &fp32);
+        assert!(e > 0.0 && e < 3e-2, "{arch}: bf16 relative error {e:.2e}");
+        if arch == "ViT-B-32" {
+            let mut pure = ClipModel::random(&config, 3, Device::Cpu).expect("model");
+            pure.var_store_mut().bfloat16();
+            let all_bf16 = pure
+                .encode_image_as(&images, Kind::BFloat16)
+                .to_kind(Kind::Float);
+            let e_pure = rel(&all_bf16, &fp32);
+            assert!(
+                e < e_pure,
+                "{arch}: autocast {e:.2e} vs all-bf16 {e_pure:.2e}"
+            );
+        }
+    }
+}

@@ -239,6 +239,43 @@ fn the_toy_reads_clean_accuracy_and_the_label_attack() {
     );
 }
 
+/// `--precision bf16` (autocast) on a trained model: the toy's top-1 predictions agree with
+/// fp32 on at least 99 % of the label attack's cells, attacked and clean. Measured
+/// (2026-12-02, Intel Xeon with AVX512-BF16): 99.4 % attacked, 100 % clean over 2700 cells.
+#[test]
+fn bf16_agrees_with_fp32_on_the_trained_toy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("fp32"), tmp.path().join("bf16"));
+    sweep(&a, "attacks/toy-labels.toml", "300", &[]);
+    sweep(
+        &b,
+        "attacks/toy-labels.toml",
+        "300",
+        &["--precision", "bf16"],
+    );
+    let (ra, rb) = (records(&a), records(&b));
+    assert_eq!(ra.len(), rb.len());
+    let share = |f: &dyn Fn(&Record) -> Option<&str>| {
+        ra.iter().zip(&rb).filter(|(x, y)| f(x) == f(y)).count() as f64 / ra.len() as f64
+    };
+    let attacked = share(&|r| r.attacked_top1());
+    let clean = share(&|r| r.clean_top1());
+    eprintln!(
+        "bf16 vs fp32 top-1 agreement over {} cells: attacked {attacked:.4}, clean {clean:.4}",
+        ra.len()
+    );
+    assert!(
+        attacked >= 0.99,
+        "attacked top-1 agreement {attacked:.4} < 0.99"
+    );
+    assert!(clean >= 0.99, "clean top-1 agreement {clean:.4} < 0.99");
+    let prov = std::fs::read_to_string(b.join("provenance.json")).unwrap();
+    assert!(
+        prov.contains("\"bf16\""),
+        "provenance records the precision"
+    );
+}
+
 #[test]
 fn the_effect_rises_with_label_size_and_opacity() {
     let tmp = tempfile::tempdir().unwrap();

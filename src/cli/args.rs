@@ -219,8 +219,9 @@ pub struct SweepArgs {
     /// the dataset labels them), before --shuffle and --limit.
     #[arg(long)]
     pub classes: Option<String>,
-    /// Image-tower arithmetic: `fp32` (default) or `bf16` (faster on CPUs with AVX512-BF16;
-    /// the text classifier stays fp32).
+    /// Image-tower arithmetic: `fp32` (default), `bf16` or `fp16` (autocast: products in the
+    /// reduced kind, LayerNorm, softmax and the residual stream in fp32; bf16 is faster on
+    /// CPUs with AVX512-BF16, fp16 meant for CUDA; the text classifier stays fp32).
     #[arg(long, default_value = "fp32")]
     pub precision: String,
     /// Shuffle the pairs (with --seed) before --limit.

@@ -137,7 +137,10 @@ pub fn resolve(args: &SweepArgs) -> Result<RunSpec> {
         bail!("--batch-size: must be at least 1");
     }
     let precision = crate::sweep::Precision::parse(&args.precision).ok_or_else(|| {
-        anyhow::anyhow!("--precision: `{}` is not one of fp32, bf16", args.precision)
+        anyhow::anyhow!(
+            "--precision: `{}` is not one of fp32, bf16, fp16",
+            args.precision
+        )
     })?;
     let shard = match &args.shard {
         Some(s) => Some(Shard::parse(s).map_err(|e| anyhow::anyhow!("--shard: {e}"))?),
@@ -190,11 +193,14 @@ pub fn resolve(args: &SweepArgs) -> Result<RunSpec> {
     Ok(spec)
 }
 
-/// The checks of a [`RunSpec`] that need no files: defenses parse, bf16 has none.
+/// The checks of a [`RunSpec`] that need no files: defenses parse, reduced precision has none.
 pub fn check_spec(spec: &RunSpec) -> Result<()> {
     let defenses = DefenseStack::parse(&spec.defenses)?;
-    if spec.precision == crate::sweep::Precision::Bf16 && !defenses.is_empty() {
-        bail!("--precision bf16: not available together with --defense (defenses run in fp32)");
+    if spec.precision != crate::sweep::Precision::Fp32 && !defenses.is_empty() {
+        bail!(
+            "--precision {}: not available together with --defense (defenses run in fp32)",
+            spec.precision.name()
+        );
     }
     Ok(())
 }
@@ -528,10 +534,6 @@ pub fn execute(run: &RunSpec, banner: bool) -> Result<Executed> {
         linear_probe: linear_probe.map(|(p, _)| std::sync::Arc::new(p)),
         text_detector,
     };
-    if precision == crate::sweep::Precision::Bf16 {
-        // After the fp32 text classifier: only the image tower runs in bfloat16.
-        m.model.var_store_mut().bfloat16();
-    }
     if banner {
         eprintln!("{}", m.banner_line());
     }

@@ -185,16 +185,7 @@ impl Attention {
             q = rotate(&q);
             k = rotate(&k);
         }
-        let heads = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            None::<Tensor>,
-            0.0,
-            false,
-            None,
-            false,
-        );
+        let heads = super::kernels::attention(&q, &k, &v, None, false);
         let heads = probe.site(site, heads, 1);
         let merged = merge_heads(&heads);
         let merged = match &self.norm {

@@ -32,6 +32,117 @@ extern "C" {
     fn typoclip_retain_freed_memory() -> c_int;
     fn typoclip_grad_enabled() -> c_int;
     fn typoclip_quick_gelu_(x: *mut c_void, err: *mut *mut c_char) -> c_int;
+    fn typoclip_autocast_state(device: c_int) -> c_int;
+    fn typoclip_autocast_enter(device: c_int, code: c_int) -> c_int;
+    fn typoclip_autocast_exit(device: c_int, prev: c_int);
+}
+
+/// The reduced-precision arithmetic of an [`Autocast`] region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reduced {
+    /// bfloat16.
+    BFloat16,
+    /// IEEE half precision.
+    Half,
+}
+
+impl Reduced {
+    fn code(self) -> c_int {
+        match self {
+            Reduced::BFloat16 => 1,
+            Reduced::Half => 2,
+        }
+    }
+
+    /// The tensor kind.
+    pub fn kind(self) -> tch::Kind {
+        match self {
+            Reduced::BFloat16 => tch::Kind::BFloat16,
+            Reduced::Half => tch::Kind::Half,
+        }
+    }
+}
+
+fn device_code(device: tch::Device) -> c_int {
+    c_int::from(device != tch::Device::Cpu)
+}
+
+/// A mixed-precision region on this thread, libtorch's autocast (what `torch.autocast(device,
+/// dtype)` opens in Python): while it lives, matrix products and convolutions on `device` cast
+/// their inputs to the reduced kind and return it; every other operation keeps its inputs'
+/// kind. The towers keep LayerNorm, softmax (attention runs in fp32, [`attention`]) and the
+/// residual stream (fp32 + reduced promotes to fp32) in fp32. Dropping it restores the state
+/// it found and clears autocast's cache of cast weights when no region is left open.
+#[derive(Debug)]
+pub struct Autocast {
+    device: c_int,
+    prev: c_int,
+}
+
+impl Autocast {
+    /// Opens a region computing in `reduced` on `device` (`None`: autocast off inside it).
+    pub fn enter(device: tch::Device, reduced: Option<Reduced>) -> Autocast {
+        let device = device_code(device);
+        // SAFETY: thread-local state changes with plain integer arguments.
+        let prev = unsafe { typoclip_autocast_enter(device, reduced.map_or(0, Reduced::code)) };
+        Autocast { device, prev }
+    }
+}
+
+impl Autocast {
+    /// Whether a region computing in reduced precision is open on this thread for `device`.
+    pub fn is_open(device: tch::Device) -> bool {
+        autocast_active(device)
+    }
+}
+
+impl Drop for Autocast {
+    fn drop(&mut self) {
+        // SAFETY: as in `enter`; `prev` is what `enter` returned on this thread.
+        unsafe { typoclip_autocast_exit(self.device, self.prev) }
+    }
+}
+
+/// Whether an [`Autocast`] region computing in reduced precision is open on this thread for
+/// `device`.
+pub(crate) fn autocast_active(device: tch::Device) -> bool {
+    // SAFETY: a query with an integer argument.
+    unsafe { typoclip_autocast_state(device_code(device)) != 0 }
+}
+
+/// Scaled dot-product attention (`q` `[B, H, Lq, Dh]`, `k`, `v` `[B, H, L, Dh]`), always with
+/// its softmax in at least fp32 precision: inside an [`Autocast`] region the inputs are brought
+/// to fp32 and the attention runs with autocast off (its output fp32; the projection after it
+/// is back in the reduced kind).
+pub(crate) fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    attn_mask: Option<&Tensor>,
+    causal: bool,
+) -> Tensor {
+    if autocast_active(q.device()) {
+        let _off = Autocast::enter(q.device(), None);
+        let f = |t: &Tensor| t.to_kind(tch::Kind::Float);
+        let mask = attn_mask.map(|m| {
+            if m.is_floating_point() {
+                f(m)
+            } else {
+                m.shallow_clone()
+            }
+        });
+        return Tensor::scaled_dot_product_attention(
+            &f(q),
+            &f(k),
+            &f(v),
+            mask.as_ref(),
+            0.0,
+            causal,
+            None,
+            false,
+        );
+    }
+    Tensor::scaled_dot_product_attention(q, k, v, attn_mask, 0.0, causal, None, false)
 }
 
 /// Makes glibc keep freed memory for reuse instead of unmapping every block over 32 MiB, so the
@@ -127,6 +238,7 @@ pub(crate) fn grad_enabled() -> bool {
 /// channels-last, folded BatchNorm).
 pub(crate) fn uses_onednn(x: &Tensor) -> bool {
     cpu_linear() == CpuLinear::OneDnn
+        && !autocast_active(tch::Device::Cpu)
         && x.device() == tch::Device::Cpu
         && x.kind() == tch::Kind::Float
         && !x.requires_grad()
@@ -142,7 +254,9 @@ pub const ONEDNN_MAX_ROWS: i64 = 160;
 
 fn call(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, residual: Option<&Tensor>) -> Tensor {
     let rows = x.numel() as i64 / x.size().last().copied().unwrap_or(1).max(1);
-    let use_onednn = cpu_linear() == CpuLinear::OneDnn && rows < ONEDNN_MAX_ROWS;
+    // Inside an autocast region `at::linear` (the dispatcher's autocast kernel) must run.
+    let use_onednn =
+        cpu_linear() == CpuLinear::OneDnn && rows < ONEDNN_MAX_ROWS && !autocast_active(x.device());
     let ptr = |t: Option<&Tensor>| t.map_or(std::ptr::null(), |t| t.as_ptr() as *const c_void);
     let mut err: *mut c_char = std::ptr::null_mut();
     // SAFETY: the tensor pointers are live `at::Tensor*` owned by the borrowed tch tensors for
@@ -305,5 +419,52 @@ mod tests {
             .sum_dim_intlist(0, false, Kind::Float)
             .expand([3, 8], false);
         assert!(max_diff(&g, &want) < 1e-6);
+    }
+
+    #[test]
+    fn autocast_regions_reduce_products_only_and_restore_the_state() {
+        let _g = tch::no_grad_guard();
+        tch::manual_seed(5);
+        let opts = (Kind::Float, Device::Cpu);
+        let (x, w, b) = (
+            Tensor::randn([4, 50, 64], opts),
+            Tensor::randn([64, 64], opts),
+            Tensor::randn([64], opts),
+        );
+        let residual = Tensor::randn([4, 50, 64], opts);
+        assert!(!autocast_active(Device::Cpu));
+        let want = linear_add(&x, &w, Some(&b), &residual);
+        {
+            let _a = Autocast::enter(Device::Cpu, Some(Reduced::BFloat16));
+            assert!(autocast_active(Device::Cpu));
+            // The product in bf16, from fp32 operands (oneDNN's fp32 path is bypassed).
+            assert_eq!(linear(&x, &w, Some(&b)).kind(), Kind::BFloat16);
+            // The residual sum promotes back to fp32, close to the fp32 result.
+            let y = linear_add(&x, &w, Some(&b), &residual);
+            assert_eq!(y.kind(), Kind::Float);
+            let rel = max_diff(&y, &want) / want.abs().max().double_value(&[]);
+            assert!(rel > 0.0 && rel < 2e-2, "bf16 product error {rel}");
+            // Attention (and its softmax) in fp32, equal to the fp32 attention.
+            let q = Tensor::randn([4, 2, 50, 32], opts);
+            let a = attention(&q, &q, &q, None, false);
+            assert_eq!(a.kind(), Kind::Float);
+            assert!(
+                autocast_active(Device::Cpu),
+                "attention restores the region"
+            );
+            {
+                let _off = Autocast::enter(Device::Cpu, None);
+                assert!(!autocast_active(Device::Cpu));
+                assert_eq!(linear(&x, &w, None).kind(), Kind::Float);
+                let fp32 = attention(&q, &q, &q, None, false);
+                assert!(max_diff(&a, &fp32) < 1e-6);
+            }
+            assert!(
+                autocast_active(Device::Cpu),
+                "a nested region restores the outer one"
+            );
+        }
+        assert!(!autocast_active(Device::Cpu));
+        assert_eq!(linear(&x, &w, None).kind(), Kind::Float);
     }
 }

@@ -377,8 +377,9 @@ impl ClipModel {
         self.encode_image_in(images, Kind::Float, probe)
     }
 
-    /// Image embeddings computed in `kind` (e.g. `BFloat16`), returned in that kind. The weights
-    /// must already be in `kind` (`var_store_mut().bfloat16()`); the caller converts back.
+    /// Image embeddings with every operation in `kind` (e.g. `BFloat16`), returned in that kind.
+    /// The weights must already be in `kind` (`var_store_mut().bfloat16()`); the caller converts
+    /// back. (`--precision bf16` is the mixed policy instead: [`crate::sweep::Precision`].)
     pub fn encode_image_as(&self, images: &Tensor, kind: Kind) -> Tensor {
         self.encode_image_in(images, kind, &mut Probe::none())
     }

@@ -234,15 +234,12 @@ pub(crate) fn attend(q: &Tensor, k: &Tensor, v: &Tensor, heads: i64, mask: Mask)
         Mask::Causal => (None, true),
         Mask::Additive(m) => (Some(m), false),
     };
-    Tensor::scaled_dot_product_attention(
+    kernels::attention(
         &split_heads(q, heads),
         &split_heads(k, heads),
         &split_heads(v, heads),
         attn_mask,
-        0.0,
         causal,
-        None,
-        false,
     )
 }
 
@@ -300,7 +297,11 @@ impl MultiheadAttention {
     ) -> Tensor {
         let w = x.size3().expect("[B, L, W]").2;
         if let (Mask::None, None, Some(out_bias)) = (mask, gamma, &self.out_proj.bias) {
-            if !probe.touches(site) && !x.requires_grad() && !kernels::uses_onednn(x) {
+            if !probe.touches(site)
+                && !x.requires_grad()
+                && !kernels::uses_onednn(x)
+                && !kernels::autocast_active(x.device())
+            {
                 // libtorch's fused kernel (what nn.MultiheadAttention runs in eval under no_grad).
                 let (out, _) = Tensor::internal_native_multi_head_attention(
                     x,

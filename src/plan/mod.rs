@@ -273,8 +273,12 @@ impl Plan {
         };
         let precision = match o.precision.as_deref() {
             None => Precision::Fp32,
-            Some(p) => Precision::parse(p)
-                .ok_or_else(|| err("sweep.precision", format!("`{p}` is not one of fp32, bf16")))?,
+            Some(p) => Precision::parse(p).ok_or_else(|| {
+                err(
+                    "sweep.precision",
+                    format!("`{p}` is not one of fp32, bf16, fp16"),
+                )
+            })?,
         };
         let batch_size = o.batch_size.unwrap_or(16);
         if batch_size == 0 {
@@ -282,10 +286,13 @@ impl Plan {
         }
         crate::defense::DefenseStack::parse(&o.defenses)
             .map_err(|e| err("sweep.defenses", e.to_string()))?;
-        if precision == Precision::Bf16 && !o.defenses.is_empty() {
+        if precision != Precision::Fp32 && !o.defenses.is_empty() {
             return Err(err(
                 "sweep.precision",
-                "bf16 is not available together with defenses".into(),
+                format!(
+                    "{} is not available together with defenses",
+                    precision.name()
+                ),
             ));
         }
         let attacks: Vec<Option<&String>> = if raw.attacks.is_empty() {

@@ -184,15 +184,19 @@ pub struct SweepSettings {
     pub text_detector: Option<std::sync::Arc<crate::ocr::TextDetector>>,
 }
 
-/// The image tower's arithmetic in a sweep. `Bf16` runs the image encoder in bfloat16 (a copy of
-/// the weights; the text classifier stays fp32) and returns fp32 features; never the default.
+/// The image tower's arithmetic in a sweep. `Bf16` and `Fp16` run the image encoder under
+/// autocast ([`crate::model::kernels::Autocast`]): its matrix products and convolutions in the
+/// reduced kind from the fp32 weights, LayerNorm, attention softmax and the residual stream in
+/// fp32; features come back fp32 and the text classifier stays fp32. Never the default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
     /// fp32 (the reference).
     #[default]
     Fp32,
-    /// bfloat16 image tower.
+    /// bfloat16 products (autocast).
     Bf16,
+    /// float16 products (autocast; meant for CUDA).
+    Fp16,
 }
 
 impl Precision {
@@ -201,6 +205,7 @@ impl Precision {
         match s {
             "fp32" => Some(Precision::Fp32),
             "bf16" => Some(Precision::Bf16),
+            "fp16" => Some(Precision::Fp16),
             _ => None,
         }
     }
@@ -210,17 +215,27 @@ impl Precision {
         match self {
             Precision::Fp32 => "fp32",
             Precision::Bf16 => "bf16",
+            Precision::Fp16 => "fp16",
         }
     }
 
-    /// Image features (fp32) at this precision; for `Bf16` the model's weights must already be
-    /// bfloat16 (`var_store_mut().bfloat16()`, after the fp32 text classifier is built).
-    pub fn encode_image(self, model: &ClipModel, images: &Tensor) -> Tensor {
+    /// The reduced kind of the products, if any.
+    pub fn reduced(self) -> Option<crate::model::kernels::Reduced> {
         match self {
-            Precision::Fp32 => model.encode_image(images),
-            Precision::Bf16 => model
-                .encode_image_as(images, Kind::BFloat16)
-                .to_kind(Kind::Float),
+            Precision::Fp32 => None,
+            Precision::Bf16 => Some(crate::model::kernels::Reduced::BFloat16),
+            Precision::Fp16 => Some(crate::model::kernels::Reduced::Half),
+        }
+    }
+
+    /// Image features (fp32) at this precision, from the model's fp32 weights.
+    pub fn encode_image(self, model: &ClipModel, images: &Tensor) -> Tensor {
+        match self.reduced() {
+            None => model.encode_image(images),
+            Some(r) => {
+                let _autocast = crate::model::kernels::Autocast::enter(model.device(), Some(r));
+                model.encode_image(images).to_kind(Kind::Float)
+            }
         }
     }
 }
