@@ -3,8 +3,9 @@
 # the same sources built against PyPI's torch 2.11.0 wheel with tch / torch-sys 0.24.0 (tch's
 # release for PyTorch 2.11), in a copy of the tree (target/device-src, Cargo.toml's two pins
 # changed) with its own target folder (target/device). The default build stays on 0.26 / 2.13.
-# Produces target/device/release/typoclip and target/device/typoclip-device, a wrapper that
-# finds libtorch through the Python torch it runs with (`torch/lib`).
+# Produces target/device/release/typoclip, target/device/release/examples/forward_throughput and
+# target/device/typoclip-device, a wrapper that finds libtorch through the Python torch it runs
+# with (`torch/lib`).
 # DEVICE_TEST="--test parity" (any cargo test arguments) then runs those tests with this build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,7 +36,7 @@ done
 if [ -d ../shared ]; then ln -sfn "$(cd ../shared && pwd)" "$(dirname "$SRC")/shared"; fi
 export CARGO_TARGET_DIR=$ROOT/target/device
 say "cargo build --release against torch $TORCH_VERSION (tch $TCH_VERSION)"
-(cd "$SRC" && cargo build --release)
+(cd "$SRC" && cargo build --release && cargo build --release --example forward_throughput)
 cat > "$CARGO_TARGET_DIR/typoclip-device" <<'SH'
 #!/usr/bin/env bash
 # typoclip built against torch 2.11: libtorch from the Python torch on PATH (or $PYTHON).

@@ -299,10 +299,19 @@ impl ClipModel {
     }
 
     /// Seeded random weights at the real shapes — for plumbing only: nothing computed with
-    /// them is a property of CLIP.
+    /// them is a property of CLIP. The weights are drawn on the CPU (libtorch's CPU generator)
+    /// and copied to `device`, so one seed gives the same weights on every device.
     pub fn random(config: &ClipConfig, seed: i64, device: Device) -> Result<ClipModel, ModelError> {
         tch::manual_seed(seed);
-        ClipModel::new(config, device)
+        let cpu = ClipModel::new(config, Device::Cpu)?;
+        if device == Device::Cpu {
+            return Ok(cpu);
+        }
+        let mut model = ClipModel::new(config, device)?;
+        model.vs.copy(&cpu.vs).map_err(|e| {
+            ModelError::Config(format!("copying random weights to {device:?}: {e}"))
+        })?;
+        Ok(model)
     }
 
     /// The architecture.

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Prepares the GPU check (scripts/device_check.sh) here: the device build (scripts/device_build.sh,
+# torch 2.11), and target/device-check/ — the first DEVICE_PHOTOS (default 64) ImageNet-sample
+# photos of ../shared/data, the text detector's ONNX file (where set-up extracted it) and the CPU
+# image embeddings of random ViT-B/32, ViT-L/14 and RN50 on the first 8 photos, made with the
+# device build on this CPU (`cpu-ARCH.npy`), which the check compares with CUDA's. Prints what
+# to carry and the command to run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${DEVICE_PHOTOS:-64}
+DATA=../shared/data/imagenet-sample
+[ -d "$DATA" ] || { echo "device_prepare: $DATA not found" >&2; exit 1; }
+scripts/device_build.sh
+C=target/device-check
+rm -rf "$C"
+mkdir -p "$C/photos"
+ls "$DATA" | grep -i '\.jpe\?g$' | sort | head -n "$N" | while read -r f; do cp "$DATA/$f" "$C/photos/"; done
+onnx=$(ls .cache/ocr/*.onnx 2>/dev/null | head -1 || true)
+[ -n "$onnx" ] && cp "$onnx" "$C/ocr.onnx"
+export PYTHON=${PYTHON:-.venv-device/bin/python}
+export XDG_CACHE_HOME=$(mktemp -d)
+first8=$(ls "$C"/photos/* | head -8)
+for arch in ViT-B-32 ViT-L-14 RN50; do
+  echo "[device-prepare] CPU embeddings of random $arch" >&2
+  # shellcheck disable=SC2086
+  target/device/typoclip-device embed --model "random:$arch-quickgelu" --device cpu --batch-size 8 \
+    --out "$C/cpu-$arch.npy" $first8 2>/dev/null
+done
+rm -rf "$XDG_CACHE_HOME"
+du -ch target/device/release/typoclip target/device/release/examples/forward_throughput "$C" | tail -1 >&2
+cat >&2 <<MSG
+[device-prepare] ready. On the GPU machine (device tool):
+  carry: target/device/release/typoclip target/device/release/examples/forward_throughput target/device-check
+  command: OUT=\$OUT bash scripts/device_check.sh
+MSG
