@@ -13,9 +13,13 @@
 #    (goal >= 99 %);
 #  - the sweep's images/s against the bare forward at batch 256 (goal >= 90 %) and against the
 #    same work in this machine's Python torch + PIL (scripts/bench_sweep.py, plain torch);
-#  - the text detector's throughput on CUDA and on the CPU.
+#  - the bare forward of ViT-B/16, ViT-L/14 and RN50 at batch 256 (per-model throughput);
+#  - the sweep with `--defense mask:source=ocr` (the text detector on the device) against the
+#    sweep without it (goal: at least half its images/s), and `typoclip detect`'s throughput on
+#    the device and on the CPU.
 # Budget: well under 8 minutes on one H200 with 16 cores. CPU-only machines: DEVICE=cpu runs the
-# same steps on the CPU (to check the script itself).
+# same steps on the CPU (to check the script itself), PHOTOS=N on the first N carried photos,
+# FWD_BATCH / FWD_IMAGES size the larger towers' forward runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/device-check}
@@ -24,7 +28,7 @@ PY=${PYTHON:-python3}
 CARRY=target/device-check
 BIN=${TYPOCLIP_BIN:-target/device/release/typoclip}
 FWD=${FORWARD_BIN:-target/device/release/examples/forward_throughput}
-mkdir -p "$OUT"
+mkdir -p "$OUT/photos"
 log() { echo "[device-check $(date +%H:%M:%S)] $*" >&2; }
 # libtorch from the Python torch here (the binaries were built against torch 2.11).
 lib=$("$PY" -c 'import importlib.util, os; print(os.path.join(os.path.dirname(importlib.util.find_spec("torch").origin), "lib"))')
@@ -33,6 +37,8 @@ export XDG_CACHE_HOME="$OUT/cache"
 [ -x "$BIN" ] || { echo "device_check: $BIN not found (scripts/device_prepare.sh builds it)" >&2; exit 1; }
 [ -d "$CARRY/photos" ] || { echo "device_check: $CARRY/photos not found (scripts/device_prepare.sh)" >&2; exit 1; }
 t0=$(date +%s)
+# The sweeps' photos: all carried ones, or the first $PHOTOS.
+ls "$CARRY"/photos/* | head -n "${PHOTOS:-100000}" | while read -r f; do ln -sf "$(cd "$(dirname "$f")" && pwd)/$(basename "$f")" "$OUT/photos/"; done
 
 log "versions"
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"; } > "$OUT/gpu.txt"
@@ -48,7 +54,7 @@ for arch in ViT-B-32 ViT-L-14 RN50; do
   "$BIN" embed --model "random:$arch-quickgelu" --device cpu --batch-size 8 --out "$OUT/here-cpu-$arch.npy" $photos 2>> "$OUT/embed-$arch.err"
 done
 
-common=(--model random:ViT-B-32-quickgelu --dataset "$CARRY/photos" --attacks attacks/distill-suite.toml
+common=(--model random:ViT-B-32-quickgelu --dataset "$OUT/photos" --attacks attacks/distill-suite.toml
         --variant 'distill/*/pos=0' --batch-size 128 --workers "$(nproc)" --device "$DEVICE" --quiet)
 log "warming the text classifier"
 "$BIN" sweep "${common[@]}" --limit 2 --out "$OUT/warm" > /dev/null 2> "$OUT/warm.err"
@@ -56,18 +62,28 @@ for p in fp32 bf16 fp16; do
   log "sweep $p"
   "$BIN" sweep "${common[@]}" --precision "$p" --out "$OUT/sweep-$p" > /dev/null 2> "$OUT/sweep-$p.err"
 done
-images=$(( $(ls "$CARRY"/photos | wc -l) * 10 ))
+if [ -f "$CARRY/ocr.onnx" ]; then
+  log "sweep fp32 with --defense mask:source=ocr,device=$DEVICE"
+  TYPOCLIP_OCR_MODEL="$CARRY/ocr.onnx" "$BIN" sweep "${common[@]}" --defense "mask:source=ocr,device=$DEVICE" \
+    --out "$OUT/sweep-ocr" > /dev/null 2> "$OUT/sweep-ocr.err"
+fi
+images=$(( $(ls "$OUT"/photos | wc -l) * 10 ))
 log "bare forward, batch 256"
 "$FWD" ViT-B-32 256 "$images" "$DEVICE" > "$OUT/forward.json" 2> "$OUT/forward.err"
+# Per-model throughput for sizing plans (README, Scaling out): the bare forward of larger towers.
+for arch in ViT-B-16 ViT-L-14 RN50; do
+  log "bare forward $arch, batch ${FWD_BATCH:-256}"
+  "$FWD" "$arch" "${FWD_BATCH:-256}" "${FWD_IMAGES:-2560}" "$DEVICE" > "$OUT/forward-$arch.json" 2>> "$OUT/forward.err"
+done
 log "Python torch + PIL, batch 256"
-ls "$CARRY"/photos/* > "$OUT/paths.txt"
+ls "$OUT"/photos/* > "$OUT/paths.txt"
 BENCH_DEVICE=$DEVICE BENCH_BATCH=256 BENCH_THREADS=$(nproc) "$PY" scripts/bench_sweep.py "$OUT/paths.txt" \
   datasets/labels/ilsvrc-det200.tsv assets/fonts/DejaVuSerif.ttf > "$OUT/python.json" 2> "$OUT/python.err"
 if [ -f "$CARRY/ocr.onnx" ]; then
   for d in "$DEVICE" cpu; do
     log "text detector on $d"
     TYPOCLIP_OCR_MODEL="$CARRY/ocr.onnx" /usr/bin/env time -f "%e" -o "$OUT/detect-$d.time" \
-      "$BIN" detect --device "$d" "$CARRY"/photos/* > /dev/null 2> "$OUT/detect-$d.err"
+      "$BIN" detect --device "$d" "$OUT"/photos/* > /dev/null 2> "$OUT/detect-$d.err"
   done
 fi
 
@@ -117,7 +133,6 @@ def rate(name):
     try:
         line = next(l for l in open(f"{out}/{name}.err") if l.startswith("[sweep]"))
         secs = float(line.split(" in ")[1].split(" s ")[0])
-        n = sum(1 for _ in open(f"{out}/{name}/records.jsonl"))
         return {"line": line.strip(), "seconds": secs}
     except Exception as e:
         return {"error": str(e)}
@@ -126,13 +141,13 @@ def top1(name):
         return [(json.loads(l).get("attacked_top5") or [{}])[0].get("label") for l in open(f"{out}/{name}/records.jsonl")]
     except OSError:
         return None
-sweeps = {p: rate(f"sweep-{p}") for p in ["fp32", "bf16", "fp16"]}
+sweeps = {p: rate(f"sweep-{p}") for p in ["fp32", "bf16", "fp16", "ocr"]}
 ref = top1("sweep-fp32")
 for p in ["bf16", "fp16"]:
     t = top1(f"sweep-{p}")
     if ref and t and len(t) == len(ref):
         sweeps[p]["top1_agreement_with_fp32"] = sum(a == b for a, b in zip(ref, t)) / len(ref)
-photos = len(os.listdir(f"{carry}/photos"))
+photos = len(os.listdir(f"{out}/photos"))
 images = photos * 10
 for p, s in sweeps.items():
     if "seconds" in s:
@@ -140,9 +155,12 @@ for p, s in sweeps.items():
 r["sweeps"] = sweeps
 r["forward"] = jload(f"{out}/forward.json")
 r["python"] = jload(f"{out}/python.json")
+r["forward_by_arch"] = {a: jload(f"{out}/forward-{a}.json") for a in ["ViT-B-16", "ViT-L-14", "RN50"]}
 fwd, py, sw = r["forward"].get("images_per_s"), r["python"].get("images_per_s"), sweeps["fp32"].get("images_per_s")
+ocr = sweeps["ocr"].get("images_per_s")
 r["ratios"] = {"sweep_over_forward": sw / fwd if sw and fwd else None,
-               "sweep_over_python": sw / py if sw and py else None}
+               "sweep_over_python": sw / py if sw and py else None,
+               "ocr_mask_sweep_over_sweep": ocr / sw if ocr and sw else None}
 for d in [device, "cpu"]:
     t = read(f"{out}/detect-{d}.time")
     if t:

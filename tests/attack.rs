@@ -389,3 +389,108 @@ fn cli_list_check_and_render() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--variant: no variant"));
 }
+
+/// A variant drawn the same on every image is rasterised once ([`typoclip::attack::Flat`]) and
+/// composited as tensor operations (`sweep --composite device`): on the model input, the
+/// overlay draws exactly what the renderer draws for a shape on its own, and within one level
+/// where shapes overlap; the tensor composite (run here on the CPU device) equals it byte for
+/// byte, and its normalisation equals the workers'. Variants that depend on the image (random
+/// places, scatter, the object box) get no overlay.
+#[test]
+fn overlays_composite_what_the_renderer_draws() {
+    use typoclip::attack::composite::{image_independent, image_tensor, DeviceOverlays, Overlays};
+    let cfg = PreprocessCfg::square(224);
+    let photos = [picture(224, 224), {
+        let mut p = picture(224, 224);
+        image::imageops::flip_horizontal_in_place(&mut p);
+        p
+    }];
+    let (mut checked, mut exact_variants, mut refused) = (0, 0, Vec::new());
+    for (path, spec) in shipped() {
+        for v in &spec.variants {
+            let mut v = v.clone();
+            v.stage = Stage::ModelInput;
+            let Some(flat) = image_independent(&v, 224, 224) else {
+                refused.push(format!(
+                    "{}:{}",
+                    path.file_stem().unwrap().to_string_lossy(),
+                    v.name
+                ));
+                continue;
+            };
+            checked += 1;
+            let mut exact = true;
+            for (i, photo) in photos.iter().enumerate() {
+                let want = render(photo, &v, i as u64, None);
+                let got = flat.apply(photo);
+                let worst = want
+                    .image
+                    .as_raw()
+                    .iter()
+                    .zip(got.image.as_raw())
+                    .map(|(a, b)| a.abs_diff(*b))
+                    .max()
+                    .unwrap();
+                assert!(
+                    worst <= 1,
+                    "{}: overlay differs from the render by {worst} levels",
+                    v.name
+                );
+                exact &= want.image == got.image && want.changed == got.changed;
+            }
+            exact_variants += usize::from(exact);
+        }
+    }
+    eprintln!(
+        "{checked} variants with an overlay ({exact_variants} drawn exactly), {} refused",
+        refused.len()
+    );
+    assert!(
+        checked >= 72 && exact_variants * 10 >= checked * 9,
+        "{exact_variants} of {checked}"
+    );
+    for needle in ["dollar-marks:", "scam-postit:"] {
+        assert!(
+            refused.iter().any(|r| r.starts_with(needle)),
+            "{needle} variants depend on the image: {refused:?}"
+        );
+    }
+    // The Distill suite's labels, on the tensor path.
+    let suite = AttackSpec::load(&root().join("attacks/distill-suite.toml")).unwrap();
+    let variants: Vec<_> = suite
+        .variants
+        .iter()
+        .cloned()
+        .map(std::sync::Arc::new)
+        .collect();
+    let overlays = Overlays::for_variants(variants.iter(), &cfg);
+    assert_eq!(
+        overlays.len(),
+        variants.len(),
+        "every Distill label is image-independent"
+    );
+    let device = DeviceOverlays::new(&overlays, &cfg, tch::Device::Cpu);
+    let ids: Vec<i64> = (0..variants.len() as i64).step_by(7).collect();
+    let clean = tch::Tensor::stack(
+        &ids.iter()
+            .map(|&i| image_tensor(&photos[i as usize % 2]))
+            .collect::<Vec<_>>(),
+        0,
+    );
+    let (x, changed) = device.composite(&clean, &ids);
+    for (k, &i) in ids.iter().enumerate() {
+        let r = typoclip::attack::render(&photos[i as usize % 2], &variants[i as usize], 0, None);
+        assert_eq!(
+            changed[k] as u64, r.changed,
+            "{}: changed pixels",
+            variants[i as usize].name
+        );
+        let want = typoclip::preprocess::to_normalized_tensor_with(&r.image, &cfg);
+        let d = (x.get(k as i64) - want).abs().max().double_value(&[]);
+        assert!(
+            d == 0.0,
+            "{}: normalised input differs by {d}",
+            variants[i as usize].name
+        );
+    }
+}

@@ -333,6 +333,13 @@ fn mask_source_ocr_records_its_parameters_and_refuses_foreign_ones() {
         (Some(0.5), Some(2.0))
     );
     assert!((p["thresh"].as_f64().unwrap() - 0.3).abs() < 1e-6, "{p:?}");
+    assert_eq!(p["device"], "cpu", "where the detector runs is recorded");
+    if !tch::Cuda::is_available() {
+        let e = typoclip::defense::parse_defense("mask:source=ocr,device=cuda")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no CUDA device `cuda` here"), "{e}");
+    }
     for (spec, expect) in [
         (
             "mask:source=ocr,threshold=9",
@@ -343,6 +350,14 @@ fn mask_source_ocr_records_its_parameters_and_refuses_foreign_ones() {
             "unclip: applies to source=ocr only",
         ),
         ("mask:source=ocr,thresh=1.5", "thresh"),
+        (
+            "mask:source=ocr,device=tpu",
+            "device: `tpu` is not cpu, cuda or cuda:N",
+        ),
+        (
+            "mask:source=oracle,device=cpu",
+            "device: applies to source=ocr only",
+        ),
     ] {
         let e = typoclip::defense::parse_defense(spec)
             .unwrap_err()

@@ -124,6 +124,7 @@ fn provenance(random: bool, started: &str, finished: &str) -> Provenance {
         model_parameters: None,
         shard: None,
         merged_shards: None,
+        composite: None,
         started: started.into(),
         finished: Some(finished.into()),
     }

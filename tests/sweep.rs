@@ -949,3 +949,45 @@ fn a_resumed_run_keeps_the_thread_count_it_started_with() {
         "{e}"
     );
 }
+
+/// `--composite device` (the Distill suite's labels rasterised once and composited onto each
+/// batch as tensor operations, here on the CPU device) writes the same records as the image
+/// workers drawing every label, byte for byte, and says so in provenance.
+#[test]
+fn device_composite_writes_the_same_records_as_the_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = make_class_folders(dir.path());
+    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("attacks/distill-suite.toml");
+    let run = |name: &str, composite: &str| {
+        let out = dir.path().join(name);
+        let args = sweep_args(&photos, &spec, &out, 8, &["--composite", composite]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = typoclip(&args);
+        let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "{stderr}");
+        (out, stderr)
+    };
+    let ((cpu, said_cpu), (device, said_device)) = (run("cpu", "cpu"), run("device", "device"));
+    assert!(!said_cpu.contains("where the model runs"), "{said_cpu}");
+    assert!(
+        said_device.contains("attacked where the model runs"),
+        "{said_device}"
+    );
+    let records = |d: &Path| std::fs::read_to_string(d.join("records.jsonl")).unwrap();
+    let (a, b) = (records(&cpu), records(&device));
+    assert!(a.lines().count() >= 8 * 72, "{} records", a.lines().count());
+    let l0: Vec<f64> = a
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["l0"].as_f64())
+        .collect();
+    assert!(
+        l0.iter().filter(|&&v| v > 0.0).count() > l0.len() / 2,
+        "labels change pixels"
+    );
+    assert_eq!(a, b, "device-composited records differ from the workers'");
+    let prov = |d: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join("provenance.json")).unwrap()).unwrap()
+    };
+    assert_eq!(prov(&device)["composite"], "device");
+    assert!(prov(&cpu).get("composite").is_none());
+}

@@ -7,6 +7,8 @@
 //! - [`spec`]: the schema, validation (`file:line:col: field: message` errors) and expansion of
 //!   sweeps, cases and multi-position placements into named [`Variant`]s;
 //! - [`render`](mod@render): pure rendering of a variant ([`render()`], [`render_for_model`]);
+//! - [`composite`]: image-independent variants rasterised once and composited onto batches of
+//!   model inputs as tensor operations on the model's device;
 //! - [`fonts`]: bundled fonts, font files, fallback, cache (the only file I/O here besides
 //!   reading the spec).
 //!
@@ -56,13 +58,15 @@
 //! `placement = "distill8"` and `"positions"` give one variant per position (`…/pos=3`)
 //! unless `all_positions = true`. See [`spec::DISTILL8`] for the (approximate) coordinates.
 
+pub mod composite;
 pub mod fonts;
 pub mod render;
 pub mod spec;
 
 pub use fonts::{FontBook, FontError};
 pub use render::{
-    render, render_for_model, render_for_model_with_input, ModelRender, ObjectBox, Rendered,
+    flatten, render, render_for_model, render_for_model_with_input, Flat, ModelRender, ObjectBox,
+    Rendered,
 };
 pub use spec::{AttackSpec, Layer, SpecError, Stage, Variant};
 

@@ -74,6 +74,7 @@ pub fn render(
         img: &mut out,
         touched: Vec::new(),
         raster: Rasterizer::new(0, 0),
+        flat: None,
     };
     let mix = splitmix(variant.seed ^ splitmix(seed));
     for (li, layer) in variant.layers.iter().enumerate() {
@@ -101,6 +102,110 @@ pub fn render(
         mask,
         changed,
         l0_fraction: changed as f64 / (w as f64 * h as f64),
+    }
+}
+
+/// A variant drawn once onto nothing: its shapes composed in order into one premultiplied
+/// linear-light overlay, so that drawing it on an image of the same size is, per pixel with
+/// `alpha > 0`, `encode(rgb + decode(pixel) · (1 − alpha))` ([`Flat::apply`]; pixels with
+/// `alpha = 0` keep their bytes). For a variant of one shape that is exactly what [`render`]
+/// computes; where shapes overlap [`render`] rounds to 8 bits between them, so the two differ
+/// by at most one level there. What the device composite of a sweep draws from
+/// ([`crate::attack::composite`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Flat {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Premultiplied linear-light colour, opacity included, `[H, W, 3]` row-major.
+    pub rgb: Vec<f32>,
+    /// Coverage (opacity included), `[H, W]`.
+    pub alpha: Vec<f32>,
+}
+
+/// [`Flat`] of `variant` at `width × height`, with the same `seed` and `object_box` as
+/// [`render`] takes.
+pub fn flatten(
+    variant: &Variant,
+    width: u32,
+    height: u32,
+    seed: u64,
+    object_box: Option<ObjectBox>,
+) -> Flat {
+    let n = width as usize * height as usize;
+    let mut flat = Flat {
+        width,
+        height,
+        rgb: vec![0.0; 3 * n],
+        alpha: vec![0.0; n],
+    };
+    if n == 0 {
+        return flat;
+    }
+    let mut canvas = RgbImage::new(width, height);
+    let mut ctx = Ctx {
+        img: &mut canvas,
+        touched: Vec::new(),
+        raster: Rasterizer::new(0, 0),
+        flat: Some(&mut flat),
+    };
+    let mix = splitmix(variant.seed ^ splitmix(seed));
+    for (li, layer) in variant.layers.iter().enumerate() {
+        let mut rng = ChaCha8Rng::seed_from_u64(splitmix(mix ^ li as u64));
+        draw_layer(&mut ctx, layer, &mut rng, object_box);
+    }
+    drop(ctx);
+    flat
+}
+
+/// The sRGB ↔ linear tables the renderer composites with: 256 decoded values and the 65 536
+/// encoded bytes indexed by `⌊linear · 65535 + 0.5⌋` (for the device composite, which must
+/// round exactly as [`render`] does).
+pub fn srgb_tables() -> (&'static [f32; 256], &'static [u8]) {
+    (decode_lut(), encode_lut())
+}
+
+impl Flat {
+    /// Draws the overlay on `image` (same size): the attacked image and its changed pixels, as
+    /// [`render`] returns them.
+    pub fn apply(&self, image: &RgbImage) -> Rendered {
+        assert_eq!(
+            image.dimensions(),
+            (self.width, self.height),
+            "overlay size"
+        );
+        let (dec, enc) = srgb_tables();
+        let mut out = image.clone();
+        let mut mask = GrayImage::new(self.width, self.height);
+        let mut changed = 0u64;
+        let (src, dst) = (image.as_raw(), &mut *out);
+        let mbuf: &mut [u8] = &mut mask;
+        for (i, &a) in self.alpha.iter().enumerate() {
+            if a <= 0.0 {
+                continue;
+            }
+            let k = 1.0 - a;
+            for c in 0..3 {
+                dst[3 * i + c] =
+                    encode(enc, self.rgb[3 * i + c] + dec[src[3 * i + c] as usize] * k);
+            }
+            if src[3 * i..3 * i + 3] != dst[3 * i..3 * i + 3] {
+                mbuf[i] = 255;
+                changed += 1;
+            }
+        }
+        let total = self.width as f64 * self.height as f64;
+        Rendered {
+            image: out,
+            mask,
+            changed,
+            l0_fraction: if total > 0.0 {
+                changed as f64 / total
+            } else {
+                0.0
+            },
+        }
     }
 }
 
@@ -344,6 +449,8 @@ struct Ctx<'a> {
     img: &'a mut RgbImage,
     touched: Vec<IRect>,
     raster: Rasterizer,
+    /// When set, shapes are composed into this overlay instead of onto `img` ([`flatten`]).
+    flat: Option<&'a mut Flat>,
 }
 
 /// A coverage raster over a region of the image (which may extend past the image).
@@ -902,11 +1009,31 @@ fn draw_shape(ctx: &mut Ctx, shape: &Shape, cx: f32, cy: f32) {
         paint(&mut buf, &cov, lin(style.color), 1.0);
     }
 
+    let op = style.opacity;
+    let iw = w as usize;
+    if let Some(flat) = ctx.flat.as_deref_mut() {
+        // Compose over what is already in the overlay (premultiplied, in linear light).
+        for y in vy0..vy1 {
+            let row = ((y - cover.y0) as usize) * cover.w;
+            let brow = &buf[row + (vx0 - cover.x0) as usize..row + (vx1 - cover.x0) as usize];
+            for (x, p) in (vx0 as usize..).zip(brow) {
+                let a = p[3] * op;
+                if a <= 0.0 {
+                    continue;
+                }
+                let k = 1.0 - a;
+                let i = y as usize * iw + x;
+                for (q, &v) in flat.rgb[3 * i..3 * i + 3].iter_mut().zip(&p[..3]) {
+                    *q = v * op + *q * k;
+                }
+                flat.alpha[i] = a + flat.alpha[i] * k;
+            }
+        }
+        return;
+    }
     // Composite the visible part.
     let dec = decode_lut();
     let enc = encode_lut();
-    let op = style.opacity;
-    let iw = w as usize;
     let pixels: &mut [u8] = &mut *ctx.img;
     for y in vy0..vy1 {
         let row = ((y - cover.y0) as usize) * cover.w;

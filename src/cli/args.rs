@@ -224,6 +224,11 @@ pub struct SweepArgs {
     /// CPUs with AVX512-BF16, fp16 meant for CUDA; the text classifier stays fp32).
     #[arg(long, default_value = "fp32")]
     pub precision: String,
+    /// Where variants drawn the same on every image (on the model input, at fixed places) are
+    /// drawn: `auto` (on the model's device when it is CUDA), `cpu` (the image workers) or
+    /// `device` (rasterised once, composited onto each batch as tensor operations).
+    #[arg(long, default_value = "auto", value_parser = parse_composite)]
+    pub composite: crate::sweep::Composite,
     /// Shuffle the pairs (with --seed) before --limit.
     #[arg(long)]
     pub shuffle: bool,
@@ -272,4 +277,9 @@ pub struct SweepArgs {
     /// provenance); nothing is evaluated.
     #[arg(long, conflicts_with = "shard")]
     pub merge: bool,
+}
+
+fn parse_composite(s: &str) -> Result<crate::sweep::Composite, String> {
+    crate::sweep::Composite::parse(s)
+        .ok_or_else(|| format!("`{s}` is not one of auto, cpu, device"))
 }

@@ -299,6 +299,7 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
                 variant: Vec::new(),
                 classes: None,
                 precision: "fp32".into(),
+                composite: crate::sweep::Composite::Auto,
                 probe: None,
                 text_area: false,
                 shard: None,

@@ -177,6 +177,7 @@ pub fn resolve(args: &SweepArgs) -> Result<RunSpec> {
         variants: args.variant.clone(),
         classes: args.classes.clone(),
         precision,
+        composite: args.composite,
         shuffle: args.shuffle,
         seed: args.seed,
         batch_size: args.batch_size,
@@ -502,6 +503,10 @@ pub fn execute(run: &RunSpec, banner: bool) -> Result<Executed> {
         threads: tch::get_num_threads(),
         workers,
         precision: precision.name().into(),
+        composite: (run.composite.on_device(m.model.device())
+            && defenses.is_empty()
+            && text_detector.is_none())
+        .then(|| "device".into()),
         scoring: classifier.scoring().into(),
         variant_filter: args.variants.join(","),
         libtorch_version: LIBTORCH_VERSION.into(),
@@ -533,6 +538,7 @@ pub fn execute(run: &RunSpec, banner: bool) -> Result<Executed> {
         defenses: std::sync::Arc::new(defenses),
         linear_probe: linear_probe.map(|(p, _)| std::sync::Arc::new(p)),
         text_detector,
+        composite_on_device: run.composite.on_device(m.model.device()),
     };
     if banner {
         eprintln!("{}", m.banner_line());

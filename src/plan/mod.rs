@@ -333,6 +333,7 @@ impl Plan {
                         variants: o.variants.clone(),
                         classes: o.classes.clone(),
                         precision,
+                        composite: crate::sweep::Composite::Auto,
                         shuffle: o.shuffle,
                         seed: o.seed,
                         batch_size,

@@ -182,6 +182,55 @@ pub struct SweepSettings {
     /// The trained text detector (`sweep --text-area`): each record gets the share of the
     /// attacked model input inside its text boxes and the best box score, before defenses.
     pub text_detector: Option<std::sync::Arc<crate::ocr::TextDetector>>,
+    /// Composite image-independent variants on the model's device ([`Composite`]); ignored
+    /// with defenses or the text detector, which need every attacked image on the CPU.
+    pub composite_on_device: bool,
+}
+
+/// Where a sweep draws the variants whose drawing is the same on every image (drawn on the model
+/// input at fixed places, [`crate::attack::composite`]): in the image workers, with the rest,
+/// or on the model's device, rasterised once and composited onto each batch as tensor
+/// operations. The pixels are the same (exactly for a variant of one shape, within one level
+/// where shapes overlap); `Auto` is the device path when the model runs on CUDA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Composite {
+    /// The device path on CUDA, the workers elsewhere.
+    #[default]
+    Auto,
+    /// Every variant drawn by the image workers.
+    Cpu,
+    /// Image-independent variants composited where the model runs (also on the CPU).
+    Device,
+}
+
+impl Composite {
+    /// Parses `--composite`.
+    pub fn parse(s: &str) -> Option<Composite> {
+        match s {
+            "auto" => Some(Composite::Auto),
+            "cpu" => Some(Composite::Cpu),
+            "device" => Some(Composite::Device),
+            _ => None,
+        }
+    }
+
+    /// The command-line spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Composite::Auto => "auto",
+            Composite::Cpu => "cpu",
+            Composite::Device => "device",
+        }
+    }
+
+    /// Whether image-independent variants are composited on the device for a model on `device`.
+    pub fn on_device(self, device: tch::Device) -> bool {
+        match self {
+            Composite::Auto => device != tch::Device::Cpu,
+            Composite::Cpu => false,
+            Composite::Device => true,
+        }
+    }
 }
 
 /// The image tower's arithmetic in a sweep. `Bf16` and `Fp16` run the image encoder under
@@ -331,8 +380,11 @@ type Decoded = Result<(RgbImage, RgbImage), String>;
 
 struct Prepared {
     index: usize,
-    /// Preprocessed image and what was seen of the attack.
+    /// Preprocessed image and what was seen of the attack; with `overlay`, the clean model
+    /// input as `[H, W, 3]` u8 instead, to be attacked on the device.
     result: Result<(Tensor, Seen), String>,
+    /// The overlay ([`crate::attack::composite::Overlays`]) still to draw on it.
+    overlay: Option<usize>,
 }
 
 /// What a sweep measures of one (attacked) model input besides the model's view.
@@ -437,24 +489,35 @@ impl ForwardGate {
 /// run ahead of the model: results go through a queue bounded at `ahead` images, so decoding
 /// waits when the model is behind and memory stays flat. Results arrive in any order; the caller
 /// reorders by `index`. Dropping the receiver stops the workers.
+/// What every image worker applies: the model's transform, the image defenses, the text
+/// detector and the overlays left to the device.
+#[derive(Clone)]
+struct ImageStage {
+    transform: crate::preprocess::PreprocessCfg,
+    defenses: std::sync::Arc<crate::defense::DefenseStack>,
+    detector: Option<std::sync::Arc<crate::ocr::TextDetector>>,
+    overlays: std::sync::Arc<crate::attack::composite::Overlays>,
+}
+
 fn prepare_images(
     jobs: Vec<(usize, ImageJob)>,
-    transform: crate::preprocess::PreprocessCfg,
+    stage: ImageStage,
     workers: usize,
     ahead: usize,
-    defenses: std::sync::Arc<crate::defense::DefenseStack>,
     gate: Option<std::sync::Arc<ForwardGate>>,
-    detector: Option<std::sync::Arc<crate::ocr::TextDetector>>,
 ) -> std::sync::mpsc::Receiver<Prepared> {
     let (tx, rx) = sync_channel::<Prepared>(ahead.max(1));
     let jobs = std::sync::Arc::new(std::sync::Mutex::new(jobs.into_iter().peekable()));
     for _ in 0..workers.max(1) {
         let tx = tx.clone();
         let jobs = jobs.clone();
-        let defenses = defenses.clone();
+        let ImageStage {
+            transform,
+            defenses,
+            detector,
+            overlays,
+        } = stage.clone();
         let gate = gate.clone();
-        let transform = transform.clone();
-        let detector = detector.clone();
         std::thread::spawn(move || {
             // The last photo this worker decoded and its clean model input. A worker takes all
             // the consecutive jobs of one photo (its clean image and its variants) at once, so
@@ -492,10 +555,18 @@ fn prepare_images(
                     last = Some((job.sample.path.clone(), decoded));
                 }
                 let decoded = &last.as_ref().expect("just set").1;
+                let overlay = job
+                    .render
+                    .as_ref()
+                    .and_then(|(v, _)| overlays.index_of(&v.name));
                 let result = decoded
                     .as_ref()
                     .map_err(Clone::clone)
                     .map(|(img, input)| match &job.render {
+                        Some(_) if overlay.is_some() => (
+                            crate::attack::composite::image_tensor(input),
+                            Seen::default(),
+                        ),
                         None => {
                             let ctx = crate::defense::ImageContext::default();
                             let text = text_seen(detector.as_deref(), input);
@@ -528,13 +599,66 @@ fn prepare_images(
                         }
                     });
                 drop(in_progress);
-                if tx.send(Prepared { index, result }).is_err() {
+                if tx
+                    .send(Prepared {
+                        index,
+                        result,
+                        overlay,
+                    })
+                    .is_err()
+                {
                     break;
                 }
             }
         });
     }
     rx
+}
+
+/// The model-input batch of `good`: the workers' normalised inputs, and the clean inputs of
+/// overlay jobs composited on the device (their L0 into `l0`, by position).
+fn assemble(
+    good: &[&Prepared],
+    overlays: Option<&crate::attack::composite::DeviceOverlays>,
+    l0: &mut [Option<f64>],
+) -> Tensor {
+    let tensor = |p: &Prepared| p.result.as_ref().unwrap().0.shallow_clone();
+    let (deferred, plain): (Vec<usize>, Vec<usize>) =
+        (0..good.len()).partition(|&i| good[i].overlay.is_some());
+    let Some(overlays) = overlays.filter(|_| !deferred.is_empty()) else {
+        return Tensor::stack(&good.iter().map(|p| tensor(p)).collect::<Vec<_>>(), 0);
+    };
+    let clean = Tensor::stack(
+        &deferred
+            .iter()
+            .map(|&i| tensor(good[i]))
+            .collect::<Vec<_>>(),
+        0,
+    );
+    let ids: Vec<i64> = deferred
+        .iter()
+        .map(|&i| good[i].overlay.expect("deferred") as i64)
+        .collect();
+    let (attacked, changed) = overlays.composite(&clean, &ids);
+    let (h, w) = (attacked.size()[2], attacked.size()[3]);
+    for (&i, c) in deferred.iter().zip(changed) {
+        l0[i] = Some(c as f64 / (h * w) as f64);
+    }
+    if plain.is_empty() {
+        return attacked;
+    }
+    let device = attacked.device();
+    let mut out = Tensor::zeros([good.len() as i64, 3, h, w], (tch::Kind::Float, device));
+    let rest = Tensor::stack(
+        &plain.iter().map(|&i| tensor(good[i])).collect::<Vec<_>>(),
+        0,
+    );
+    let index = |v: &[usize]| {
+        Tensor::from_slice(&v.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(device)
+    };
+    let _ = out.index_copy_(0, &index(&plain), &rest.to_device(device));
+    let _ = out.index_copy_(0, &index(&deferred), &attacked);
+    out
 }
 
 fn top5(probs: &Tensor, labels: &crate::zeroshot::LabelSet) -> Vec<Scored> {
@@ -743,17 +867,39 @@ pub fn run_cells(
         .collect();
     drop(images);
     let encoded_total = jobs.len();
+    let mut on_device = 0usize;
     let clock = std::time::Instant::now();
     let gate =
         (model.device() == tch::Device::Cpu).then(|| std::sync::Arc::new(ForwardGate::default()));
+    // Variants drawn the same on every image, composited on the device when asked for.
+    let overlays = std::sync::Arc::new(
+        if settings.composite_on_device
+            && settings.defenses.is_empty()
+            && settings.text_detector.is_none()
+        {
+            crate::attack::composite::Overlays::for_variants(
+                jobs.iter()
+                    .filter_map(|(_, j)| j.render.as_ref().map(|(v, _)| v)),
+                &transform,
+            )
+        } else {
+            Default::default()
+        },
+    );
+    let device_overlays = (!overlays.is_empty()).then(|| {
+        crate::attack::composite::DeviceOverlays::new(&overlays, &transform, model.device())
+    });
     let prepared = prepare_images(
         jobs,
-        transform,
+        ImageStage {
+            transform,
+            defenses: settings.defenses.clone(),
+            detector: settings.text_detector.clone(),
+            overlays: overlays.clone(),
+        },
         settings.workers,
         image_batch * 2,
-        settings.defenses.clone(),
         gate.clone(),
-        settings.text_detector.clone(),
     );
     let mut waiting: HashMap<usize, Prepared> = HashMap::new();
     // Where the main thread's time goes, for the closing timing line.
@@ -782,14 +928,10 @@ pub fn run_cells(
         time_waiting += waited.elapsed().as_secs_f64();
         let good: Vec<&Prepared> = batch.iter().filter(|p| p.result.is_ok()).collect();
         if !good.is_empty() {
-            let batch_t = Tensor::stack(
-                &good
-                    .iter()
-                    .map(|p| p.result.as_ref().unwrap().0.shallow_clone())
-                    .collect::<Vec<_>>(),
-                0,
-            );
-            let encode = || {
+            // The L0 of the inputs attacked on the device, known once they are composited.
+            let mut device_l0: Vec<Option<f64>> = vec![None; good.len()];
+            let mut encode = || {
+                let batch_t = assemble(&good, device_overlays.as_ref(), &mut device_l0);
                 if settings.defenses.is_empty() {
                     settings.precision.encode_image(model, &batch_t)
                 } else {
@@ -799,13 +941,18 @@ pub fn run_cells(
             };
             let forward = std::time::Instant::now();
             let f = match &gate {
-                Some(gate) => gate.run(encode),
+                Some(gate) => gate.run(&mut encode),
                 None => encode(),
             };
             time_forward += forward.elapsed().as_secs_f64();
+            on_device += device_l0.iter().filter(|l| l.is_some()).count();
             for (i, p) in good.iter().enumerate() {
                 if uses[p.index] > 0 {
-                    features.insert(p.index, Ok((f.get(i as i64), p.result.as_ref().unwrap().1)));
+                    let mut seen = p.result.as_ref().unwrap().1;
+                    if let Some(l0) = device_l0[i] {
+                        seen.l0 = l0;
+                    }
+                    features.insert(p.index, Ok((f.get(i as i64), seen)));
                 }
             }
         }
@@ -875,9 +1022,14 @@ pub fn run_cells(
     eprintln!(
         "[sweep] {encoded_total} images read, attacked and encoded in {secs:.1} s ({:.2} images/s; \
          model {time_forward:.1} s, waiting for images {time_waiting:.1} s, writing records \
-         {time_writing:.1} s, scoring and the rest {:.1} s)",
+         {time_writing:.1} s, scoring and the rest {:.1} s){}",
         encoded_total as f64 / secs.max(1e-9),
-        secs - time_forward - time_waiting - time_writing
+        secs - time_forward - time_waiting - time_writing,
+        if on_device > 0 {
+            format!("; {on_device} attacked where the model runs")
+        } else {
+            String::new()
+        }
     );
     bar.finish_and_clear();
     let summary = write_run_summary(out, provenance, &done)?;

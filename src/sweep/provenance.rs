@@ -74,9 +74,13 @@ pub struct Provenance {
     /// `--variant` patterns (comma-joined; empty: every variant of the spec).
     #[serde(default)]
     pub variant_filter: String,
-    /// Image-tower arithmetic (`fp32`, or `bf16` when asked for).
+    /// Image-tower arithmetic (`fp32`, or `bf16` / `fp16` when asked for).
     #[serde(default = "default_precision")]
     pub precision: String,
+    /// `device` when image-independent variants were composited where the model runs
+    /// (`sweep --composite`); absent: drawn by the image workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub composite: Option<String>,
     /// How logits became probabilities: `softmax` over the label set, or `sigmoid` per class
     /// (models with a logit bias, SigLIP's zero-shot formula).
     #[serde(default = "default_scoring")]

@@ -54,6 +54,8 @@ pub struct RunSpec {
     pub classes: Option<String>,
     /// Image-tower arithmetic.
     pub precision: Precision,
+    /// Where image-independent variants are drawn.
+    pub composite: super::Composite,
     /// Shuffle before the limit.
     pub shuffle: bool,
     /// Seed of every random choice.
@@ -170,6 +172,9 @@ impl RunSpec {
         }
         if self.precision != Precision::Fp32 {
             push("--precision", self.precision.name().into());
+        }
+        if self.composite != super::Composite::Auto {
+            push("--composite", self.composite.name().into());
         }
         if self.seed != 0 {
             push("--seed", self.seed.to_string());
