@@ -19,7 +19,8 @@
 #    the device and on the CPU.
 # Budget: well under 8 minutes on one H200 with 16 cores. CPU-only machines: DEVICE=cpu runs the
 # same steps on the CPU (to check the script itself), PHOTOS=N on the first N carried photos,
-# FWD_BATCH / FWD_IMAGES size the larger towers' forward runs.
+# FWD_BATCH / FWD_IMAGES size the larger towers' forward runs, BENCH_PYTHON is the Python with
+# torch and PIL for the Python side (default: $PYTHON).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/device-check}
@@ -77,7 +78,7 @@ for arch in ViT-B-16 ViT-L-14 RN50; do
 done
 log "Python torch + PIL, batch 256"
 ls "$OUT"/photos/* > "$OUT/paths.txt"
-BENCH_DEVICE=$DEVICE BENCH_BATCH=256 BENCH_THREADS=$(nproc) "$PY" scripts/bench_sweep.py "$OUT/paths.txt" \
+BENCH_DEVICE=$DEVICE BENCH_BATCH=256 BENCH_THREADS=$(nproc) "${BENCH_PYTHON:-$PY}" scripts/bench_sweep.py "$OUT/paths.txt" \
   datasets/labels/ilsvrc-det200.tsv assets/fonts/DejaVuSerif.ttf > "$OUT/python.json" 2> "$OUT/python.err"
 if [ -f "$CARRY/ocr.onnx" ]; then
   for d in "$DEVICE" cpu; do

@@ -4,22 +4,23 @@
 # photos of ../shared/data, the text detector's ONNX file (where set-up extracted it) and the CPU
 # image embeddings of random ViT-B/32, ViT-L/14 and RN50 on the first 8 photos, made with the
 # device build on this CPU (`cpu-ARCH.npy`), which the check compares with CUDA's. Prints what
-# to carry and the command to run.
+# to carry and the command to run. SKIP_BUILD=1 keeps the device build there is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${DEVICE_PHOTOS:-64}
 DATA=../shared/data/imagenet-sample
 [ -d "$DATA" ] || { echo "device_prepare: $DATA not found" >&2; exit 1; }
-scripts/device_build.sh
+[ -n "${SKIP_BUILD:-}" ] || scripts/device_build.sh
 C=target/device-check
 rm -rf "$C"
 mkdir -p "$C/photos"
-ls "$DATA" | grep -i '\.jpe\?g$' | sort | head -n "$N" | while read -r f; do cp "$DATA/$f" "$C/photos/"; done
-onnx=$(ls .cache/ocr/*.onnx 2>/dev/null | head -1 || true)
-[ -n "$onnx" ] && cp "$onnx" "$C/ocr.onnx"
+mapfile -t all < <(cd "$DATA" && ls | grep -i '\.jpe\?g$' | sort)
+for f in "${all[@]:0:$N}"; do cp "$DATA/$f" "$C/photos/"; done
+if [ -f .cache/ocr/ch_PP-OCRv4_det_infer.onnx ]; then cp .cache/ocr/ch_PP-OCRv4_det_infer.onnx "$C/ocr.onnx"; fi
 export PYTHON=${PYTHON:-.venv-device/bin/python}
 export XDG_CACHE_HOME=$(mktemp -d)
-first8=$(ls "$C"/photos/* | head -8)
+mapfile -t shots < <(ls "$C"/photos/*)
+first8="${shots[*]:0:8}"
 for arch in ViT-B-32 ViT-L-14 RN50; do
   echo "[device-prepare] CPU embeddings of random $arch" >&2
   # shellcheck disable=SC2086

@@ -419,6 +419,7 @@ const REGISTRY: &[Entry] = &[
             "thresh",
             "box_thresh",
             "unclip",
+            "device",
         ],
         build: mask::TextMask::build,
     },
