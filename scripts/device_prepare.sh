@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Prepares the GPU check (scripts/device_check.sh) here: the device build (scripts/device_build.sh,
-# torch 2.11), and target/device-check/ — the first DEVICE_PHOTOS (default 64) ImageNet-sample
+# torch 2.11), and target/device-check/ — the first DEVICE_PHOTOS (default 150) ImageNet-sample
 # photos of ../shared/data, the text detector's ONNX file (where set-up extracted it) and the CPU
 # image embeddings of random ViT-B/32, ViT-L/14 and RN50 on the first 8 photos, made with the
 # device build on this CPU (`cpu-ARCH.npy`), which the check compares with CUDA's. Prints what
 # to carry and the command to run. SKIP_BUILD=1 keeps the device build there is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${DEVICE_PHOTOS:-64}
+N=${DEVICE_PHOTOS:-150}
 DATA=../shared/data/imagenet-sample
 [ -d "$DATA" ] || { echo "device_prepare: $DATA not found" >&2; exit 1; }
 [ -n "${SKIP_BUILD:-}" ] || scripts/device_build.sh
