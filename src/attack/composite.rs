@@ -138,14 +138,8 @@ impl DeviceOverlays {
     /// number of changed pixels.
     pub fn composite(&self, clean: &Tensor, ids: &[i64]) -> (Tensor, Vec<i64>) {
         let idx = Tensor::from_slice(ids).to_device(self.device);
-        // To CUDA the clean bytes (a quarter of the normalised floats) go from pinned host
-        // memory, asynchronously; the ops after them are queued on the same stream.
-        let src = match self.device {
-            Device::Cuda(_) if clean.device() == Device::Cpu => clean
-                .pin_memory(self.device)
-                .to_device_(self.device, Kind::Uint8, true, false),
-            _ => clean.to_device(self.device),
-        };
+        // The clean bytes are a quarter of the normalised floats' size.
+        let src = upload(clean, self.device);
         let rgb = self.rgb.index_select(0, &idx);
         let keep = self.keep.index_select(0, &idx);
         let touched = self.touched.index_select(0, &idx);
@@ -177,4 +171,16 @@ impl DeviceOverlays {
 pub fn image_tensor(img: &image::RgbImage) -> Tensor {
     let (w, h) = img.dimensions();
     Tensor::from_slice(img.as_raw()).view([h as i64, w as i64, 3])
+}
+
+/// `t` on `device`: to CUDA from pinned host memory, asynchronously (the operations after it
+/// are queued on the same stream); elsewhere a plain move.
+pub fn upload(t: &Tensor, device: Device) -> Tensor {
+    match device {
+        Device::Cuda(_) if t.device() == Device::Cpu => {
+            t.pin_memory(device)
+                .to_device_(device, t.kind(), true, false)
+        }
+        _ => t.to_device(device),
+    }
 }

@@ -615,18 +615,23 @@ fn prepare_images(
     rx
 }
 
-/// The model-input batch of `good`: the workers' normalised inputs, and the clean inputs of
-/// overlay jobs composited on the device (their L0 into `l0`, by position).
+/// The model-input batch of `good` on `device` (the model's): the workers' normalised inputs,
+/// and the clean inputs of overlay jobs composited there (their L0 into `l0`, by position).
 fn assemble(
     good: &[&Prepared],
     overlays: Option<&crate::attack::composite::DeviceOverlays>,
+    device: tch::Device,
     l0: &mut [Option<f64>],
 ) -> Tensor {
     let tensor = |p: &Prepared| p.result.as_ref().unwrap().0.shallow_clone();
     let (deferred, plain): (Vec<usize>, Vec<usize>) =
         (0..good.len()).partition(|&i| good[i].overlay.is_some());
     let Some(overlays) = overlays.filter(|_| !deferred.is_empty()) else {
-        return Tensor::stack(&good.iter().map(|p| tensor(p)).collect::<Vec<_>>(), 0);
+        let batch = Tensor::stack(&good.iter().map(|p| tensor(p)).collect::<Vec<_>>(), 0);
+        return match device {
+            tch::Device::Cpu => batch,
+            d => crate::attack::composite::upload(&batch, d),
+        };
     };
     let clean = Tensor::stack(
         &deferred
@@ -647,7 +652,6 @@ fn assemble(
     if plain.is_empty() {
         return attacked;
     }
-    let device = attacked.device();
     let mut out = Tensor::zeros([good.len() as i64, 3, h, w], (tch::Kind::Float, device));
     let rest = Tensor::stack(
         &plain.iter().map(|&i| tensor(good[i])).collect::<Vec<_>>(),
@@ -931,7 +935,12 @@ pub fn run_cells(
             // The L0 of the inputs attacked on the device, known once they are composited.
             let mut device_l0: Vec<Option<f64>> = vec![None; good.len()];
             let mut encode = || {
-                let batch_t = assemble(&good, device_overlays.as_ref(), &mut device_l0);
+                let batch_t = assemble(
+                    &good,
+                    device_overlays.as_ref(),
+                    model.device(),
+                    &mut device_l0,
+                );
                 if settings.defenses.is_empty() {
                     settings.precision.encode_image(model, &batch_t)
                 } else {
