@@ -19,14 +19,15 @@
 #    the device and on the CPU.
 # Budget: well under 8 minutes on one H200 with 16 cores. CPU-only machines: DEVICE=cpu runs the
 # same steps on the CPU (to check the script itself), PHOTOS=N on the first N carried photos,
-# FWD_BATCH / FWD_IMAGES size the larger towers' forward runs, BENCH_PYTHON is the Python with
-# torch and PIL for the Python side (default: $PYTHON).
+# CARRY is the prepared folder (default target/device-check), FWD_BATCH / FWD_IMAGES size
+# the larger towers' forward runs, BENCH_PYTHON is the Python with torch and PIL for the
+# Python side (default: $PYTHON), TYPOCLIP_BIN / FORWARD_BIN the binaries.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/device-check}
 DEVICE=${DEVICE:-cuda}
 PY=${PYTHON:-python3}
-CARRY=target/device-check
+CARRY=${CARRY:-target/device-check}
 BIN=${TYPOCLIP_BIN:-target/device/release/typoclip}
 FWD=${FORWARD_BIN:-target/device/release/examples/forward_throughput}
 mkdir -p "$OUT/photos"
@@ -83,8 +84,9 @@ BENCH_DEVICE=$DEVICE BENCH_BATCH=256 BENCH_THREADS=$(nproc) "${BENCH_PYTHON:-$PY
 if [ -f "$CARRY/ocr.onnx" ]; then
   for d in "$DEVICE" cpu; do
     log "text detector on $d"
-    TYPOCLIP_OCR_MODEL="$CARRY/ocr.onnx" /usr/bin/env time -f "%e" -o "$OUT/detect-$d.time" \
-      "$BIN" detect --device "$d" "$OUT"/photos/* > /dev/null 2> "$OUT/detect-$d.err"
+    start=$(date +%s.%N)
+    TYPOCLIP_OCR_MODEL="$CARRY/ocr.onnx" "$BIN" detect --device "$d" "$OUT"/photos/* > /dev/null 2> "$OUT/detect-$d.err" \
+      && "$PY" -c "print($(date +%s.%N) - $start)" > "$OUT/detect-$d.time"
   done
 fi
 
