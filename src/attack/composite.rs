@@ -139,7 +139,7 @@ impl DeviceOverlays {
     pub fn composite(&self, clean: &Tensor, ids: &[i64]) -> (Tensor, Vec<i64>) {
         let idx = Tensor::from_slice(ids).to_device(self.device);
         // The clean bytes are a quarter of the normalised floats' size.
-        let src = upload(clean, self.device);
+        let src = crate::model::upload(clean, self.device);
         let rgb = self.rgb.index_select(0, &idx);
         let keep = self.keep.index_select(0, &idx);
         let touched = self.touched.index_select(0, &idx);
@@ -171,16 +171,4 @@ impl DeviceOverlays {
 pub fn image_tensor(img: &image::RgbImage) -> Tensor {
     let (w, h) = img.dimensions();
     Tensor::from_slice(img.as_raw()).view([h as i64, w as i64, 3])
-}
-
-/// `t` on `device`: to CUDA from pinned host memory, asynchronously (the operations after it
-/// are queued on the same stream); elsewhere a plain move.
-pub fn upload(t: &Tensor, device: Device) -> Tensor {
-    match device {
-        Device::Cuda(_) if t.device() == Device::Cpu => {
-            t.pin_memory(device)
-                .to_device_(device, t.kind(), true, false)
-        }
-        _ => t.to_device(device),
-    }
 }

@@ -76,11 +76,7 @@ pub fn render(
         raster: Rasterizer::new(0, 0),
         flat: None,
     };
-    let mix = splitmix(variant.seed ^ splitmix(seed));
-    for (li, layer) in variant.layers.iter().enumerate() {
-        let mut rng = ChaCha8Rng::seed_from_u64(splitmix(mix ^ li as u64));
-        draw_layer(&mut ctx, layer, &mut rng, object_box);
-    }
+    draw_variant(&mut ctx, variant, seed, object_box);
     let touched = std::mem::take(&mut ctx.touched);
     let mut changed = 0u64;
     let (src, dst) = (image.as_raw(), out.as_raw());
@@ -150,13 +146,19 @@ pub fn flatten(
         raster: Rasterizer::new(0, 0),
         flat: Some(&mut flat),
     };
+    draw_variant(&mut ctx, variant, seed, object_box);
+    drop(ctx);
+    flat
+}
+
+/// Draws every layer of `variant`, bottom first, each with its own random stream from the
+/// spec's seed and `seed`.
+fn draw_variant(ctx: &mut Ctx, variant: &Variant, seed: u64, object_box: Option<ObjectBox>) {
     let mix = splitmix(variant.seed ^ splitmix(seed));
     for (li, layer) in variant.layers.iter().enumerate() {
         let mut rng = ChaCha8Rng::seed_from_u64(splitmix(mix ^ li as u64));
-        draw_layer(&mut ctx, layer, &mut rng, object_box);
+        draw_layer(ctx, layer, &mut rng, object_box);
     }
-    drop(ctx);
-    flat
 }
 
 /// The sRGB ↔ linear tables the renderer composites with: 256 decoded values and the 65 536

@@ -98,28 +98,9 @@ impl ModelSpec {
 
 pub use crate::registry::{cache_dir, cached_file_name};
 
-/// Parses `--device`.
+/// Parses `--device` ([`crate::model::parse_device`]).
 pub fn parse_device(s: &str) -> Result<Device> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(Device::cuda_if_available()),
-        "cuda" => {
-            if !tch::Cuda::is_available() {
-                bail!("--device cuda: this libtorch has no usable CUDA device");
-            }
-            Ok(Device::Cuda(0))
-        }
-        other => match other
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse::<usize>().ok())
-        {
-            Some(n) if tch::Cuda::is_available() && (n as i64) < tch::Cuda::device_count() => {
-                Ok(Device::Cuda(n))
-            }
-            Some(n) => bail!("--device cuda:{n}: no such CUDA device"),
-            None => bail!("--device: `{other}` is not one of cpu, cuda, cuda:N, auto"),
-        },
-    }
+    crate::model::parse_device(s).map_err(|e| anyhow!("--device: {e}"))
 }
 
 /// A model ready to use, with where it came from.

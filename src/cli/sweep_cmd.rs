@@ -458,7 +458,7 @@ pub fn execute(run: &RunSpec, banner: bool) -> Result<Executed> {
         .workers
         .unwrap_or_else(crate::sweep::default_workers)
         .max(1);
-    let provenance = Provenance {
+    let mut provenance = Provenance {
         warning: m.random_warning(),
         typoclip_version: env!("CARGO_PKG_VERSION").into(),
         git_commit: env!("TYPOCLIP_GIT_COMMIT").into(),
@@ -503,10 +503,7 @@ pub fn execute(run: &RunSpec, banner: bool) -> Result<Executed> {
         threads: tch::get_num_threads(),
         workers,
         precision: precision.name().into(),
-        composite: (run.composite.on_device(m.model.device())
-            && defenses.is_empty()
-            && text_detector.is_none())
-        .then(|| "device".into()),
+        composite: None,
         scoring: classifier.scoring().into(),
         variant_filter: args.variants.join(","),
         libtorch_version: LIBTORCH_VERSION.into(),
@@ -540,6 +537,7 @@ pub fn execute(run: &RunSpec, banner: bool) -> Result<Executed> {
         text_detector,
         composite_on_device: run.composite.on_device(m.model.device()),
     };
+    provenance.composite = settings.composites_on_device().then(|| "device".into());
     if banner {
         eprintln!("{}", m.banner_line());
     }

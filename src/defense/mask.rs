@@ -57,7 +57,7 @@ pub struct TextMask {
 impl TextMask {
     /// `mask:source=oracle,fill=blur,dilate=0,radius=2`; `source=detector` adds
     /// `threshold=40`; `source=ocr` adds `thresh=0.3,box_thresh=0.6,unclip=1.5` (PaddleOCR's
-    /// DB defaults) and `device=cpu` (where the detector runs: `cuda`, `cuda:N`), and records
+    /// DB defaults) and `device=cpu` (where the detector runs, as `--device` names it), and records
     /// the detector model's sha256.
     pub fn build(p: &mut Params) -> Result<Box<dyn Defense>, DefenseError> {
         let source = p.choice("source", "oracle", &["oracle", "detector", "ocr"])?;
@@ -88,25 +88,8 @@ impl TextMask {
             settings.db.unclip_ratio =
                 p.f64("unclip", settings.db.unclip_ratio as f64, 0.0, 4.0)? as f32;
             let device = p.string("device", Some("cpu"))?;
-            let device = match device.as_str() {
-                "cpu" => tch::Device::Cpu,
-                d => match d
-                    .strip_prefix("cuda")
-                    .map(|n| n.strip_prefix(':').unwrap_or(n))
-                    .map(|n| {
-                        if n.is_empty() {
-                            Some(0)
-                        } else {
-                            n.parse().ok()
-                        }
-                    }) {
-                    Some(Some(n)) if (n as i64) < tch::Cuda::device_count() => tch::Device::Cuda(n),
-                    Some(Some(_)) => {
-                        return Err(p.error(format!("device: no CUDA device `{d}` here")))
-                    }
-                    _ => return Err(p.error(format!("device: `{d}` is not cpu, cuda or cuda:N"))),
-                },
-            };
+            let device =
+                crate::model::parse_device(&device).map_err(|e| p.error(format!("device: {e}")))?;
             let path = crate::ocr::model_path();
             let detector =
                 crate::ocr::TextDetector::load(&path, settings, device).map_err(|e| p.error(e))?;

@@ -87,9 +87,7 @@ impl Autocast {
         let prev = unsafe { typoclip_autocast_enter(device, reduced.map_or(0, Reduced::code)) };
         Autocast { device, prev }
     }
-}
 
-impl Autocast {
     /// Whether a region computing in reduced precision is open on this thread for `device`.
     pub fn is_open(device: tch::Device) -> bool {
         autocast_active(device)

@@ -394,7 +394,7 @@ impl ClipModel {
     }
 
     fn encode_image_in(&self, images: &Tensor, kind: Kind, probe: &mut Probe) -> Tensor {
-        let images = images.to_device(self.device()).to_kind(kind);
+        let images = upload(images, self.device()).to_kind(kind);
         self.visual.forward(
             &images,
             probe,
@@ -446,6 +446,38 @@ impl ClipModel {
 /// Divides each row by its L2 norm.
 pub fn l2_normalize(x: &Tensor) -> Tensor {
     x / x.norm_scalaropt_dim(2.0, [-1], true)
+}
+
+/// A device name: `cpu`, `cuda` (device 0), `cuda:N` or `auto` (CUDA where there is one), refused
+/// with the reason when no such device is here.
+pub fn parse_device(s: &str) -> Result<Device, String> {
+    let index = match s {
+        "cpu" => return Ok(Device::Cpu),
+        "auto" => return Ok(Device::cuda_if_available()),
+        "cuda" => Some(0),
+        other => other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok()),
+    };
+    match index {
+        Some(n) if tch::Cuda::is_available() && (n as i64) < tch::Cuda::device_count() => {
+            Ok(Device::Cuda(n))
+        }
+        Some(_) => Err(format!("no CUDA device `{s}` here")),
+        None => Err(format!("`{s}` is not cpu, cuda or cuda:N, nor auto")),
+    }
+}
+
+/// `t` on `device`: to CUDA from pinned host memory, asynchronously (the operations after it
+/// are queued on the same stream); elsewhere a plain move.
+pub fn upload(t: &Tensor, device: Device) -> Tensor {
+    match device {
+        Device::Cuda(_) if t.device() == Device::Cpu => {
+            t.pin_memory(device)
+                .to_device_(device, t.kind(), true, false)
+        }
+        _ => t.to_device(device),
+    }
 }
 
 #[cfg(test)]

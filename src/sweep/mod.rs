@@ -183,8 +183,17 @@ pub struct SweepSettings {
     /// attacked model input inside its text boxes and the best box score, before defenses.
     pub text_detector: Option<std::sync::Arc<crate::ocr::TextDetector>>,
     /// Composite image-independent variants on the model's device ([`Composite`]); ignored
-    /// with defenses or the text detector, which need every attacked image on the CPU.
+    /// with defenses or the text detector, which need every attacked image on the CPU
+    /// ([`SweepSettings::composites_on_device`]).
     pub composite_on_device: bool,
+}
+
+impl SweepSettings {
+    /// Whether this sweep composites image-independent variants on the model's device: asked
+    /// for, and no defense or text detector needs the attacked images on the CPU.
+    pub fn composites_on_device(&self) -> bool {
+        self.composite_on_device && self.defenses.is_empty() && self.text_detector.is_none()
+    }
 }
 
 /// Where a sweep draws the variants whose drawing is the same on every image (drawn on the model
@@ -615,23 +624,19 @@ fn prepare_images(
     rx
 }
 
-/// The model-input batch of `good` on `device` (the model's): the workers' normalised inputs,
-/// and the clean inputs of overlay jobs composited there (their L0 into `l0`, by position).
+/// The model-input batch of `good`: the workers' normalised inputs, and the clean inputs of
+/// overlay jobs composited on the overlays' device (their L0 into `l0`, by position).
 fn assemble(
     good: &[&Prepared],
     overlays: Option<&crate::attack::composite::DeviceOverlays>,
-    device: tch::Device,
     l0: &mut [Option<f64>],
 ) -> Tensor {
     let tensor = |p: &Prepared| p.result.as_ref().unwrap().0.shallow_clone();
     let (deferred, plain): (Vec<usize>, Vec<usize>) =
         (0..good.len()).partition(|&i| good[i].overlay.is_some());
     let Some(overlays) = overlays.filter(|_| !deferred.is_empty()) else {
-        let batch = Tensor::stack(&good.iter().map(|p| tensor(p)).collect::<Vec<_>>(), 0);
-        return match device {
-            tch::Device::Cpu => batch,
-            d => crate::attack::composite::upload(&batch, d),
-        };
+        // The model uploads it ([`crate::model::upload`]).
+        return Tensor::stack(&good.iter().map(|p| tensor(p)).collect::<Vec<_>>(), 0);
     };
     let clean = Tensor::stack(
         &deferred
@@ -645,6 +650,7 @@ fn assemble(
         .map(|&i| good[i].overlay.expect("deferred") as i64)
         .collect();
     let (attacked, changed) = overlays.composite(&clean, &ids);
+    let device = attacked.device();
     let (h, w) = (attacked.size()[2], attacked.size()[3]);
     for (&i, c) in deferred.iter().zip(changed) {
         l0[i] = Some(c as f64 / (h * w) as f64);
@@ -660,7 +666,7 @@ fn assemble(
     let index = |v: &[usize]| {
         Tensor::from_slice(&v.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(device)
     };
-    let _ = out.index_copy_(0, &index(&plain), &rest.to_device(device));
+    let _ = out.index_copy_(0, &index(&plain), &crate::model::upload(&rest, device));
     let _ = out.index_copy_(0, &index(&deferred), &attacked);
     out
 }
@@ -876,20 +882,15 @@ pub fn run_cells(
     let gate =
         (model.device() == tch::Device::Cpu).then(|| std::sync::Arc::new(ForwardGate::default()));
     // Variants drawn the same on every image, composited on the device when asked for.
-    let overlays = std::sync::Arc::new(
-        if settings.composite_on_device
-            && settings.defenses.is_empty()
-            && settings.text_detector.is_none()
-        {
-            crate::attack::composite::Overlays::for_variants(
-                jobs.iter()
-                    .filter_map(|(_, j)| j.render.as_ref().map(|(v, _)| v)),
-                &transform,
-            )
-        } else {
-            Default::default()
-        },
-    );
+    let overlays = std::sync::Arc::new(if settings.composites_on_device() {
+        crate::attack::composite::Overlays::for_variants(
+            jobs.iter()
+                .filter_map(|(_, j)| j.render.as_ref().map(|(v, _)| v)),
+            &transform,
+        )
+    } else {
+        Default::default()
+    });
     let device_overlays = (!overlays.is_empty()).then(|| {
         crate::attack::composite::DeviceOverlays::new(&overlays, &transform, model.device())
     });
@@ -935,12 +936,7 @@ pub fn run_cells(
             // The L0 of the inputs attacked on the device, known once they are composited.
             let mut device_l0: Vec<Option<f64>> = vec![None; good.len()];
             let mut encode = || {
-                let batch_t = assemble(
-                    &good,
-                    device_overlays.as_ref(),
-                    model.device(),
-                    &mut device_l0,
-                );
+                let batch_t = assemble(&good, device_overlays.as_ref(), &mut device_l0);
                 if settings.defenses.is_empty() {
                     settings.precision.encode_image(model, &batch_t)
                 } else {
